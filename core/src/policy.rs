@@ -1,0 +1,358 @@
+//! Who + what → allow or refuse, with the words a refusal carries.
+
+use crate::classify::Classification;
+use crate::risk::Risk;
+use std::fmt;
+
+/// Can the human behind an agent still log in?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SponsorStatus {
+    Active,
+    /// The role exists but has NOLOGIN.
+    NoLogin,
+    /// VALID UNTIL lies in the past.
+    Expired,
+    /// The role no longer exists.
+    Dropped,
+}
+
+impl SponsorStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SponsorStatus::Active => "active",
+            SponsorStatus::NoLogin => "nologin",
+            SponsorStatus::Expired => "expired",
+            SponsorStatus::Dropped => "dropped",
+        }
+    }
+
+    fn why(self) -> &'static str {
+        match self {
+            SponsorStatus::Active => "is active",
+            SponsorStatus::NoLogin => "can no longer log in (NOLOGIN)",
+            SponsorStatus::Expired => "can no longer log in (VALID UNTIL has passed)",
+            SponsorStatus::Dropped => "no longer exists (the role was dropped)",
+        }
+    }
+}
+
+impl fmt::Display for SponsorStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The agent behind a session, as far as policy needs to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Actor {
+    /// The registered agent role (may be a group the login role belongs to).
+    pub agent: String,
+    /// The login role of the session.
+    pub login: String,
+    pub sponsor: String,
+    pub sponsor_status: SponsorStatus,
+}
+
+/// Session facts that bear on every statement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionState {
+    /// agent_guard's extension exists in the session's database.
+    pub guard_installed: bool,
+    /// The database name, for messages.
+    pub database: String,
+    /// SET ROLE or set_config('role'/'session_authorization') moved the session away from its login role.
+    pub role_switched: bool,
+    /// session_replication_role is not 'origin' (triggers and rules are bypassed).
+    pub replication_role_changed: bool,
+}
+
+/// A grant that covers a statement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantUse {
+    pub grant_id: i64,
+}
+
+/// Where just-in-time grants come from; the grants module implements it.
+pub trait GrantSource {
+    /// A live grant of `actor` covering `statement`, if any.
+    fn covering(&self, actor: &Actor, statement: &Classification) -> Option<GrantUse>;
+}
+
+/// No grants at all.
+pub struct NoGrants;
+
+impl GrantSource for NoGrants {
+    fn covering(&self, _: &Actor, _: &Classification) -> Option<GrantUse> {
+        None
+    }
+}
+
+/// A refusal, rendered once into SQLSTATE 42501 by the extension.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub message: String,
+    pub detail: String,
+    pub hint: String,
+    /// Short machine-readable reason, e.g. `no_grant`, `orphaned`.
+    pub code: &'static str,
+}
+
+/// The outcome of policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Not an agent session: agent_guard does not interfere.
+    NotEnforced,
+    Allow { reason: String, grant: Option<GrantUse> },
+    Deny(Refusal),
+}
+
+impl Decision {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::NotEnforced => "not_enforced",
+            Decision::Allow { .. } => "allowed",
+            Decision::Deny(_) => "denied",
+        }
+    }
+
+    pub fn reason(&self) -> String {
+        match self {
+            Decision::NotEnforced => "not an agent session".into(),
+            Decision::Allow { reason, .. } => reason.clone(),
+            Decision::Deny(r) => r.message.clone(),
+        }
+    }
+}
+
+fn detail(actor: &Actor, c: &Classification) -> String {
+    let objects = if c.objects.is_empty() {
+        String::new()
+    } else {
+        format!(" on {}", c.objects.join(", "))
+    };
+    let via = if actor.login != actor.agent {
+        format!(" (login role \"{}\")", actor.login)
+    } else {
+        String::new()
+    };
+    format!(
+        "Statement classified as {} ({}{}): {}. Agent \"{}\"{}, sponsor \"{}\" ({}).",
+        c.risk, c.command, objects, c.reason, actor.agent, via, actor.sponsor, actor.sponsor_status
+    )
+}
+
+const APPROVAL_HINT: &str = "Writes and schema changes by agents need a just-in-time grant approved by a member of agent_guard_approver.";
+
+/// Decide whether `actor` may run a statement classified as `c`.
+pub fn decide(actor: Option<&Actor>, session: &SessionState, c: &Classification, grants: &dyn GrantSource) -> Decision {
+    let Some(actor) = actor else {
+        return Decision::NotEnforced;
+    };
+    let deny = |code: &'static str, message: String, hint: &str| {
+        Decision::Deny(Refusal {
+            message,
+            detail: detail(actor, c),
+            hint: hint.to_string(),
+            code,
+        })
+    };
+    let agent = &actor.agent;
+
+    if c.is_housekeeping() && !c.touches_guard {
+        return Decision::Allow { reason: "session housekeeping".into(), grant: None };
+    }
+    if !session.guard_installed {
+        return deny(
+            "guard_not_installed",
+            format!(
+                "agent \"{agent}\" may not run statements in database \"{}\": agent_guard is not installed there",
+                session.database
+            ),
+            "Agents can work only in databases where CREATE EXTENSION agent_guard has been run.",
+        );
+    }
+    if actor.sponsor_status != SponsorStatus::Active {
+        return deny(
+            "orphaned",
+            format!(
+                "agent \"{agent}\" is orphaned: its sponsor \"{}\" {}",
+                actor.sponsor,
+                actor.sponsor_status.why()
+            ),
+            "An administrator must register an active human sponsor with agent_guard.register_agent() before the agent can work again.",
+        );
+    }
+    if session.role_switched {
+        return deny(
+            "role_switched",
+            format!("agent \"{agent}\" may not act under another role (SET ROLE, SET SESSION AUTHORIZATION or set_config)"),
+            "Run RESET ROLE (or RESET SESSION AUTHORIZATION) to continue as the agent's own role.",
+        );
+    }
+    if session.replication_role_changed {
+        return deny(
+            "replication_role",
+            format!("agent \"{agent}\" may not run statements while session_replication_role bypasses triggers"),
+            "Run RESET session_replication_role.",
+        );
+    }
+    if c.touches_guard {
+        return deny(
+            "guard_protected",
+            format!("agent \"{agent}\" may not change agent_guard itself ({})", c.command),
+            "agent_guard's schema, extension and settings are managed by humans; only agent_guard.request_id may be set by agents.",
+        );
+    }
+    match c.risk {
+        Risk::Session | Risk::Read | Risk::SensitiveRead => Decision::Allow {
+            reason: format!("{} is allowed for agents", c.risk),
+            grant: None,
+        },
+        Risk::Write | Risk::Ddl => match grants.covering(actor, c) {
+            Some(grant) => Decision::Allow {
+                reason: format!("covered by grant {}", grant.grant_id),
+                grant: Some(grant),
+            },
+            None => {
+                let what = if c.risk == Risk::Write { "write to" } else { "change the schema of" };
+                let objects = if c.objects.is_empty() {
+                    "the database".to_string()
+                } else {
+                    c.objects.join(", ")
+                };
+                deny(
+                    "no_grant",
+                    format!("agent \"{agent}\" may not {what} {objects} ({}) without an approved grant", c.command),
+                    APPROVAL_HINT,
+                )
+            }
+        },
+        Risk::Privilege => deny(
+            "never_allowed",
+            format!("agent \"{agent}\" may not run {}: privilege operations are never allowed to agents", c.command),
+            "A human administrator must make privilege changes.",
+        ),
+        Risk::Admin => deny(
+            "never_allowed",
+            format!("agent \"{agent}\" may not run {}: administrative operations are never allowed to agents", c.command),
+            "A human administrator must run administrative commands.",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+    use crate::facts::{Facts, Operation, PlanFacts, Relation, UtilityFacts};
+
+    fn actor(status: SponsorStatus) -> Actor {
+        Actor {
+            agent: "ci_bot".into(),
+            login: "ci_bot".into(),
+            sponsor: "alice".into(),
+            sponsor_status: status,
+        }
+    }
+
+    fn session() -> SessionState {
+        SessionState {
+            guard_installed: true,
+            database: "app".into(),
+            ..Default::default()
+        }
+    }
+
+    fn delete() -> Classification {
+        let mut p = PlanFacts { operation: Operation::Delete, ..PlanFacts::select() };
+        p.written = vec![Relation::new(1, "public", "orders")];
+        classify(&Facts::Plan(p))
+    }
+
+    fn read() -> Classification {
+        classify(&Facts::Plan(PlanFacts::select()))
+    }
+
+    fn util(node: &str) -> Classification {
+        classify(&Facts::Utility(UtilityFacts { node: node.into(), command: node.into(), ..Default::default() }))
+    }
+
+    struct Always;
+    impl GrantSource for Always {
+        fn covering(&self, _: &Actor, _: &Classification) -> Option<GrantUse> {
+            Some(GrantUse { grant_id: 7 })
+        }
+    }
+
+    #[test]
+    fn non_agents_are_not_enforced() {
+        assert_eq!(decide(None, &session(), &delete(), &NoGrants), Decision::NotEnforced);
+    }
+
+    #[test]
+    fn agents_read_freely() {
+        assert!(matches!(decide(Some(&actor(SponsorStatus::Active)), &session(), &read(), &NoGrants), Decision::Allow { .. }));
+    }
+
+    #[test]
+    fn writes_need_a_grant() {
+        let a = actor(SponsorStatus::Active);
+        match decide(Some(&a), &session(), &delete(), &NoGrants) {
+            Decision::Deny(r) => {
+                assert_eq!(r.code, "no_grant");
+                assert_eq!(r.message, "agent \"ci_bot\" may not write to public.orders (DELETE) without an approved grant");
+                assert!(r.detail.contains("sponsor \"alice\" (active)"));
+                assert!(r.hint.contains("agent_guard_approver"));
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(decide(Some(&a), &session(), &delete(), &Always), Decision::Allow { grant: Some(_), .. }));
+    }
+
+    #[test]
+    fn privilege_and_admin_are_never_granted() {
+        let a = actor(SponsorStatus::Active);
+        for node in ["GrantStmt", "AlterSystemStmt"] {
+            assert!(matches!(decide(Some(&a), &session(), &util(node), &Always), Decision::Deny(_)), "{node}");
+        }
+    }
+
+    #[test]
+    fn orphaned_agents_keep_only_housekeeping() {
+        for status in [SponsorStatus::NoLogin, SponsorStatus::Expired, SponsorStatus::Dropped] {
+            let a = actor(status);
+            match decide(Some(&a), &session(), &read(), &NoGrants) {
+                Decision::Deny(r) => {
+                    assert_eq!(r.code, "orphaned");
+                    assert!(r.message.contains("\"alice\""), "{}", r.message);
+                }
+                d => panic!("{d:?}"),
+            }
+            assert!(matches!(decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants), Decision::Allow { .. }));
+        }
+    }
+
+    #[test]
+    fn databases_without_the_guard_refuse_agents() {
+        let s = SessionState { guard_installed: false, database: "other".into(), ..Default::default() };
+        let a = actor(SponsorStatus::Active);
+        assert!(matches!(decide(Some(&a), &s, &read(), &NoGrants), Decision::Deny(Refusal { code: "guard_not_installed", .. })));
+        assert!(matches!(decide(Some(&a), &s, &util("TransactionStmt"), &NoGrants), Decision::Allow { .. }));
+    }
+
+    #[test]
+    fn switched_role_is_refused() {
+        let s = SessionState { role_switched: true, ..session() };
+        let a = actor(SponsorStatus::Active);
+        assert!(matches!(decide(Some(&a), &s, &read(), &NoGrants), Decision::Deny(Refusal { code: "role_switched", .. })));
+    }
+
+    #[test]
+    fn guard_objects_are_protected_even_with_a_grant() {
+        let mut p = PlanFacts { operation: Operation::Update, ..PlanFacts::select() };
+        p.written = vec![Relation::new(1, "agent_guard", "agent_registry")];
+        let c = classify(&Facts::Plan(p));
+        let a = actor(SponsorStatus::Active);
+        assert!(matches!(decide(Some(&a), &session(), &c, &Always), Decision::Deny(Refusal { code: "guard_protected", .. })));
+    }
+}

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Build agent_guard and install it into the PostgreSQL named by pgrx.toml
+# ([postgres] pg_config): `cargo pgrx install --pg-config ... [--release]`.
+# Run as root (Debian's PostgreSQL lib/share dirs belong to root).
+# Used by scripts/test.sh (debug), scripts/demo.sh and bench/ (--release).
+#   usage: scripts/install-extension.sh [--release]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+args=()
+for a in "$@"; do
+  case $a in
+    --release|-r) args+=(--release) ;;
+    -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) ag_die "install-extension.sh: unknown argument '$a' (only --release)" ;;
+  esac
+done
+
+root=$(ag_root)
+pg_config=$(ag_config postgres pg_config)
+[ -x "$pg_config" ] || ag_die "$pg_config not found; run scripts/setup.sh"
+if [ -w "$("$pg_config" --pkglibdir)" ]; then sudo=(); else sudo=(--sudo); fi
+
+ag_log "cargo pgrx install --pg-config $pg_config ${args[*]:-}"
+cd "$root"
+cargo pgrx install --package agent_guard --pg-config "$pg_config" "${sudo[@]}" "${args[@]}"

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Install everything agent_guard needs to build and test, on Debian bookworm,
+# as root. Idempotent and quiet when everything is already there:
+#   - Debian packages: PostgreSQL server + headers, clang/libclang (bindgen),
+#     build tools, sudo (cargo pgrx test --runas), and pgrx.toml's peer_packages
+#   - cargo-pgrx at pgrx.toml's [tooling] cargo_pgrx_version
+#   - `cargo pgrx init --pgNN <pg_config>` (only if ~/.pgrx/config.toml lacks it)
+# Debian's own "main" cluster (port 5432, systemd/init service) is never used:
+# every script runs its own cluster (scripts/lib.sh ag_cluster_start), so the
+# package install is told not to create it.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+command -v cargo >/dev/null 2>&1 || ag_die "cargo not found in PATH; install Rust (rustup) first, then re-run scripts/setup.sh"
+
+major=$(ag_config postgres major)
+pg_config=$(ag_config postgres pg_config)
+pgrx_version=$(ag_config tooling cargo_pgrx_version)
+peer_packages=$(ag_config postgres peer_packages 2>/dev/null || true)
+
+# ---- Debian packages --------------------------------------------------------
+packages=(
+  "postgresql-$major" "postgresql-server-dev-$major"
+  libclang-dev clang build-essential pkg-config libssl-dev sudo ca-certificates
+)
+# shellcheck disable=SC2206
+packages+=($peer_packages)
+
+missing=()
+for p in "${packages[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)
+  if [ "$status" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || ag_die "missing packages (${missing[*]}); run scripts/setup.sh as root"
+  command -v apt-get >/dev/null 2>&1 || ag_die "apt-get not found; this setup supports Debian bookworm only (missing: ${missing[*]})"
+  # Tell postgresql-common not to create (and start) the Debian "main" cluster.
+  mkdir -p /etc/postgresql-common/createcluster.d
+  if [ ! -f /etc/postgresql-common/createcluster.d/agent_guard.conf ]; then
+    printf '# agent_guard: scripts run their own clusters; no Debian default cluster needed.\ncreate_main_cluster = false\n' \
+      >/etc/postgresql-common/createcluster.d/agent_guard.conf
+  fi
+  ag_log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends \
+    -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+    "${missing[@]}" </dev/null >/tmp/agent_guard-apt.log 2>&1 \
+    || { tail -n 40 /tmp/agent_guard-apt.log >&2; ag_die "apt-get install failed (full log: /tmp/agent_guard-apt.log)"; }
+  # If a Debian default cluster exists anyway (installed before us), it is not
+  # needed; stop it if the package install just started it.
+  if command -v pg_lsclusters >/dev/null 2>&1; then
+    pg_lsclusters -h 2>/dev/null | awk '$4 == "online" { print $1, $2 }' | while read -r v c; do
+      ag_log "stopping Debian default cluster $v/$c (not used by agent_guard)"
+      pg_ctlcluster "$v" "$c" stop || true
+    done
+  fi
+fi
+
+[ -x "$pg_config" ] || ag_die "$pg_config not found after package install (pgrx.toml [postgres] pg_config)"
+id postgres >/dev/null 2>&1 || ag_die "no 'postgres' OS user after installing postgresql-$major"
+
+# ---- cargo-pgrx -------------------------------------------------------------
+have=$(cargo pgrx --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$have" != "$pgrx_version" ]; then
+  ag_log "cargo install cargo-pgrx --version $pgrx_version --locked (have: ${have:-none}; takes a few minutes)"
+  cargo install cargo-pgrx --version "$pgrx_version" --locked --force
+  have=$(cargo pgrx --version 2>/dev/null | awk '{print $2}' || true)
+  [ "$have" = "$pgrx_version" ] || ag_die "cargo pgrx --version reports '${have:-nothing}', want $pgrx_version (is ~/.cargo/bin in PATH?)"
+fi
+
+# ---- cargo pgrx init ----------------------------------------------------------
+pgrx_home=${PGRX_HOME:-$HOME/.pgrx}
+if ! grep -Eq "^[[:space:]]*pg$major[[:space:]]*=[[:space:]]*\"$pg_config\"" "$pgrx_home/config.toml" 2>/dev/null; then
+  ag_log "cargo pgrx init --pg$major $pg_config"
+  cargo pgrx init "--pg$major" "$pg_config" >/tmp/agent_guard-pgrx-init.log 2>&1 \
+    || { cat /tmp/agent_guard-pgrx-init.log >&2; ag_die "cargo pgrx init failed"; }
+fi
+
+# ---- shared scratch dir for clusters -------------------------------------------
+# Root-owned and traversable; cluster data dirs inside belong to postgres.
+base=$(dirname "$(ag_cluster_datadir test)")
+if [ ! -d "$base" ]; then mkdir -p "$base"; fi
+chmod 755 "$base" 2>/dev/null || true
+exit 0
