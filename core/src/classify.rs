@@ -270,8 +270,6 @@ fn touches_guard_utility(u: &UtilityFacts) -> bool {
         "CreateExtensionStmt" | "AlterExtensionStmt" | "AlterExtensionContentsStmt"
     ) || u.object_type.as_deref() == Some("EXTENSION");
     guard_setting
-        || u.node == "LoadStmt"
-        || u.node == "AlterSystemStmt"
         || u.relations.iter().any(in_guard_schema)
         || (extension_stmt && u.objects.iter().any(|o| o == GUARD_SCHEMA))
         || (!matches!(u.node.as_str(), "VariableShowStmt" | "ExplainStmt" | "CopyStmt" | "DeclareCursorStmt" | "ExecuteStmt")
@@ -408,7 +406,7 @@ fn classify_set(u: &UtilityFacts, cmd: &str) -> Classification {
             "SET SESSION AUTHORIZATION switches the session's identity",
         ),
         n if n.starts_with("agent_guard.") && n != REQUEST_ID_SETTING => {
-            let mut c = Classification::new(cmd, Risk::Admin, format!("changes agent_guard's own setting {n}"));
+            let mut c = Classification::new(&format!("{cmd} {n}"), Risk::Admin, format!("changes agent_guard's own setting {n}"));
             c.touches_guard = true;
             c
         }

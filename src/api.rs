@@ -1,0 +1,154 @@
+//! SQL functions for people and tools: version, status, classify, context.
+
+use crate::extract;
+use agent_guard_core::policy::NoGrants;
+use agent_guard_core::{classify as classify_facts, decide, Classification, Decision, Facts, Risk};
+use pgrx::prelude::*;
+use pgrx::{is_a, JsonB, PgList};
+use std::ffi::CString;
+
+/// The extension's version.
+#[pg_extern(immutable, parallel_safe)]
+fn version() -> &'static str {
+    env!("CARGO_PKG_VERSION")
+}
+
+/// Whether the library was loaded by shared_preload_libraries (used by the install script).
+#[pg_extern(parallel_safe)]
+fn _preloaded() -> bool {
+    crate::hooks_active()
+}
+
+/// Hooks, settings and the session's identity, as jsonb.
+#[pg_extern(parallel_safe)]
+fn status() -> JsonB {
+    JsonB(serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "hooks_active": crate::hooks_active(),
+        "registry_generation": crate::shmem::generation(),
+        "settings": crate::gucs::settings(),
+        "session_is_agent": crate::identity::current_agent().is_some(),
+        "background_worker": "not part of this release",
+    }))
+}
+
+/// The execution context of the calling statement, as jsonb.
+#[pg_extern(parallel_safe)]
+fn current_context() -> JsonB {
+    // The function runs one level below the statement that called it.
+    JsonB(crate::identity::context_json((crate::hooks::nesting_level() - 1).max(0)))
+}
+
+/// Whether the calling session is an agent session.
+#[pg_extern(parallel_safe)]
+fn is_agent_session() -> bool {
+    crate::identity::current_agent().is_some()
+}
+
+/// Status of a sponsor role: active, nologin, expired or dropped.
+#[pg_extern(parallel_safe)]
+fn sponsor_status(sponsor: pg_sys::Oid) -> &'static str {
+    crate::identity::sponsor_status(sponsor).as_str()
+}
+
+/// Classify every Query a raw statement analyses and rewrites into; the riskiest wins.
+unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString) -> Classification {
+    unsafe {
+        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(raw, sql.as_ptr(), std::ptr::null_mut(), 0, std::ptr::null_mut());
+        let sensitive = crate::labels::sensitive_columns();
+        let mut best: Option<Classification> = None;
+        for query in PgList::<pg_sys::Query>::from_pg(queries).iter_ptr() {
+            let c = classify_facts(&query_to_facts(query, sql, &sensitive));
+            best = Some(match best {
+                Some(b) if b.risk >= c.risk => b,
+                _ => c,
+            });
+        }
+        best.unwrap_or_else(|| classify_facts(&Facts::Plan(agent_guard_core::PlanFacts::select())))
+    }
+}
+
+unsafe fn query_to_facts(query: *mut pg_sys::Query, sql: &CString, sensitive: &crate::labels::SensitiveColumns) -> Facts {
+    unsafe {
+        if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
+            let node = (*query).utilityStmt;
+            let mut u = extract::utility_facts(node);
+            // EXECUTE: classify the prepared statement it runs.
+            if is_a(node, pg_sys::NodeTag::T_ExecuteStmt) {
+                let name = (*(node as *mut pg_sys::ExecuteStmt)).name;
+                let prepared = pg_sys::FetchPreparedStatement(name, true);
+                let inner = PgList::<pg_sys::Query>::from_pg((*(*prepared).plansource).query_list);
+                if let Some(q) = inner.head() {
+                    let copy = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
+                    u.inner = Some(Box::new(query_to_facts(copy, sql, sensitive)));
+                }
+            }
+            return Facts::Utility(u);
+        }
+        let plan = pg_sys::pg_plan_query(query, sql.as_ptr(), pg_sys::CURSOR_OPT_PARALLEL_OK as i32, std::ptr::null_mut());
+        Facts::Plan(extract::plan_facts(plan, sensitive, false))
+    }
+}
+
+fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
+    match as_role {
+        None => crate::enforce::decide_current(c),
+        Some(role) => match crate::identity::agent_of_role(role) {
+            None => Decision::NotEnforced,
+            Some(agent) => {
+                let actor = crate::identity::actor(&agent);
+                let session = crate::enforce::SessionState {
+                    guard_installed: true,
+                    database: crate::identity::database_name(),
+                    ..Default::default()
+                };
+                decide(Some(&actor), &session, c, &NoGrants)
+            }
+        },
+    }
+}
+
+/// Classify each statement of `sql` without running it (the same code enforcement uses).
+#[pg_extern(name = "_classify")]
+#[allow(clippy::type_complexity)]
+fn classify_sql(
+    sql: &str,
+    as_role: Option<pg_sys::Oid>,
+) -> TableIterator<
+    'static,
+    (
+        name!(statement_no, i32),
+        name!(command, String),
+        name!(risk, String),
+        name!(objects, Vec<String>),
+        name!(sensitive_columns, Vec<String>),
+        name!(decision, String),
+        name!(reason, String),
+    ),
+> {
+    let csql = CString::new(sql).unwrap_or_else(|_| error!("agent_guard.classify: the SQL text contains a NUL byte"));
+    let mut rows = vec![];
+    unsafe {
+        let raws = pg_sys::raw_parser(csql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
+        for (i, raw) in PgList::<pg_sys::RawStmt>::from_pg(raws).iter_ptr().enumerate() {
+            let c = classify_raw(raw, &csql);
+            let d = decision_for(&c, as_role);
+            let (decision, reason) = match &d {
+                Decision::NotEnforced => ("allowed".to_string(), format!("not an agent session; {}", c.reason)),
+                Decision::Allow { .. } => ("allowed".to_string(), c.reason.clone()),
+                Decision::Deny(r) => ("denied".to_string(), r.message.clone()),
+            };
+            rows.push((
+                i as i32 + 1,
+                c.command.clone(),
+                c.risk.as_str().to_string(),
+                c.objects.clone(),
+                c.sensitive_columns.clone(),
+                decision,
+                reason,
+            ));
+        }
+    }
+    let _ = Risk::Read;
+    TableIterator::new(rows)
+}

@@ -1,0 +1,458 @@
+//! The only module that reads PostgreSQL's trees.
+//!
+//! It turns a `PlannedStmt` (range table, result relations, row marks,
+//! column permissions) or a utility parse node into
+//! [`agent_guard_core::Facts`]. Everything downstream is plain Rust.
+
+use crate::labels::SensitiveColumns;
+use agent_guard_core::facts::{CopyFacts, Facts, Operation, PlanFacts, Relation, UtilityFacts};
+use pgrx::pg_sys::{self, NodeTag};
+use pgrx::{is_a, PgList};
+use std::collections::BTreeSet;
+use std::ffi::{c_char, CStr};
+
+fn cstr(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        None
+    } else {
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    }
+}
+
+/// Name a relation by OID.
+pub fn relation(relid: pg_sys::Oid) -> Relation {
+    unsafe {
+        let name = cstr(pg_sys::get_rel_name(relid)).unwrap_or_else(|| relid.to_u32().to_string());
+        let nsp = pg_sys::get_rel_namespace(relid);
+        let schema = cstr(pg_sys::get_namespace_name(nsp)).unwrap_or_default();
+        Relation::new(relid.to_u32(), &schema, &name)
+    }
+}
+
+fn operation(cmd: pg_sys::CmdType::Type) -> Operation {
+    match cmd {
+        pg_sys::CmdType::CMD_INSERT => Operation::Insert,
+        pg_sys::CmdType::CMD_UPDATE => Operation::Update,
+        pg_sys::CmdType::CMD_DELETE => Operation::Delete,
+        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
+        pg_sys::CmdType::CMD_MERGE => Operation::Merge,
+        _ => Operation::Select,
+    }
+}
+
+/// The columns a range-table entry reads (attnums; 0 means the whole row).
+#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+unsafe fn selected_columns(_pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+    unsafe { bitmap_members((*rte).selectedCols) }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+unsafe fn selected_columns(pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+    unsafe {
+        let index = (*rte).perminfoindex;
+        if index == 0 {
+            return vec![];
+        }
+        let perms = PgList::<pg_sys::RTEPermissionInfo>::from_pg((*pstmt).permInfos);
+        match perms.get_ptr(index as usize - 1) {
+            Some(p) => bitmap_members((*p).selectedCols),
+            None => vec![],
+        }
+    }
+}
+
+unsafe fn bitmap_members(set: *mut pg_sys::Bitmapset) -> Vec<i32> {
+    let mut out = vec![];
+    let mut m = -1;
+    loop {
+        m = unsafe { pg_sys::bms_next_member(set, m) };
+        if m < 0 {
+            break;
+        }
+        out.push(m + pg_sys::FirstLowInvalidHeapAttributeNumber);
+    }
+    out
+}
+
+/// Facts of a statement about to be executed.
+///
+/// # Safety
+/// `pstmt` must be a valid `PlannedStmt` of a plannable statement.
+pub unsafe fn plan_facts(pstmt: *mut pg_sys::PlannedStmt, sensitive: &SensitiveColumns, integrity_check: bool) -> PlanFacts {
+    unsafe {
+        let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*pstmt).rtable);
+        let rel_at = |rti: u32| -> Option<Relation> {
+            let rte = rtable.get_ptr(rti.checked_sub(1)? as usize)?;
+            ((*rte).rtekind == pg_sys::RTEKind::RTE_RELATION).then(|| relation((*rte).relid))
+        };
+        let mut facts = PlanFacts {
+            operation: operation((*pstmt).commandType),
+            has_modifying_cte: (*pstmt).hasModifyingCTE,
+            integrity_check,
+            ..PlanFacts::select()
+        };
+        let mut seen = BTreeSet::new();
+        let mut sensitive_cols = BTreeSet::new();
+        for rte in rtable.iter_ptr() {
+            if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+                continue;
+            }
+            let relid = (*rte).relid;
+            if seen.insert(relid.to_u32()) {
+                facts.read.push(relation(relid));
+            }
+            if let Some(cols) = sensitive.of_relation(relid) {
+                let selected = selected_columns(pstmt, rte);
+                for (attnum, name) in cols {
+                    if selected.iter().any(|&a| a == 0 || a == *attnum as i32) {
+                        sensitive_cols.insert(name.clone());
+                    }
+                }
+            }
+        }
+        facts.sensitive_columns = sensitive_cols.into_iter().collect();
+        for rti in PgList::<std::ffi::c_void>::from_pg((*pstmt).resultRelations).iter_int() {
+            if let Some(r) = rel_at(rti as u32) {
+                if !facts.written.contains(&r) {
+                    facts.written.push(r);
+                }
+            }
+        }
+        for mark in PgList::<pg_sys::PlanRowMark>::from_pg((*pstmt).rowMarks).iter_ptr() {
+            let locking = (*mark).markType <= pg_sys::RowMarkType::ROW_MARK_KEYSHARE;
+            if locking && !(*mark).isParent {
+                if let Some(r) = rel_at((*mark).rti) {
+                    if !facts.locked.contains(&r) {
+                        facts.locked.push(r);
+                    }
+                }
+            }
+        }
+        facts
+    }
+}
+
+/// Facts of an analyzed (not yet planned) query, for EXPLAIN and DECLARE CURSOR wrappers.
+unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
+    unsafe {
+        if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
+            return Facts::Utility(utility_facts((*query).utilityStmt));
+        }
+        let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*query).rtable);
+        let rel_at = |rti: u32| -> Option<Relation> {
+            let rte = rtable.get_ptr(rti.checked_sub(1)? as usize)?;
+            ((*rte).rtekind == pg_sys::RTEKind::RTE_RELATION).then(|| relation((*rte).relid))
+        };
+        let mut facts = PlanFacts {
+            operation: operation((*query).commandType),
+            has_modifying_cte: (*query).hasModifyingCTE,
+            ..PlanFacts::select()
+        };
+        for rte in rtable.iter_ptr() {
+            if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
+                facts.read.push(relation((*rte).relid));
+            }
+        }
+        if let Some(r) = rel_at((*query).resultRelation as u32) {
+            facts.written.push(r);
+        }
+        for rc in PgList::<pg_sys::RowMarkClause>::from_pg((*query).rowMarks).iter_ptr() {
+            if let Some(r) = rel_at((*rc).rti) {
+                facts.locked.push(r);
+            }
+        }
+        Facts::Plan(facts)
+    }
+}
+
+fn node_name(node: *mut pg_sys::Node) -> String {
+    let tag = unsafe { (*node).type_ };
+    format!("{tag:?}").trim_start_matches("T_").to_string()
+}
+
+fn object_type_name(t: pg_sys::ObjectType::Type) -> String {
+    use pg_sys::ObjectType::*;
+    let s = match t {
+        OBJECT_ACCESS_METHOD => "ACCESS METHOD",
+        OBJECT_DATABASE => "DATABASE",
+        OBJECT_EVENT_TRIGGER => "EVENT TRIGGER",
+        OBJECT_EXTENSION => "EXTENSION",
+        OBJECT_FDW => "FOREIGN DATA WRAPPER",
+        OBJECT_FOREIGN_SERVER => "SERVER",
+        OBJECT_LANGUAGE => "LANGUAGE",
+        OBJECT_POLICY => "POLICY",
+        OBJECT_PUBLICATION => "PUBLICATION",
+        OBJECT_ROLE => "ROLE",
+        OBJECT_SUBSCRIPTION => "SUBSCRIPTION",
+        OBJECT_TABLESPACE => "TABLESPACE",
+        OBJECT_TRANSFORM => "TRANSFORM",
+        OBJECT_USER_MAPPING => "USER MAPPING",
+        OBJECT_TABLE => "TABLE",
+        OBJECT_VIEW => "VIEW",
+        OBJECT_MATVIEW => "MATERIALIZED VIEW",
+        OBJECT_INDEX => "INDEX",
+        OBJECT_SEQUENCE => "SEQUENCE",
+        OBJECT_FOREIGN_TABLE => "FOREIGN TABLE",
+        OBJECT_SCHEMA => "SCHEMA",
+        OBJECT_FUNCTION => "FUNCTION",
+        OBJECT_PROCEDURE => "PROCEDURE",
+        OBJECT_TRIGGER => "TRIGGER",
+        OBJECT_TYPE => "TYPE",
+        OBJECT_COLUMN => "COLUMN",
+        _ => "OBJECT",
+    };
+    s.to_string()
+}
+
+fn is_relation_type(t: pg_sys::ObjectType::Type) -> bool {
+    use pg_sys::ObjectType::*;
+    matches!(t, OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_FOREIGN_TABLE)
+}
+
+/// `schema.name` (or `name`) of a RangeVar, plus the relation if it exists.
+unsafe fn range_var(rv: *mut pg_sys::RangeVar) -> (Option<String>, Option<Relation>) {
+    if rv.is_null() {
+        return (None, None);
+    }
+    unsafe {
+        let name = cstr((*rv).relname).unwrap_or_default();
+        let text = match cstr((*rv).schemaname) {
+            Some(s) => format!("{s}.{name}"),
+            None => name,
+        };
+        let relid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+        let rel = (relid != pg_sys::InvalidOid).then(|| relation(relid));
+        (Some(rel.as_ref().map_or(text, Relation::qualified)), rel)
+    }
+}
+
+/// A name from a node that is a String, a List of Strings or an ObjectWithArgs.
+unsafe fn object_name(node: *mut pg_sys::Node) -> Option<String> {
+    if node.is_null() {
+        return None;
+    }
+    unsafe {
+        if is_a(node, NodeTag::T_String) {
+            return cstr((*(node as *mut pg_sys::String)).sval);
+        }
+        if is_a(node, NodeTag::T_List) {
+            return cstr(pg_sys::NameListToString(node as *mut pg_sys::List));
+        }
+        if is_a(node, NodeTag::T_ObjectWithArgs) {
+            return cstr(pg_sys::NameListToString((*(node as *mut pg_sys::ObjectWithArgs)).objname));
+        }
+        None
+    }
+}
+
+unsafe fn add_range_var(u: &mut UtilityFacts, rv: *mut pg_sys::RangeVar) {
+    let (name, rel) = unsafe { range_var(rv) };
+    u.objects.extend(name);
+    u.relations.extend(rel);
+}
+
+unsafe fn set_stmt(u: &mut UtilityFacts, s: *mut pg_sys::VariableSetStmt) {
+    if s.is_null() {
+        return;
+    }
+    unsafe {
+        let name = cstr((*s).name).map(|n| n.to_lowercase());
+        u.reset = matches!(
+            (*s).kind,
+            pg_sys::VariableSetKind::VAR_RESET | pg_sys::VariableSetKind::VAR_RESET_ALL | pg_sys::VariableSetKind::VAR_SET_DEFAULT
+        );
+        if let Some(first) = PgList::<pg_sys::Node>::from_pg((*s).args).head() {
+            if is_a(first, NodeTag::T_A_Const) {
+                let c = first as *mut pg_sys::A_Const;
+                if !(*c).isnull && (*c).val.node.type_ == NodeTag::T_String {
+                    u.setting_value = cstr((*c).val.sval.sval);
+                }
+            }
+        }
+        if let Some(n) = &name {
+            u.setting_superuser_only = (*s).kind != pg_sys::VariableSetKind::VAR_SET_MULTI && crate::gucs::is_superuser_only(n);
+        }
+        u.setting = name;
+    }
+}
+
+fn defelem_bool(opt: *mut pg_sys::DefElem) -> bool {
+    unsafe {
+        let arg = (*opt).arg;
+        if arg.is_null() {
+            return true;
+        }
+        pg_sys::defGetBoolean(opt)
+    }
+}
+
+/// Facts of a utility statement.
+///
+/// # Safety
+/// `node` must be a valid utility parse node (as ProcessUtility receives it).
+#[allow(non_upper_case_globals)]
+pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
+    unsafe {
+        let mut u = UtilityFacts {
+            node: node_name(node),
+            command: cstr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node))).unwrap_or_default(),
+            ..Default::default()
+        };
+        match (*node).type_ {
+            NodeTag::T_VariableSetStmt => set_stmt(&mut u, node as *mut pg_sys::VariableSetStmt),
+            NodeTag::T_VariableShowStmt => u.setting = cstr((*(node as *mut pg_sys::VariableShowStmt)).name),
+            NodeTag::T_AlterSystemStmt => set_stmt(&mut u, (*(node as *mut pg_sys::AlterSystemStmt)).setstmt),
+            NodeTag::T_AlterRoleSetStmt => set_stmt(&mut u, (*(node as *mut pg_sys::AlterRoleSetStmt)).setstmt),
+            NodeTag::T_AlterDatabaseSetStmt => set_stmt(&mut u, (*(node as *mut pg_sys::AlterDatabaseSetStmt)).setstmt),
+            NodeTag::T_CopyStmt => {
+                let s = node as *mut pg_sys::CopyStmt;
+                add_range_var(&mut u, (*s).relation);
+                u.copy = Some(CopyFacts {
+                    from: (*s).is_from,
+                    file_or_program: (*s).is_program || !(*s).filename.is_null(),
+                });
+                // COPY table TO reads the table without the executor: say which columns it exports.
+                if let (false, Some(rel)) = ((*s).is_from, u.relations.first().cloned()) {
+                    let sensitive = crate::labels::sensitive_columns();
+                    let wanted: Vec<String> = PgList::<pg_sys::Node>::from_pg((*s).attlist)
+                        .iter_ptr()
+                        .filter_map(|n| object_name(n))
+                        .collect();
+                    let mut read = PlanFacts::select();
+                    if let Some(cols) = sensitive.of_relation(pg_sys::Oid::from(rel.oid)) {
+                        read.sensitive_columns = cols
+                            .iter()
+                            .filter(|(_, name)| wanted.is_empty() || wanted.iter().any(|w| name.ends_with(&format!(".{}", agent_guard_core::quote_ident(w)))))
+                            .map(|(_, name)| name.clone())
+                            .collect();
+                    }
+                    read.read = vec![rel];
+                    u.inner = Some(Box::new(Facts::Plan(read)));
+                }
+            }
+            NodeTag::T_ExplainStmt => {
+                let s = node as *mut pg_sys::ExplainStmt;
+                for opt in PgList::<pg_sys::DefElem>::from_pg((*s).options).iter_ptr() {
+                    if cstr((*opt).defname).as_deref() == Some("analyze") {
+                        u.explain_analyze = defelem_bool(opt);
+                    }
+                }
+                if is_a((*s).query, NodeTag::T_Query) {
+                    u.inner = Some(Box::new(query_facts((*s).query as *mut pg_sys::Query)));
+                }
+            }
+            NodeTag::T_DeclareCursorStmt => {
+                let s = node as *mut pg_sys::DeclareCursorStmt;
+                if is_a((*s).query, NodeTag::T_Query) {
+                    u.inner = Some(Box::new(query_facts((*s).query as *mut pg_sys::Query)));
+                }
+            }
+            NodeTag::T_FetchStmt => u.is_move = (*(node as *mut pg_sys::FetchStmt)).ismove,
+            NodeTag::T_TruncateStmt => {
+                for rv in PgList::<pg_sys::RangeVar>::from_pg((*(node as *mut pg_sys::TruncateStmt)).relations).iter_ptr() {
+                    add_range_var(&mut u, rv);
+                }
+            }
+            NodeTag::T_LockStmt => {
+                let s = node as *mut pg_sys::LockStmt;
+                u.lock_strong = (*s).mode > pg_sys::AccessShareLock as i32;
+                for rv in PgList::<pg_sys::RangeVar>::from_pg((*s).relations).iter_ptr() {
+                    add_range_var(&mut u, rv);
+                }
+            }
+            NodeTag::T_CreateStmt => add_range_var(&mut u, (*(node as *mut pg_sys::CreateStmt)).relation),
+            NodeTag::T_CreateTableAsStmt => {
+                let into = (*(node as *mut pg_sys::CreateTableAsStmt)).into;
+                if !into.is_null() {
+                    add_range_var(&mut u, (*into).rel);
+                }
+            }
+            NodeTag::T_IndexStmt => add_range_var(&mut u, (*(node as *mut pg_sys::IndexStmt)).relation),
+            NodeTag::T_ViewStmt => add_range_var(&mut u, (*(node as *mut pg_sys::ViewStmt)).view),
+            NodeTag::T_CreateTrigStmt => add_range_var(&mut u, (*(node as *mut pg_sys::CreateTrigStmt)).relation),
+            NodeTag::T_RefreshMatViewStmt => add_range_var(&mut u, (*(node as *mut pg_sys::RefreshMatViewStmt)).relation),
+            NodeTag::T_CreateSchemaStmt => u.objects.extend(cstr((*(node as *mut pg_sys::CreateSchemaStmt)).schemaname)),
+            NodeTag::T_AlterTableStmt => {
+                let s = node as *mut pg_sys::AlterTableStmt;
+                add_range_var(&mut u, (*s).relation);
+                #[allow(non_upper_case_globals)]
+                use pg_sys::AlterTableType::*;
+                for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*s).cmds).iter_ptr() {
+                    if matches!(
+                        (*cmd).subtype,
+                        AT_ChangeOwner | AT_EnableRowSecurity | AT_DisableRowSecurity | AT_ForceRowSecurity | AT_NoForceRowSecurity
+                    ) {
+                        u.changes_owner_or_row_security = true;
+                    }
+                }
+            }
+            NodeTag::T_DropStmt => {
+                let s = node as *mut pg_sys::DropStmt;
+                u.object_type = Some(object_type_name((*s).removeType));
+                for obj in PgList::<pg_sys::Node>::from_pg((*s).objects).iter_ptr() {
+                    if is_relation_type((*s).removeType) && is_a(obj, NodeTag::T_List) {
+                        let rv = pg_sys::makeRangeVarFromNameList(obj as *mut pg_sys::List);
+                        add_range_var(&mut u, rv);
+                    } else {
+                        u.objects.extend(object_name(obj));
+                    }
+                }
+            }
+            NodeTag::T_RenameStmt => {
+                let s = node as *mut pg_sys::RenameStmt;
+                u.object_type = Some(object_type_name((*s).renameType));
+                add_range_var(&mut u, (*s).relation);
+                u.objects.extend(object_name((*s).object));
+            }
+            NodeTag::T_CommentStmt => {
+                let s = node as *mut pg_sys::CommentStmt;
+                u.object_type = Some(object_type_name((*s).objtype));
+                u.objects.extend(object_name((*s).object));
+            }
+            NodeTag::T_AlterObjectSchemaStmt => {
+                let s = node as *mut pg_sys::AlterObjectSchemaStmt;
+                u.object_type = Some(object_type_name((*s).objectType));
+                add_range_var(&mut u, (*s).relation);
+                u.objects.extend(object_name((*s).object));
+            }
+            NodeTag::T_CreateExtensionStmt => u.objects.extend(cstr((*(node as *mut pg_sys::CreateExtensionStmt)).extname)),
+            NodeTag::T_AlterExtensionStmt => u.objects.extend(cstr((*(node as *mut pg_sys::AlterExtensionStmt)).extname)),
+            NodeTag::T_AlterExtensionContentsStmt => {
+                u.objects.extend(cstr((*(node as *mut pg_sys::AlterExtensionContentsStmt)).extname))
+            }
+            NodeTag::T_LoadStmt => u.objects.extend(cstr((*(node as *mut pg_sys::LoadStmt)).filename)),
+            NodeTag::T_DoStmt => {
+                let mut language = "plpgsql".to_string();
+                for opt in PgList::<pg_sys::DefElem>::from_pg((*(node as *mut pg_sys::DoStmt)).args).iter_ptr() {
+                    if cstr((*opt).defname).as_deref() == Some("language") {
+                        if let Some(l) = object_name((*opt).arg) {
+                            language = l;
+                        }
+                    }
+                }
+                u.untrusted_language = !language_is_trusted(&language);
+                u.objects.push(format!("LANGUAGE {language}"));
+            }
+            _ => {}
+        }
+        u
+    }
+}
+
+/// Trusted procedural languages run with the caller's privileges only.
+/// (Unknown languages count as trusted: PostgreSQL itself reports them.)
+fn language_is_trusted(name: &str) -> bool {
+    if !unsafe { pg_sys::IsTransactionState() } {
+        return false;
+    }
+    let name = name.to_string();
+    crate::identity::internal(move || {
+        pgrx::Spi::get_one_with_args::<bool>(
+            "SELECT lanpltrusted OR lanname = 'internal' FROM pg_catalog.pg_language WHERE lanname = $1",
+            &[name.as_str().into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(true)
+    })
+}

@@ -1,0 +1,199 @@
+//! Thin adapters between PostgreSQL's hooks and agent_guard.
+//!
+//! Each hook: skip our own SPI, parallel and background workers; ask
+//! [`crate::identity`] whether this is an agent session (one atomic load
+//! when nothing changed); if so, extract facts and let [`crate::enforce`]
+//! decide; then pass control on, to the previous hook through
+//! `pg_guard_ffi_boundary` or to PostgreSQL's standard routine.
+
+use agent_guard_core::Facts;
+use pgrx::pg_sys::{self, ffi::pg_guard_ffi_boundary};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+use std::cell::Cell;
+
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+static mut PREV_OBJECT_ACCESS: pg_sys::object_access_hook_type = None;
+
+thread_local! {
+    /// Statements currently running (executor runs and utility commands): the nesting level.
+    static DEPTH: Cell<i32> = const { Cell::new(0) };
+}
+
+/// How deeply the current statement is nested (0 = top level).
+pub fn nesting_level() -> i32 {
+    DEPTH.with(|d| d.get())
+}
+
+pub fn install() {
+    unsafe {
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+        PREV_OBJECT_ACCESS = pg_sys::object_access_hook;
+        pg_sys::object_access_hook = Some(object_access);
+    }
+}
+
+/// Work agent_guard must not inspect: its own SPI, parallel workers, background workers.
+fn pass_through() -> bool {
+    (unsafe { pg_sys::ParallelWorkerNumber >= 0 || pg_sys::IsBackgroundWorker }) || crate::identity::in_internal()
+}
+
+/// Run `f` one nesting level deeper, restoring the level on error too.
+fn nested<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
+    DEPTH.with(|d| d.set(d.get() + 1));
+    PgTryBuilder::new(f)
+        .finally(|| DEPTH.with(|d| d.set(d.get() - 1)))
+        .execute()
+}
+
+fn enforcing() -> bool {
+    !pass_through() && crate::gucs::enabled() && crate::identity::is_agent_session()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
+    unsafe {
+        let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
+        if !explain_only && enforcing() {
+            let mut user = pg_sys::InvalidOid;
+            let mut sec_context = 0;
+            pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
+            let integrity_check = sec_context & pg_sys::SECURITY_NOFORCE_RLS as i32 != 0;
+            let facts = crate::extract::plan_facts(
+                (*query_desc).plannedstmt,
+                &crate::labels::sensitive_columns(),
+                integrity_check,
+            );
+            crate::enforce::check(&Facts::Plan(facts));
+        }
+        match PREV_EXECUTOR_START {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
+            None => pg_sys::standard_ExecutorStart(query_desc, eflags),
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    let qd = query_desc as usize;
+    nested(move || unsafe {
+        let query_desc = qd as *mut pg_sys::QueryDesc;
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once)),
+            None => pg_sys::standard_ExecutorRun(query_desc, direction, count, execute_once),
+        }
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) {
+    let qd = query_desc as usize;
+    nested(move || unsafe {
+        let query_desc = qd as *mut pg_sys::QueryDesc;
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
+            None => pg_sys::standard_ExecutorFinish(query_desc),
+        }
+    })
+}
+
+/// Statements after which every backend must re-read who is an agent.
+fn changes_registry(node: *mut pg_sys::Node) -> bool {
+    use pg_sys::NodeTag::*;
+    let tag = unsafe { (*node).type_ };
+    matches!(
+        tag,
+        T_CreateRoleStmt
+            | T_AlterRoleStmt
+            | T_DropRoleStmt
+            | T_GrantRoleStmt
+            | T_RenameStmt
+            | T_CreateExtensionStmt
+            | T_AlterExtensionStmt
+            | T_DropStmt
+            | T_ReassignOwnedStmt
+    )
+}
+
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    unsafe {
+        let node = (*pstmt).utilityStmt;
+        if enforcing() {
+            let facts = crate::extract::utility_facts(node);
+            crate::enforce::check(&Facts::Utility(facts));
+        }
+        let changes = changes_registry(node);
+        let (p, q, pa, qe, de, qcp) = (pstmt as usize, query_string as usize, params as usize, query_env as usize, dest as usize, qc as usize);
+        nested(move || {
+            let (pstmt, query_string, params, query_env, dest, qc) = (
+                p as *mut pg_sys::PlannedStmt,
+                q as *const std::ffi::c_char,
+                pa as pg_sys::ParamListInfo,
+                qe as *mut pg_sys::QueryEnvironment,
+                de as *mut pg_sys::DestReceiver,
+                qcp as *mut pg_sys::QueryCompletion,
+            );
+            match PREV_PROCESS_UTILITY {
+                Some(prev) => pg_guard_ffi_boundary(|| {
+                    prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+                }),
+                None => pg_sys::standard_ProcessUtility(
+                    pstmt, query_string, read_only_tree, context, params, query_env, dest, qc,
+                ),
+            }
+        });
+        if changes {
+            crate::shmem::bump_at_commit();
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn object_access(
+    access: pg_sys::ObjectAccessType::Type,
+    class_id: pg_sys::Oid,
+    object_id: pg_sys::Oid,
+    sub_id: i32,
+    arg: *mut std::ffi::c_void,
+) {
+    unsafe {
+        if let Some(prev) = PREV_OBJECT_ACCESS {
+            pg_guard_ffi_boundary(|| prev(access, class_id, object_id, sub_id, arg));
+        }
+        // Function calls are checked as the executor initialises them; the
+        // statement around them already refreshed the session's identity.
+        if access == pg_sys::ObjectAccessType::OAT_FUNCTION_EXECUTE
+            && !pass_through()
+            && crate::gucs::enabled()
+            && crate::identity::cached_is_agent()
+        {
+            crate::enforce::check_function(object_id);
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Who is acting: the session's agent, its sponsor, and the execution context.
+//!
+//! The agent registry is a set of security labels on roles in the shared
+//! catalog `pg_shseclabel`, so it is the same in every database of the
+//! cluster. A backend reads it once and again only when the shared generation
+//! counter moves; the sponsor's ability to log in is looked up in the role
+//! syscache for every agent statement, so a departed sponsor cuts the agent
+//! off at its next statement.
+
+use agent_guard_core::label::{parse_agent_label, AgentLabel};
+use agent_guard_core::{Actor, SessionState, SponsorStatus};
+use pgrx::prelude::*;
+use pgrx::PgTryBuilder;
+use std::cell::{Cell, RefCell};
+use std::ffi::CStr;
+
+/// A registered agent, as this backend last read it.
+#[derive(Clone, Debug)]
+pub struct AgentRecord {
+    /// The role carrying the registration (the login role or a group it belongs to).
+    pub agent_oid: pg_sys::Oid,
+    pub agent_name: String,
+    pub login_name: String,
+    pub label: AgentLabel,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Cache {
+    valid: bool,
+    generation: u64,
+    session_user: pg_sys::Oid,
+    agent: Option<AgentRecord>,
+    /// The login role itself is the agent (not a superuser impersonating one).
+    agent_is_login: bool,
+    guard_installed: bool,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    static INTERNAL: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Run `f` as agent_guard's own work: hooks pass such statements through.
+/// The depth is restored even when `f` raises an error.
+pub fn internal<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
+    INTERNAL.with(|d| d.set(d.get() + 1));
+    PgTryBuilder::new(f)
+        .finally(|| INTERNAL.with(|d| d.set(d.get().saturating_sub(1))))
+        .execute()
+}
+
+/// agent_guard's own SPI is running.
+pub fn in_internal() -> bool {
+    INTERNAL.with(|d| d.get() > 0)
+}
+
+/// Whether this backend last knew itself to be an agent session (no catalog access).
+pub fn cached_is_agent() -> bool {
+    CACHE.with(|c| c.borrow().agent.is_some())
+}
+
+fn role_name(oid: pg_sys::Oid) -> String {
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(oid, true);
+        if p.is_null() {
+            format!("(role {})", oid.to_u32())
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// The registered agent labels of the cluster: (role oid, label).
+fn read_agent_labels() -> Vec<(pg_sys::Oid, AgentLabel)> {
+    internal(|| {
+        Spi::connect(|client| {
+            let rows = client
+                .select(
+                    "SELECT l.objoid, l.label FROM pg_catalog.pg_shseclabel l \
+                     WHERE l.provider = 'agent_guard' \
+                       AND l.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass",
+                    None,
+                    &[],
+                )
+                .expect("agent_guard: cannot read the agent registry");
+            rows.filter_map(|row| {
+                let oid = row.get::<pg_sys::Oid>(1).ok().flatten()?;
+                let label = row.get::<String>(2).ok().flatten()?;
+                parse_agent_label(&label).ok().map(|l| (oid, l))
+            })
+            .collect()
+        })
+    })
+}
+
+/// Find the registration that makes `roles` (login role first) an agent.
+fn agent_for(roles: &[pg_sys::Oid], labels: &[(pg_sys::Oid, AgentLabel)]) -> Option<(pg_sys::Oid, AgentLabel)> {
+    for &role in roles {
+        if let Some((oid, l)) = labels.iter().find(|(oid, _)| *oid == role) {
+            return Some((*oid, l.clone()));
+        }
+    }
+    for &role in roles {
+        for (oid, l) in labels {
+            if unsafe { pg_sys::is_member_of_role_nosuper(role, *oid) } {
+                return Some((*oid, l.clone()));
+            }
+        }
+    }
+    None
+}
+
+/// Agent registration of an arbitrary role (for `classify(as_role)` and the registry functions).
+pub fn agent_of_role(role: pg_sys::Oid) -> Option<AgentRecord> {
+    let labels = read_agent_labels();
+    agent_for(&[role], &labels).map(|(oid, label)| AgentRecord {
+        agent_oid: oid,
+        agent_name: role_name(oid),
+        login_name: role_name(role),
+        label,
+    })
+}
+
+fn refresh(generation: u64) {
+    let (auth, session) = unsafe { (pg_sys::GetAuthenticatedUserId(), pg_sys::GetSessionUserId()) };
+    let labels = read_agent_labels();
+    let found = agent_for(&[auth], &labels).map(|a| (a, true)).or_else(|| {
+        if session != auth {
+            agent_for(&[session], &labels).map(|a| (a, false))
+        } else {
+            None
+        }
+    });
+    let guard_installed = unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
+    let (agent, agent_is_login) = match found {
+        Some(((oid, label), is_login)) => (
+            Some(AgentRecord {
+                agent_oid: oid,
+                agent_name: role_name(oid),
+                login_name: role_name(if is_login { auth } else { session }),
+                label,
+            }),
+            is_login,
+        ),
+        None => (None, false),
+    };
+    CACHE.with(|c| {
+        *c.borrow_mut() = Cache {
+            valid: true,
+            generation,
+            session_user: session,
+            agent,
+            agent_is_login,
+            guard_installed,
+        }
+    });
+}
+
+/// The session's agent, re-reading the registry only when it changed.
+/// Cost when nothing changed: one atomic load and one comparison.
+pub fn current_agent() -> Option<AgentRecord> {
+    let generation = crate::shmem::generation();
+    let session = unsafe { pg_sys::GetSessionUserId() };
+    let fresh = CACHE.with(|c| {
+        let c = c.borrow();
+        c.valid && c.generation == generation && c.session_user == session
+    });
+    if !fresh && unsafe { pg_sys::IsTransactionState() } && !in_internal() {
+        refresh(generation);
+    }
+    CACHE.with(|c| c.borrow().agent.clone())
+}
+
+/// Fast check used by hooks before any other work.
+pub fn is_agent_session() -> bool {
+    let generation = crate::shmem::generation();
+    let session = unsafe { pg_sys::GetSessionUserId() };
+    let fresh = CACHE.with(|c| {
+        let c = c.borrow();
+        c.valid && c.generation == generation && c.session_user == session
+    });
+    if fresh {
+        return CACHE.with(|c| c.borrow().agent.is_some());
+    }
+    current_agent().is_some()
+}
+
+/// Can `sponsor` still log in? Looked up in the role syscache (no SPI).
+pub fn sponsor_status(sponsor: pg_sys::Oid) -> SponsorStatus {
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            pg_sys::Datum::from(sponsor),
+        );
+        if tup.is_null() {
+            return SponsorStatus::Dropped;
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_authid>(tup);
+        let can_login = (*form).rolcanlogin;
+        let mut isnull = false;
+        let valid_until = pg_sys::SysCacheGetAttr(
+            pg_sys::SysCacheIdentifier::AUTHOID as i32,
+            tup,
+            pg_sys::Anum_pg_authid_rolvaliduntil as pg_sys::AttrNumber,
+            &mut isnull,
+        );
+        let expired = !isnull && (valid_until.value() as i64) < pg_sys::GetCurrentTimestamp();
+        pg_sys::ReleaseSysCache(tup);
+        if !can_login {
+            SponsorStatus::NoLogin
+        } else if expired {
+            SponsorStatus::Expired
+        } else {
+            SponsorStatus::Active
+        }
+    }
+}
+
+/// The policy view of an agent record.
+pub fn actor(agent: &AgentRecord) -> Actor {
+    Actor {
+        agent: agent.agent_name.clone(),
+        login: agent.login_name.clone(),
+        sponsor: agent.label.sponsor_name.clone(),
+        sponsor_status: sponsor_status(pg_sys::Oid::from(agent.label.sponsor_oid)),
+    }
+}
+
+/// Session facts that bear on every agent statement (no catalog access).
+pub fn session_state() -> SessionState {
+    let (guard_installed, agent_is_login) = CACHE.with(|c| {
+        let c = c.borrow();
+        (c.guard_installed, c.agent_is_login)
+    });
+    unsafe {
+        let auth = pg_sys::GetAuthenticatedUserId();
+        let session = pg_sys::GetSessionUserId();
+        let outer = pg_sys::GetOuterUserId();
+        SessionState {
+            guard_installed,
+            database: database_name(),
+            role_switched: outer != session || (agent_is_login && session != auth),
+            replication_role_changed: pg_sys::SessionReplicationRole
+                != pg_sys::SESSION_REPLICATION_ROLE_ORIGIN as i32,
+        }
+    }
+}
+
+pub fn database_name() -> String {
+    unsafe {
+        let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
+        if p.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// The request id: a sqlcommenter comment in the top-level statement wins,
+/// else `agent_guard.request_id`.
+pub fn correlation() -> (Option<String>, Option<String>) {
+    let text = unsafe {
+        if pg_sys::debug_query_string.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(pg_sys::debug_query_string).to_string_lossy().into_owned()
+        }
+    };
+    let c = agent_guard_core::request_id::from_comments(&text);
+    (c.request_id.or_else(crate::gucs::request_id), c.traceparent)
+}
+
+/// The execution context of the current statement, as `current_context()` returns it.
+pub fn context_json(nesting_level: i32) -> serde_json::Value {
+    let agent = current_agent();
+    let (request_id, traceparent) = correlation();
+    unsafe {
+        let app = if pg_sys::application_name.is_null() {
+            String::new()
+        } else {
+            CStr::from_ptr(pg_sys::application_name).to_string_lossy().into_owned()
+        };
+        let client_addr = client_address();
+        let xid = pg_sys::GetCurrentTransactionIdIfAny();
+        let pid = pg_sys::MyProcPid;
+        let sponsor = agent.as_ref().map(|a| {
+            let status = sponsor_status(pg_sys::Oid::from(a.label.sponsor_oid));
+            serde_json::json!({"name": a.label.sponsor_name, "status": status.as_str()})
+        });
+        serde_json::json!({
+            "session_user": role_name(pg_sys::GetSessionUserId()),
+            "current_user": role_name(pg_sys::GetUserId()),
+            "is_agent": agent.is_some(),
+            "agent": agent.as_ref().map(|a| a.agent_name.clone()),
+            "agent_kind": agent.as_ref().map(|a| a.label.kind.clone()),
+            "sponsor": sponsor.as_ref().map(|s| s["name"].clone()),
+            "sponsor_status": sponsor.as_ref().map(|s| s["status"].clone()),
+            "application_name": app,
+            "client_addr": client_addr,
+            "backend_pid": pid,
+            "database": database_name(),
+            "transaction_id": if xid.into_inner() == 0 { None } else { Some(xid.into_inner()) },
+            "nesting_level": nesting_level,
+            "request_id": request_id,
+            "traceparent": traceparent,
+        })
+    }
+}
+
+/// The client's address (NULL for Unix-socket connections).
+fn client_address() -> Option<String> {
+    if !unsafe { pg_sys::IsTransactionState() } {
+        return None;
+    }
+    internal(|| Spi::get_one::<String>("SELECT pg_catalog.host(pg_catalog.inet_client_addr())").ok().flatten())
+}
