@@ -85,8 +85,13 @@ unsafe fn query_to_facts(query: *mut pg_sys::Query, sql: &CString, sensitive: &c
             }
             return Facts::Utility(u);
         }
+        // The planner may rewrite the tree: collect calls first.
+        let functions = extract::called_functions(query);
         let plan = pg_sys::pg_plan_query(query, sql.as_ptr(), pg_sys::CURSOR_OPT_PARALLEL_OK as i32, std::ptr::null_mut());
-        Facts::Plan(extract::plan_facts(plan, sensitive, false))
+        let mut facts = extract::plan_facts(plan, sensitive, false);
+        facts.functions = functions;
+        facts.runs_as_superuser = pg_sys::superuser_arg(pg_sys::GetUserId());
+        Facts::Plan(facts)
     }
 }
 

@@ -456,3 +456,47 @@ fn language_is_trusted(name: &str) -> bool {
         .unwrap_or(true)
     })
 }
+
+/// Functions an analysed query calls anywhere — target list, quals, sublinks,
+/// subqueries, FROM-clause functions — as (schema, name).
+///
+/// # Safety
+/// `query` must be a valid analysed `Query`.
+pub unsafe fn called_functions(query: *mut pg_sys::Query) -> Vec<(String, String)> {
+    let mut oids: Vec<pg_sys::Oid> = vec![];
+    unsafe {
+        collect_functions(query as *mut pg_sys::Node, &mut oids as *mut Vec<pg_sys::Oid> as *mut std::ffi::c_void);
+    }
+    oids.sort_by_key(|o| o.to_u32());
+    oids.dedup();
+    oids.into_iter()
+        .filter_map(|oid| unsafe {
+            let name = cstr(pg_sys::get_func_name(oid))?;
+            let schema = cstr(pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid))).unwrap_or_default();
+            Some((schema, name))
+        })
+        .collect()
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn collect_functions(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    unsafe {
+        let oids = &mut *(ctx as *mut Vec<pg_sys::Oid>);
+        match (*node).type_ {
+            NodeTag::T_FuncExpr => oids.push((*(node as *mut pg_sys::FuncExpr)).funcid),
+            NodeTag::T_OpExpr | NodeTag::T_DistinctExpr | NodeTag::T_NullIfExpr => {
+                oids.push((*(node as *mut pg_sys::OpExpr)).opfuncid)
+            }
+            NodeTag::T_Aggref => oids.push((*(node as *mut pg_sys::Aggref)).aggfnoid),
+            NodeTag::T_WindowFunc => oids.push((*(node as *mut pg_sys::WindowFunc)).winfnoid),
+            NodeTag::T_Query => {
+                return pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(collect_functions), ctx, 0)
+            }
+            _ => {}
+        }
+        pg_sys::expression_tree_walker(node, Some(collect_functions), ctx)
+    }
+}

@@ -68,6 +68,21 @@ fn dedup(mut v: Vec<Relation>) -> Vec<Relation> {
 }
 
 fn classify_plan(p: &PlanFacts) -> Classification {
+    let mut c = classify_plan_relations(p);
+    // A call whose risk exceeds the statement's decides (pg_read_file, nextval, …).
+    for (schema, name) in &p.functions {
+        if let Some(f) = classify_function(schema, name, p.runs_as_superuser) {
+            if f.risk > c.risk {
+                let objects = c.objects.clone();
+                c = f;
+                c.objects = objects;
+            }
+        }
+    }
+    c
+}
+
+fn classify_plan_relations(p: &PlanFacts) -> Classification {
     let command = p.operation.tag();
     let names = |rels: &[Relation]| rels.iter().map(Relation::qualified).collect::<Vec<_>>();
 
@@ -556,6 +571,15 @@ mod tests {
 
     fn risk_of_util(u: UtilityFacts) -> Risk {
         classify(&Facts::Utility(u)).risk
+    }
+
+    #[test]
+    fn function_calls_raise_the_risk() {
+        let mut p = PlanFacts::select();
+        p.functions = vec![("pg_catalog".into(), "lower".into()), ("pg_catalog".into(), "pg_read_file".into())];
+        assert_eq!(classify(&Facts::Plan(p.clone())).risk, Risk::Admin);
+        p.functions = vec![("pg_catalog".into(), "nextval".into())];
+        assert_eq!(classify(&Facts::Plan(p)).risk, Risk::Write);
     }
 
     #[test]

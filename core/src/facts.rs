@@ -67,6 +67,11 @@ pub struct PlanFacts {
     pub has_modifying_cte: bool,
     /// The statement was issued by a foreign-key trigger to check or lock referenced rows.
     pub integrity_check: bool,
+    /// Functions the statement calls, as (schema, name), when known before execution.
+    /// (At run time each call is checked as the executor initialises it instead.)
+    pub functions: Vec<(String, String)>,
+    /// The statement runs as a superuser.
+    pub runs_as_superuser: bool,
 }
 
 impl PlanFacts {
@@ -80,6 +85,8 @@ impl PlanFacts {
             sensitive_columns: vec![],
             has_modifying_cte: false,
             integrity_check: false,
+            functions: vec![],
+            runs_as_superuser: false,
         }
     }
 }
