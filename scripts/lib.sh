@@ -60,13 +60,16 @@ ag_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 ag_die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 
+# Servers started from here must not print Rust backtraces into error
+# details (they would differ from run to run and leak internals to clients).
 ag_as_postgres() {
+  local clean=(env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE)
   if [ "$(id -un)" = postgres ]; then
-    (cd / && "$@")
+    (cd / && "${clean[@]}" "$@")
   elif [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then
-    (cd / && runuser -u postgres -- "$@")
+    (cd / && "${clean[@]}" runuser -u postgres -- "$@")
   else
-    (cd / && sudo -n -u postgres -- "$@")
+    (cd / && "${clean[@]}" sudo -n -u postgres -- "$@")
   fi
 }
 
