@@ -8,10 +8,15 @@ use pgrx::{PgLogLevel, PgSqlErrorCode};
 
 /// Raise a refusal as SQLSTATE 42501 with message, detail and hint.
 pub fn refuse(r: &Refusal) -> ! {
-    pgrx::pg_sys::panic::ErrorReport::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, r.message.clone(), "agent_guard")
-        .set_detail(r.detail.clone())
-        .set_hint(r.hint.clone())
-        .report(PgLogLevel::ERROR);
+    crate::audit::mark_refusing();
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        r.message.clone(),
+        "agent_guard",
+    )
+    .set_detail(r.detail.clone())
+    .set_hint(r.hint.clone())
+    .report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
 }
 
@@ -25,17 +30,49 @@ pub fn decide_current(c: &Classification) -> Decision {
     };
     // Housekeeping needs no catalog access: it must work in aborted transactions.
     if c.is_housekeeping() && !c.touches_guard {
-        return Decision::Allow { reason: "session housekeeping".into(), grant: None };
+        return Decision::Allow {
+            reason: "session housekeeping".into(),
+            grant: None,
+        };
     }
     let actor = crate::identity::actor(&agent);
     let session = crate::identity::session_state();
     decide(Some(&actor), &session, c, &NoGrants)
 }
 
-/// Check a statement of the current agent session; refuse if policy says no.
-pub fn check(facts: &Facts) {
+/// Classify a statement and decide on it for the current session.
+pub fn evaluate(facts: &Facts) -> (Classification, Decision) {
     let c = classify(facts);
-    if let Decision::Deny(r) = decide_current(&c) {
+    let d = decide_current(&c);
+    (c, d)
+}
+
+/// Refuse an agent's statement because the audit trail cannot take its record.
+pub fn refuse_unaudited(why: &crate::audit::Unavailable) -> ! {
+    refuse(&Refusal {
+        message: format!("agent statement refused: the audit trail is unavailable ({})", why.describe()),
+        detail: "agent_guard refuses agent statements it cannot record (fail closed).".into(),
+        hint: "Check SELECT agent_guard.audit_stats(); the audit writer may be down or its queue full.".into(),
+        code: "audit_unavailable",
+    })
+}
+
+/// Record (when audited) and enforce one statement.
+pub fn record_and_enforce(
+    facts: &Facts,
+    text: &crate::audit::StatementText,
+    query_desc: usize,
+    is_agent: bool,
+) {
+    let (c, d) = evaluate(facts);
+    if crate::identity::guard_installed() && crate::audit::audits_session(is_agent, c.risk) {
+        if let Err(why) = crate::audit::statement_start(&c, &d, text, query_desc) {
+            if is_agent {
+                refuse_unaudited(&why);
+            }
+        }
+    }
+    if let Decision::Deny(r) = d {
         refuse(&r);
     }
 }
@@ -49,13 +86,31 @@ pub fn check_function(funcid: pg_sys::Oid) {
         }
         let nsp = pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid));
         (
-            if nsp.is_null() { String::new() } else { std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned() },
-            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
+            if nsp.is_null() {
+                String::new()
+            } else {
+                std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned()
+            },
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned(),
         )
     };
     let superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetUserId()) };
     if let Some(c) = agent_guard_core::classify_function(&schema, &name, superuser) {
         if let Decision::Deny(r) = decide_current(&c) {
+            if crate::identity::guard_installed() {
+                let text = crate::hooks::top_level_text();
+                let _ = crate::audit::statement_start(
+                    &c,
+                    &Decision::Deny(r.clone()),
+                    &crate::audit::StatementText {
+                        text: &text,
+                        params: None,
+                    },
+                    0,
+                );
+            }
             refuse(&r);
         }
     }

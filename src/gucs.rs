@@ -28,6 +28,83 @@ pub fn request_id() -> Option<String> {
     }
 }
 
+/// `agent_guard.audit_durability`: 0 = async, 1 = sync.
+static mut AUDIT_DURABILITY: i32 = 0;
+/// `agent_guard.audit_non_agents`: 0 none, 1 ddl, 2 write, 3 all.
+static mut AUDIT_NON_AGENTS: i32 = 0;
+/// `agent_guard.audit_queue_size` in kB per database (postmaster start only).
+static mut AUDIT_QUEUE_KB: i32 = 4096;
+/// `agent_guard.audit_wait_timeout` in ms.
+static mut AUDIT_WAIT_TIMEOUT_MS: i32 = 5000;
+
+struct EnumEntries<const N: usize>([pg_sys::config_enum_entry; N]);
+// SAFETY: immutable after construction; only read by PostgreSQL.
+unsafe impl<const N: usize> Sync for EnumEntries<N> {}
+
+const fn entry(name: &'static CStr, val: i32) -> pg_sys::config_enum_entry {
+    pg_sys::config_enum_entry {
+        name: name.as_ptr(),
+        val,
+        hidden: false,
+    }
+}
+const END: pg_sys::config_enum_entry = pg_sys::config_enum_entry {
+    name: ptr::null(),
+    val: 0,
+    hidden: false,
+};
+
+static DURABILITY_ENTRIES: EnumEntries<3> =
+    EnumEntries([entry(c"async", 0), entry(c"sync", 1), END]);
+static NON_AGENT_ENTRIES: EnumEntries<5> = EnumEntries([
+    entry(c"none", 0),
+    entry(c"ddl", 1),
+    entry(c"write", 2),
+    entry(c"all", 3),
+    END,
+]);
+
+const NON_AGENT_NAMES: [&str; 4] = ["none", "ddl", "write", "all"];
+
+/// Whether every audited statement waits for its record (not only risky ones and refusals).
+pub fn audit_durability_sync() -> bool {
+    unsafe { AUDIT_DURABILITY == 1 }
+}
+
+/// Which statements of non-agent sessions are audited.
+pub enum NonAgentAudit {
+    None,
+    Ddl,
+    Write,
+    All,
+}
+
+pub fn audit_non_agents() -> NonAgentAudit {
+    match unsafe { AUDIT_NON_AGENTS } {
+        1 => NonAgentAudit::Ddl,
+        2 => NonAgentAudit::Write,
+        3 => NonAgentAudit::All,
+        _ => NonAgentAudit::None,
+    }
+}
+
+pub fn audit_queue_bytes() -> usize {
+    unsafe { AUDIT_QUEUE_KB.max(64) as usize * 1024 }
+}
+
+pub fn audit_wait_timeout_ms() -> i32 {
+    unsafe { AUDIT_WAIT_TIMEOUT_MS }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_protected_int(
+    _newval: *mut i32,
+    _extra: *mut *mut c_void,
+    source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { allow_protected_change(source) }
+}
+
 /// Check hook for protective settings: agents may not change them.
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn check_protected_bool(
@@ -49,8 +126,9 @@ unsafe fn allow_protected_change(source: pg_sys::GucSource::Type) -> bool {
     }
     unsafe {
         pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
-        pg_sys::GUC_check_errmsg_string =
-            pg_sys::pstrdup(c"agent sessions may not change agent_guard's protective settings".as_ptr());
+        pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(
+            c"agent sessions may not change agent_guard's protective settings".as_ptr(),
+        );
         pg_sys::GUC_check_errhint_string =
             pg_sys::pstrdup(c"Only agent_guard.request_id may be set by agents.".as_ptr());
     }
@@ -83,6 +161,60 @@ pub fn init() {
             None,
             None,
         );
+        pg_sys::DefineCustomEnumVariable(
+            c"agent_guard.audit_durability".as_ptr(),
+            c"Whether every agent statement waits until its audit record is committed.".as_ptr(),
+            c"async: reads are queued and written shortly after; writes, schema changes, privilege and admin statements and every refusal always wait (sync). sync: every statement waits.".as_ptr(),
+            &raw mut AUDIT_DURABILITY,
+            0,
+            DURABILITY_ENTRIES.0.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            Some(check_protected_int),
+            None,
+            None,
+        );
+        pg_sys::DefineCustomEnumVariable(
+            c"agent_guard.audit_non_agents".as_ptr(),
+            c"Which statements of non-agent sessions go to the audit trail.".as_ptr(),
+            c"none, ddl, write (and above) or all.".as_ptr(),
+            &raw mut AUDIT_NON_AGENTS,
+            0,
+            NON_AGENT_ENTRIES.0.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            Some(check_protected_int),
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"agent_guard.audit_queue_size".as_ptr(),
+            c"Shared-memory audit queue per database, in kB.".as_ptr(),
+            ptr::null(),
+            &raw mut AUDIT_QUEUE_KB,
+            4096,
+            64,
+            1024 * 1024,
+            pg_sys::GucContext::PGC_POSTMASTER,
+            pg_sys::GUC_UNIT_KB as i32,
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"agent_guard.audit_wait_timeout".as_ptr(),
+            c"How long an agent statement waits for the audit trail before it is refused.".as_ptr(),
+            ptr::null(),
+            &raw mut AUDIT_WAIT_TIMEOUT_MS,
+            5000,
+            10,
+            600_000,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GUC_UNIT_MS as i32,
+            Some(check_protected_int),
+            None,
+            None,
+        );
         #[cfg(not(any(feature = "pg13", feature = "pg14")))]
         pg_sys::MarkGUCPrefixReserved(c"agent_guard".as_ptr());
         #[cfg(any(feature = "pg13", feature = "pg14"))]
@@ -95,6 +227,10 @@ pub fn settings() -> serde_json::Value {
     serde_json::json!({
         "agent_guard.enabled": enabled(),
         "agent_guard.request_id": request_id(),
+        "agent_guard.audit_durability": if audit_durability_sync() { "sync" } else { "async" },
+        "agent_guard.audit_non_agents": NON_AGENT_NAMES[unsafe { AUDIT_NON_AGENTS } as usize],
+        "agent_guard.audit_queue_size_kb": unsafe { AUDIT_QUEUE_KB },
+        "agent_guard.audit_wait_timeout_ms": audit_wait_timeout_ms(),
     })
 }
 

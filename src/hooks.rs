@@ -15,6 +15,7 @@ use std::cell::Cell;
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 static mut PREV_OBJECT_ACCESS: pg_sys::object_access_hook_type = None;
 
@@ -36,6 +37,8 @@ pub fn install() {
         pg_sys::ExecutorRun_hook = Some(executor_run);
         PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
         pg_sys::ExecutorFinish_hook = Some(executor_finish);
+        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
         PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
         PREV_OBJECT_ACCESS = pg_sys::object_access_hook;
@@ -45,7 +48,8 @@ pub fn install() {
 
 /// Work agent_guard must not inspect: its own SPI, parallel workers, background workers.
 fn pass_through() -> bool {
-    (unsafe { pg_sys::ParallelWorkerNumber >= 0 || pg_sys::IsBackgroundWorker }) || crate::identity::in_internal()
+    (unsafe { pg_sys::ParallelWorkerNumber >= 0 || pg_sys::IsBackgroundWorker })
+        || crate::identity::in_internal()
 }
 
 /// Run `f` one nesting level deeper, restoring the level on error too.
@@ -60,11 +64,45 @@ fn enforcing() -> bool {
     !pass_through() && crate::gucs::enabled() && crate::identity::is_agent_session()
 }
 
+/// Human sessions are audited too when agent_guard.audit_non_agents asks for it.
+fn auditing_humans() -> bool {
+    !matches!(
+        crate::gucs::audit_non_agents(),
+        crate::gucs::NonAgentAudit::None
+    ) && !pass_through()
+        && crate::identity::guard_installed()
+}
+
+/// The text of one statement of a (possibly multi-statement) query string.
+unsafe fn statement_text(source: *const std::ffi::c_char, location: i32, len: i32) -> String {
+    if source.is_null() {
+        return String::new();
+    }
+    let full = unsafe { std::ffi::CStr::from_ptr(source) }.to_string_lossy();
+    let start = if location > 0 {
+        (location as usize).min(full.len())
+    } else {
+        0
+    };
+    let end = if len > 0 {
+        (start + len as usize).min(full.len())
+    } else {
+        full.len()
+    };
+    full.get(start..end).unwrap_or(&full).trim().to_string()
+}
+
+/// The top-level query string of the session (for function-call refusals).
+pub fn top_level_text() -> String {
+    unsafe { statement_text(pg_sys::debug_query_string, -1, 0) }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
     unsafe {
         let explain_only = eflags & pg_sys::EXEC_FLAG_EXPLAIN_ONLY as i32 != 0;
-        if !explain_only && enforcing() {
+        let agent = !explain_only && enforcing();
+        if agent || (!explain_only && auditing_humans()) {
             let mut user = pg_sys::InvalidOid;
             let mut sec_context = 0;
             pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
@@ -74,7 +112,22 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
                 &crate::labels::sensitive_columns(),
                 integrity_check,
             );
-            crate::enforce::check(&Facts::Plan(facts));
+            let pstmt = (*query_desc).plannedstmt;
+            let text = statement_text(
+                (*query_desc).sourceText,
+                (*pstmt).stmt_location,
+                (*pstmt).stmt_len,
+            );
+            let params = crate::audit::params_as_text((*query_desc).params);
+            crate::enforce::record_and_enforce(
+                &Facts::Plan(facts),
+                &crate::audit::StatementText {
+                    text: &text,
+                    params,
+                },
+                query_desc as usize,
+                agent,
+            );
         }
         match PREV_EXECUTOR_START {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
@@ -94,7 +147,9 @@ unsafe extern "C-unwind" fn executor_run(
     nested(move || unsafe {
         let query_desc = qd as *mut pg_sys::QueryDesc;
         match PREV_EXECUTOR_RUN {
-            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once)),
+            Some(prev) => {
+                pg_guard_ffi_boundary(|| prev(query_desc, direction, count, execute_once))
+            }
             None => pg_sys::standard_ExecutorRun(query_desc, direction, count, execute_once),
         }
     })
@@ -110,6 +165,26 @@ unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) 
             None => pg_sys::standard_ExecutorFinish(query_desc),
         }
     })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    unsafe {
+        let key = query_desc as usize;
+        if crate::audit::has_open(key) {
+            let estate = (*query_desc).estate;
+            let rows = if estate.is_null() {
+                None
+            } else {
+                Some((*estate).es_processed)
+            };
+            crate::audit::statement_end(key, rows);
+        }
+        match PREV_EXECUTOR_END {
+            Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc)),
+            None => pg_sys::standard_ExecutorEnd(query_desc),
+        }
+    }
 }
 
 /// Statements after which every backend must re-read who is an agent.
@@ -144,12 +219,30 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     unsafe {
         let node = (*pstmt).utilityStmt;
-        if enforcing() {
+        let agent = enforcing();
+        let audited = agent || auditing_humans();
+        if audited {
             let facts = crate::extract::utility_facts(node);
-            crate::enforce::check(&Facts::Utility(facts));
+            let text = statement_text(query_string, (*pstmt).stmt_location, (*pstmt).stmt_len);
+            crate::enforce::record_and_enforce(
+                &Facts::Utility(facts),
+                &crate::audit::StatementText {
+                    text: &text,
+                    params: None,
+                },
+                0,
+                agent,
+            );
         }
         let changes = changes_registry(node);
-        let (p, q, pa, qe, de, qcp) = (pstmt as usize, query_string as usize, params as usize, query_env as usize, dest as usize, qc as usize);
+        let (p, q, pa, qe, de, qcp) = (
+            pstmt as usize,
+            query_string as usize,
+            params as usize,
+            query_env as usize,
+            dest as usize,
+            qc as usize,
+        );
         nested(move || {
             let (pstmt, query_string, params, query_env, dest, qc) = (
                 p as *mut pg_sys::PlannedStmt,
@@ -161,13 +254,37 @@ unsafe extern "C-unwind" fn process_utility(
             );
             match PREV_PROCESS_UTILITY {
                 Some(prev) => pg_guard_ffi_boundary(|| {
-                    prev(pstmt, query_string, read_only_tree, context, params, query_env, dest, qc)
+                    prev(
+                        pstmt,
+                        query_string,
+                        read_only_tree,
+                        context,
+                        params,
+                        query_env,
+                        dest,
+                        qc,
+                    )
                 }),
                 None => pg_sys::standard_ProcessUtility(
-                    pstmt, query_string, read_only_tree, context, params, query_env, dest, qc,
+                    pstmt,
+                    query_string,
+                    read_only_tree,
+                    context,
+                    params,
+                    query_env,
+                    dest,
+                    qc,
                 ),
             }
         });
+        if audited && crate::audit::has_open(0) {
+            let rows = if qc.is_null() {
+                None
+            } else {
+                Some((*qc).nprocessed)
+            };
+            crate::audit::statement_end(0, rows);
+        }
         if changes {
             crate::shmem::bump_at_commit();
         }

@@ -54,6 +54,11 @@ pub fn in_internal() -> bool {
     INTERNAL.with(|d| d.get() > 0)
 }
 
+/// The agent as this backend last knew it (no catalog access).
+pub fn cached_agent() -> Option<AgentRecord> {
+    CACHE.with(|c| c.borrow().agent.clone())
+}
+
 /// Whether this backend last knew itself to be an agent session (no catalog access).
 pub fn cached_is_agent() -> bool {
     CACHE.with(|c| c.borrow().agent.is_some())
@@ -94,7 +99,10 @@ fn read_agent_labels() -> Vec<(pg_sys::Oid, AgentLabel)> {
 }
 
 /// Find the registration that makes `roles` (login role first) an agent.
-fn agent_for(roles: &[pg_sys::Oid], labels: &[(pg_sys::Oid, AgentLabel)]) -> Option<(pg_sys::Oid, AgentLabel)> {
+fn agent_for(
+    roles: &[pg_sys::Oid],
+    labels: &[(pg_sys::Oid, AgentLabel)],
+) -> Option<(pg_sys::Oid, AgentLabel)> {
     for &role in roles {
         if let Some((oid, l)) = labels.iter().find(|(oid, _)| *oid == role) {
             return Some((*oid, l.clone()));
@@ -131,7 +139,8 @@ fn refresh(generation: u64) {
             None
         }
     });
-    let guard_installed = unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
+    let guard_installed =
+        unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
     let (agent, agent_is_login) = match found {
         Some(((oid, label), is_login)) => (
             Some(AgentRecord {
@@ -264,7 +273,9 @@ pub fn correlation() -> (Option<String>, Option<String>) {
         if pg_sys::debug_query_string.is_null() {
             String::new()
         } else {
-            CStr::from_ptr(pg_sys::debug_query_string).to_string_lossy().into_owned()
+            CStr::from_ptr(pg_sys::debug_query_string)
+                .to_string_lossy()
+                .into_owned()
         }
     };
     let c = agent_guard_core::request_id::from_comments(&text);
@@ -279,9 +290,11 @@ pub fn context_json(nesting_level: i32) -> serde_json::Value {
         let app = if pg_sys::application_name.is_null() {
             String::new()
         } else {
-            CStr::from_ptr(pg_sys::application_name).to_string_lossy().into_owned()
+            CStr::from_ptr(pg_sys::application_name)
+                .to_string_lossy()
+                .into_owned()
         };
-        let client_addr = client_address();
+        let client_addr = client_address_cached();
         let xid = pg_sys::GetCurrentTransactionIdIfAny();
         let pid = pg_sys::MyProcPid;
         let sponsor = agent.as_ref().map(|a| {
@@ -308,10 +321,33 @@ pub fn context_json(nesting_level: i32) -> serde_json::Value {
     }
 }
 
+thread_local! {
+    static CLIENT_ADDR: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
+}
+
+/// The client's address, looked up once per session.
+pub fn client_address_cached() -> Option<String> {
+    if let Some(a) = CLIENT_ADDR.with(|c| c.borrow().clone()) {
+        return a;
+    }
+    let a = client_address();
+    CLIENT_ADDR.with(|c| *c.borrow_mut() = Some(a.clone()));
+    a
+}
+
+/// Whether agent_guard is installed in this database (as of the last registry read).
+pub fn guard_installed() -> bool {
+    CACHE.with(|c| c.borrow().guard_installed)
+}
+
 /// The client's address (NULL for Unix-socket connections).
 fn client_address() -> Option<String> {
     if !unsafe { pg_sys::IsTransactionState() } {
         return None;
     }
-    internal(|| Spi::get_one::<String>("SELECT pg_catalog.host(pg_catalog.inet_client_addr())").ok().flatten())
+    internal(|| {
+        Spi::get_one::<String>("SELECT pg_catalog.host(pg_catalog.inet_client_addr())")
+            .ok()
+            .flatten()
+    })
 }

@@ -18,12 +18,14 @@
 use pgrx::prelude::*;
 
 mod api;
+mod audit;
 mod enforce;
 mod extract;
 mod gucs;
 mod hooks;
 mod identity;
 mod labels;
+mod lexer;
 mod registry;
 mod shmem;
 
@@ -41,7 +43,22 @@ extension_sql_file!(
         api::sponsor_status
     ]
 );
-extension_sql_file!("../sql/classify.sql", name = "classify", requires = [api::classify_sql]);
+extension_sql_file!(
+    "../sql/classify.sql",
+    name = "classify",
+    requires = [api::classify_sql]
+);
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = [
+        "schema",
+        audit::functions::_link,
+        audit::functions::_audit_writer,
+        audit::functions::purge_audit,
+        audit::functions::verify_audit
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// True once `_PG_init` ran inside the postmaster's preload step.
@@ -64,6 +81,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     gucs::init();
     shmem::init();
+    audit::init();
     labels::register_provider();
     hooks::install();
 }
@@ -75,7 +93,9 @@ mod tests {
 
     #[pg_test]
     fn version_matches_the_crate() {
-        let v = Spi::get_one::<String>("SELECT agent_guard.version()").unwrap().unwrap();
+        let v = Spi::get_one::<String>("SELECT agent_guard.version()")
+            .unwrap()
+            .unwrap();
         assert_eq!(v, env!("CARGO_PKG_VERSION"));
     }
 
@@ -103,15 +123,18 @@ mod tests {
         Spi::run("CREATE TABLE ag_c(id int, ssn text)").unwrap();
         Spi::run("SECURITY LABEL FOR agent_guard ON COLUMN ag_c.ssn IS 'SENSITIVE'").unwrap();
         Spi::run("CREATE VIEW ag_v AS SELECT id, ssn FROM ag_c").unwrap();
-        let risk = Spi::get_one::<String>("SELECT risk FROM agent_guard.classify('SELECT ssn FROM ag_v')")
-            .unwrap()
-            .unwrap();
+        let risk =
+            Spi::get_one::<String>("SELECT risk FROM agent_guard.classify('SELECT ssn FROM ag_v')")
+                .unwrap()
+                .unwrap();
         assert_eq!(risk, "sensitive_read");
         // A view that does not expose the column reads it not at all.
         Spi::run("CREATE VIEW ag_names AS SELECT id FROM ag_c").unwrap();
-        let risk = Spi::get_one::<String>("SELECT risk FROM agent_guard.classify('SELECT id FROM ag_names')")
-            .unwrap()
-            .unwrap();
+        let risk = Spi::get_one::<String>(
+            "SELECT risk FROM agent_guard.classify('SELECT id FROM ag_names')",
+        )
+        .unwrap()
+        .unwrap();
         assert_eq!(risk, "read");
     }
 

@@ -26,7 +26,8 @@ pub struct Classification {
 }
 
 impl Classification {
-    fn new(command: &str, risk: Risk, reason: impl Into<String>) -> Classification {
+    /// A classification with no objects.
+    pub fn new(command: &str, risk: Risk, reason: impl Into<String>) -> Classification {
         Classification {
             command: command.to_string(),
             risk,
@@ -109,9 +110,16 @@ fn classify_plan_relations(p: &PlanFacts) -> Classification {
         } else if writes {
             format!("{} changes {}", command, names(&p.written).join(", "))
         } else {
-            format!("row locks (FOR UPDATE/SHARE) on {}", names(&p.locked).join(", "))
+            format!(
+                "row locks (FOR UPDATE/SHARE) on {}",
+                names(&p.locked).join(", ")
+            )
         };
-        let command = if !writes { "SELECT FOR UPDATE/SHARE" } else { command };
+        let command = if !writes {
+            "SELECT FOR UPDATE/SHARE"
+        } else {
+            command
+        };
         let mut c = Classification::new(command, Risk::Write, reason);
         c.objects = names(&written);
         c.touches_guard = written.iter().any(in_guard_schema);
@@ -287,8 +295,10 @@ fn touches_guard_utility(u: &UtilityFacts) -> bool {
     guard_setting
         || u.relations.iter().any(in_guard_schema)
         || (extension_stmt && u.objects.iter().any(|o| o == GUARD_SCHEMA))
-        || (!matches!(u.node.as_str(), "VariableShowStmt" | "ExplainStmt" | "CopyStmt" | "DeclareCursorStmt" | "ExecuteStmt")
-            && u.objects.iter().any(guard_object))
+        || (!matches!(
+            u.node.as_str(),
+            "VariableShowStmt" | "ExplainStmt" | "CopyStmt" | "DeclareCursorStmt" | "ExecuteStmt"
+        ) && u.objects.iter().any(guard_object))
         || (u.copy.is_some_and(|c| c.from) && u.relations.iter().any(in_guard_schema))
 }
 
@@ -315,16 +325,28 @@ fn inner_or(u: &UtilityFacts, command: &str, fallback: Classification) -> Classi
 
 fn classify_utility_risk(u: &UtilityFacts) -> Classification {
     let node = u.node.as_str();
-    let cmd = if u.command.is_empty() { node } else { u.command.as_str() };
+    let cmd = if u.command.is_empty() {
+        node
+    } else {
+        u.command.as_str()
+    };
     let object_type = u.object_type.as_deref().unwrap_or("");
 
     match node {
         "VariableSetStmt" => return classify_set(u, cmd),
         "ExplainStmt" => {
             if !u.explain_analyze {
-                return Classification::new("EXPLAIN", Risk::Read, "EXPLAIN without ANALYZE plans but does not run");
+                return Classification::new(
+                    "EXPLAIN",
+                    Risk::Read,
+                    "EXPLAIN without ANALYZE plans but does not run",
+                );
             }
-            let fallback = Classification::new("EXPLAIN ANALYZE", Risk::Read, "EXPLAIN ANALYZE of a statement that is checked when it runs");
+            let fallback = Classification::new(
+                "EXPLAIN ANALYZE",
+                Risk::Read,
+                "EXPLAIN ANALYZE of a statement that is checked when it runs",
+            );
             let mut c = inner_or(u, "EXPLAIN ANALYZE", fallback);
             // EXPLAIN ANALYZE runs the statement, so it carries the statement's risk.
             if c.risk == Risk::Session {
@@ -337,7 +359,11 @@ fn classify_utility_risk(u: &UtilityFacts) -> Classification {
             return inner_or(u, "DECLARE CURSOR", fallback);
         }
         "ExecuteStmt" => {
-            let fallback = Classification::new("EXECUTE", Risk::Session, "runs a prepared statement, which is checked when it runs");
+            let fallback = Classification::new(
+                "EXECUTE",
+                Risk::Session,
+                "runs a prepared statement, which is checked when it runs",
+            );
             return inner_or(u, "EXECUTE", fallback);
         }
         "FetchStmt" => {
@@ -349,13 +375,21 @@ fn classify_utility_risk(u: &UtilityFacts) -> Classification {
         }
         "CopyStmt" => return classify_copy(u),
         "TruncateStmt" => {
-            let mut c = Classification::new("TRUNCATE TABLE", Risk::Write, format!("TRUNCATE empties {}", u.objects.join(", ")));
+            let mut c = Classification::new(
+                "TRUNCATE TABLE",
+                Risk::Write,
+                format!("TRUNCATE empties {}", u.objects.join(", ")),
+            );
             c.written = u.relations.clone();
             return c;
         }
         "LockStmt" => {
             return if u.lock_strong {
-                let mut c = Classification::new("LOCK TABLE", Risk::Write, "explicit table lock stronger than ACCESS SHARE");
+                let mut c = Classification::new(
+                    "LOCK TABLE",
+                    Risk::Write,
+                    "explicit table lock stronger than ACCESS SHARE",
+                );
                 c.written = u.relations.clone();
                 c
             } else {
@@ -364,26 +398,54 @@ fn classify_utility_risk(u: &UtilityFacts) -> Classification {
         }
         "DoStmt" => {
             return if u.untrusted_language {
-                Classification::new("DO", Risk::Admin, "DO block in an untrusted language can reach the server's files and programs")
+                Classification::new(
+                    "DO",
+                    Risk::Admin,
+                    "DO block in an untrusted language can reach the server's files and programs",
+                )
             } else {
-                Classification::new("DO", Risk::Read, "code block; each statement inside is classified as it runs")
+                Classification::new(
+                    "DO",
+                    Risk::Read,
+                    "code block; each statement inside is classified as it runs",
+                )
             };
         }
         "CallStmt" => {
-            return Classification::new("CALL", Risk::Read, "procedure call; each statement inside is classified as it runs");
+            return Classification::new(
+                "CALL",
+                Risk::Read,
+                "procedure call; each statement inside is classified as it runs",
+            );
         }
         "CreateTableAsStmt" => {
-            return Classification::new(cmd, Risk::Ddl, format!("{} creates {}", cmd, u.objects.join(", ")));
+            return Classification::new(
+                cmd,
+                Risk::Ddl,
+                format!("{} creates {}", cmd, u.objects.join(", ")),
+            );
         }
         "AlterTableStmt" if u.changes_owner_or_row_security => {
-            return Classification::new(cmd, Risk::Privilege, "changes ownership or row-level security");
+            return Classification::new(
+                cmd,
+                Risk::Privilege,
+                "changes ownership or row-level security",
+            );
         }
         "DropStmt" | "RenameStmt" | "CommentStmt" | "AlterObjectSchemaStmt" => {
             if ADMIN_OBJECT_TYPES.contains(&object_type) {
-                return Classification::new(cmd, Risk::Admin, format!("{cmd} of a {}", object_type.to_lowercase()));
+                return Classification::new(
+                    cmd,
+                    Risk::Admin,
+                    format!("{cmd} of a {}", object_type.to_lowercase()),
+                );
             }
             if PRIVILEGE_OBJECT_TYPES.contains(&object_type) && node != "CommentStmt" {
-                return Classification::new(cmd, Risk::Privilege, format!("{cmd} of a {}", object_type.to_lowercase()));
+                return Classification::new(
+                    cmd,
+                    Risk::Privilege,
+                    format!("{cmd} of a {}", object_type.to_lowercase()),
+                );
             }
         }
         "AlterRoleSetStmt" | "AlterDatabaseSetStmt" => {}
@@ -394,46 +456,72 @@ fn classify_utility_risk(u: &UtilityFacts) -> Classification {
         return Classification::new(cmd, Risk::Session, "session housekeeping");
     }
     if PRIVILEGE_NODES.contains(&node) {
-        return Classification::new(cmd, Risk::Privilege, "changes privileges, roles, ownership, labels or row security");
+        return Classification::new(
+            cmd,
+            Risk::Privilege,
+            "changes privileges, roles, ownership, labels or row security",
+        );
     }
     if ADMIN_NODES.contains(&node) {
         return Classification::new(cmd, Risk::Admin, "server administration");
     }
     if DDL_NODES.contains(&node) {
-        let what = if u.objects.is_empty() { String::new() } else { format!(" {}", u.objects.join(", ")) };
+        let what = if u.objects.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", u.objects.join(", "))
+        };
         let mut c = Classification::new(cmd, Risk::Ddl, format!("schema change{what}"));
         c.written = u.relations.clone();
         return c;
     }
-    Classification::new(cmd, Risk::Admin, format!("statement {node} is not recognised, so it is treated as administration"))
+    Classification::new(
+        cmd,
+        Risk::Admin,
+        format!("statement {node} is not recognised, so it is treated as administration"),
+    )
 }
 
 fn classify_set(u: &UtilityFacts, cmd: &str) -> Classification {
     let name = u.setting.as_deref().unwrap_or("");
-    let value_none = u.setting_value.as_deref().is_some_and(|v| v.eq_ignore_ascii_case("none"));
+    let value_none = u
+        .setting_value
+        .as_deref()
+        .is_some_and(|v| v.eq_ignore_ascii_case("none"));
     match name {
-        "role" if !(u.reset || value_none) => {
-            Classification::new("SET ROLE", Risk::Privilege, "SET ROLE switches to another role's privileges")
-        }
+        "role" if !(u.reset || value_none) => Classification::new(
+            "SET ROLE",
+            Risk::Privilege,
+            "SET ROLE switches to another role's privileges",
+        ),
         "session_authorization" if !u.reset => Classification::new(
             "SET SESSION AUTHORIZATION",
             Risk::Privilege,
             "SET SESSION AUTHORIZATION switches the session's identity",
         ),
         n if n.starts_with("agent_guard.") && n != REQUEST_ID_SETTING => {
-            let mut c = Classification::new(&format!("{cmd} {n}"), Risk::Admin, format!("changes agent_guard's own setting {n}"));
+            let mut c = Classification::new(
+                &format!("{cmd} {n}"),
+                Risk::Admin,
+                format!("changes agent_guard's own setting {n}"),
+            );
             c.touches_guard = true;
             c
         }
-        n if u.setting_superuser_only && !u.reset => {
-            Classification::new(cmd, Risk::Admin, format!("changes the superuser-only setting {n}"))
-        }
+        n if u.setting_superuser_only && !u.reset => Classification::new(
+            cmd,
+            Risk::Admin,
+            format!("changes the superuser-only setting {n}"),
+        ),
         _ => Classification::new(cmd, Risk::Session, "ordinary setting"),
     }
 }
 
 fn classify_copy(u: &UtilityFacts) -> Classification {
-    let copy = u.copy.unwrap_or(crate::facts::CopyFacts { from: false, file_or_program: false });
+    let copy = u.copy.unwrap_or(crate::facts::CopyFacts {
+        from: false,
+        file_or_program: false,
+    });
     if copy.file_or_program {
         let dir = if copy.from { "FROM" } else { "TO" };
         return Classification::new(
@@ -443,7 +531,11 @@ fn classify_copy(u: &UtilityFacts) -> Classification {
         );
     }
     if copy.from {
-        let mut c = Classification::new("COPY FROM", Risk::Write, format!("COPY FROM loads into {}", u.objects.join(", ")));
+        let mut c = Classification::new(
+            "COPY FROM",
+            Risk::Write,
+            format!("COPY FROM loads into {}", u.objects.join(", ")),
+        );
         c.written = u.relations.clone();
         return c;
     }
@@ -453,14 +545,22 @@ fn classify_copy(u: &UtilityFacts) -> Classification {
         c.reason = format!("COPY TO of a query: {}", c.reason);
         return c;
     }
-    Classification::new("COPY TO", Risk::Read, format!("COPY TO exports {}", u.objects.join(", ")))
+    Classification::new(
+        "COPY TO",
+        Risk::Read,
+        format!("COPY TO exports {}", u.objects.join(", ")),
+    )
 }
 
 /// What calling a function means, when its call alone carries a risk.
 ///
 /// `schema` and `name` identify the function; `caller_is_superuser` is the
 /// role the call would run as. Returns `None` for ordinary functions.
-pub fn classify_function(schema: &str, name: &str, caller_is_superuser: bool) -> Option<Classification> {
+pub fn classify_function(
+    schema: &str,
+    name: &str,
+    caller_is_superuser: bool,
+) -> Option<Classification> {
     const ADMIN_FUNCTIONS: &[&str] = &[
         "pg_read_file",
         "pg_read_binary_file",
@@ -566,7 +666,10 @@ mod tests {
     }
 
     fn plan(op: Operation) -> PlanFacts {
-        PlanFacts { operation: op, ..PlanFacts::select() }
+        PlanFacts {
+            operation: op,
+            ..PlanFacts::select()
+        }
     }
 
     fn risk_of_util(u: UtilityFacts) -> Risk {
@@ -576,7 +679,10 @@ mod tests {
     #[test]
     fn function_calls_raise_the_risk() {
         let mut p = PlanFacts::select();
-        p.functions = vec![("pg_catalog".into(), "lower".into()), ("pg_catalog".into(), "pg_read_file".into())];
+        p.functions = vec![
+            ("pg_catalog".into(), "lower".into()),
+            ("pg_catalog".into(), "pg_read_file".into()),
+        ];
         assert_eq!(classify(&Facts::Plan(p.clone())).risk, Risk::Admin);
         p.functions = vec![("pg_catalog".into(), "nextval".into())];
         assert_eq!(classify(&Facts::Plan(p)).risk, Risk::Write);
@@ -603,7 +709,12 @@ mod tests {
 
     #[test]
     fn every_dml_operation_is_write() {
-        for op in [Operation::Insert, Operation::Update, Operation::Delete, Operation::Merge] {
+        for op in [
+            Operation::Insert,
+            Operation::Update,
+            Operation::Delete,
+            Operation::Merge,
+        ] {
             let mut p = plan(op);
             p.written = vec![rel("t")];
             let c = classify(&Facts::Plan(p));
@@ -648,7 +759,14 @@ mod tests {
 
     #[test]
     fn session_statements() {
-        for node in ["TransactionStmt", "VariableShowStmt", "DiscardStmt", "ListenStmt", "DeallocateStmt", "ClosePortalStmt"] {
+        for node in [
+            "TransactionStmt",
+            "VariableShowStmt",
+            "DiscardStmt",
+            "ListenStmt",
+            "DeallocateStmt",
+            "ClosePortalStmt",
+        ] {
             assert_eq!(risk_of_util(util(node, "X")), Risk::Session, "{node}");
         }
         let mut set = util("VariableSetStmt", "SET");
@@ -663,7 +781,11 @@ mod tests {
         set.setting_value = Some("admin".into());
         assert_eq!(risk_of_util(set.clone()), Risk::Privilege);
         set.setting_value = Some("none".into());
-        assert_eq!(risk_of_util(set.clone()), Risk::Session, "SET ROLE NONE goes back");
+        assert_eq!(
+            risk_of_util(set.clone()),
+            Risk::Session,
+            "SET ROLE NONE goes back"
+        );
         set.reset = true;
         set.setting_value = None;
         assert_eq!(risk_of_util(set), Risk::Session, "RESET ROLE goes back");
@@ -697,13 +819,25 @@ mod tests {
     fn copy_directions() {
         let mut c = util("CopyStmt", "COPY");
         c.objects = vec!["public.t".into()];
-        c.copy = Some(CopyFacts { from: false, file_or_program: false });
+        c.copy = Some(CopyFacts {
+            from: false,
+            file_or_program: false,
+        });
         assert_eq!(risk_of_util(c.clone()), Risk::Read);
-        c.copy = Some(CopyFacts { from: true, file_or_program: false });
+        c.copy = Some(CopyFacts {
+            from: true,
+            file_or_program: false,
+        });
         assert_eq!(risk_of_util(c.clone()), Risk::Write);
-        c.copy = Some(CopyFacts { from: false, file_or_program: true });
+        c.copy = Some(CopyFacts {
+            from: false,
+            file_or_program: true,
+        });
         assert_eq!(risk_of_util(c.clone()), Risk::Admin);
-        c.copy = Some(CopyFacts { from: true, file_or_program: true });
+        c.copy = Some(CopyFacts {
+            from: true,
+            file_or_program: true,
+        });
         assert_eq!(risk_of_util(c), Risk::Admin);
     }
 
@@ -744,7 +878,18 @@ mod tests {
 
     #[test]
     fn privilege_statements() {
-        for node in ["GrantStmt", "GrantRoleStmt", "CreateRoleStmt", "AlterRoleStmt", "DropRoleStmt", "AlterDefaultPrivilegesStmt", "AlterOwnerStmt", "SecLabelStmt", "CreatePolicyStmt", "CreateUserMappingStmt"] {
+        for node in [
+            "GrantStmt",
+            "GrantRoleStmt",
+            "CreateRoleStmt",
+            "AlterRoleStmt",
+            "DropRoleStmt",
+            "AlterDefaultPrivilegesStmt",
+            "AlterOwnerStmt",
+            "SecLabelStmt",
+            "CreatePolicyStmt",
+            "CreateUserMappingStmt",
+        ] {
             assert_eq!(risk_of_util(util(node, "X")), Risk::Privilege, "{node}");
         }
         let mut a = util("AlterTableStmt", "ALTER TABLE");
@@ -757,7 +902,21 @@ mod tests {
 
     #[test]
     fn admin_statements() {
-        for node in ["AlterSystemStmt", "LoadStmt", "CreatedbStmt", "DropdbStmt", "CreateTableSpaceStmt", "CreateExtensionStmt", "CreateEventTrigStmt", "CreatePLangStmt", "CreatePublicationStmt", "VacuumStmt", "ClusterStmt", "ReindexStmt", "CheckPointStmt"] {
+        for node in [
+            "AlterSystemStmt",
+            "LoadStmt",
+            "CreatedbStmt",
+            "DropdbStmt",
+            "CreateTableSpaceStmt",
+            "CreateExtensionStmt",
+            "CreateEventTrigStmt",
+            "CreatePLangStmt",
+            "CreatePublicationStmt",
+            "VacuumStmt",
+            "ClusterStmt",
+            "ReindexStmt",
+            "CheckPointStmt",
+        ] {
             assert_eq!(risk_of_util(util(node, "X")), Risk::Admin, "{node}");
         }
         let mut d = util("DropStmt", "DROP EXTENSION");
@@ -783,13 +942,41 @@ mod tests {
 
     #[test]
     fn functions_with_risk() {
-        assert_eq!(classify_function("pg_catalog", "pg_read_file", false).unwrap().risk, Risk::Admin);
-        assert_eq!(classify_function("pg_catalog", "pg_terminate_backend", false).unwrap().risk, Risk::Admin);
-        assert_eq!(classify_function("public", "dblink_connect", false).unwrap().risk, Risk::Admin);
-        assert_eq!(classify_function("pg_catalog", "nextval", false).unwrap().risk, Risk::Write);
+        assert_eq!(
+            classify_function("pg_catalog", "pg_read_file", false)
+                .unwrap()
+                .risk,
+            Risk::Admin
+        );
+        assert_eq!(
+            classify_function("pg_catalog", "pg_terminate_backend", false)
+                .unwrap()
+                .risk,
+            Risk::Admin
+        );
+        assert_eq!(
+            classify_function("public", "dblink_connect", false)
+                .unwrap()
+                .risk,
+            Risk::Admin
+        );
+        assert_eq!(
+            classify_function("pg_catalog", "nextval", false)
+                .unwrap()
+                .risk,
+            Risk::Write
+        );
         assert!(classify_function("pg_catalog", "set_config", false).is_none());
-        assert_eq!(classify_function("pg_catalog", "set_config", true).unwrap().risk, Risk::Admin);
+        assert_eq!(
+            classify_function("pg_catalog", "set_config", true)
+                .unwrap()
+                .risk,
+            Risk::Admin
+        );
         assert!(classify_function("pg_catalog", "lower", true).is_none());
-        assert!(classify_function("public", "pg_read_file", true).is_none(), "only the catalog's own");
+        assert!(
+            classify_function("public", "pg_read_file", true).is_none(),
+            "only the catalog's own"
+        );
     }
 }

@@ -87,7 +87,11 @@ fn words(s: &str) -> Result<Vec<String>, String> {
 
 /// Parse a role label.
 pub fn parse_agent_label(label: &str) -> Result<AgentLabel, String> {
-    let bad = || format!("\"{label}\" is not a valid agent_guard role label; use agent_guard.register_agent()");
+    let bad = || {
+        format!(
+            "\"{label}\" is not a valid agent_guard role label; use agent_guard.register_agent()"
+        )
+    };
     let w = words(label).map_err(|_| bad())?;
     match w.as_slice() {
         [agent, sponsor_kw, oid, name, kind_kw, kind]
@@ -116,7 +120,10 @@ mod tests {
     #[test]
     fn column_labels() {
         assert_eq!(parse_column_label("SENSITIVE"), Ok(ColumnLabel::Sensitive));
-        assert_eq!(parse_column_label("  sensitive "), Ok(ColumnLabel::Sensitive));
+        assert_eq!(
+            parse_column_label("  sensitive "),
+            Ok(ColumnLabel::Sensitive)
+        );
         assert!(parse_column_label("SECRET").is_err());
         assert!(parse_column_label("").is_err());
         assert!(parse_column_label("SENSITIVE please").is_err());
@@ -130,13 +137,22 @@ mod tests {
             kind: "agent".into(),
         };
         let text = l.render();
-        assert_eq!(text, "AGENT SPONSOR 16384 \"Alice \"\"Al\"\" Smith\" KIND agent");
+        assert_eq!(
+            text,
+            "AGENT SPONSOR 16384 \"Alice \"\"Al\"\" Smith\" KIND agent"
+        );
         assert_eq!(parse_agent_label(&text), Ok(l));
     }
 
     #[test]
     fn malformed_agent_labels_are_rejected() {
-        for bad in ["AGENT", "AGENT SPONSOR x \"a\" KIND agent", "AGENT SPONSOR 0 \"a\" KIND agent", "SENSITIVE", "AGENT SPONSOR 1 \"a KIND agent"] {
+        for bad in [
+            "AGENT",
+            "AGENT SPONSOR x \"a\" KIND agent",
+            "AGENT SPONSOR 0 \"a\" KIND agent",
+            "SENSITIVE",
+            "AGENT SPONSOR 1 \"a KIND agent",
+        ] {
             assert!(parse_agent_label(bad).is_err(), "{bad}");
         }
     }

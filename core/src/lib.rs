@@ -6,10 +6,12 @@
 //! belongs to ([`request_id`]) and what a security label means ([`label`]) —
 //! lives here, so `cargo test -p agent_guard_core` checks it in milliseconds.
 
+pub mod chain;
 pub mod classify;
 pub mod facts;
 pub mod label;
 pub mod policy;
+pub mod redact;
 pub mod request_id;
 pub mod risk;
 

@@ -102,7 +102,10 @@ pub struct Refusal {
 pub enum Decision {
     /// Not an agent session: agent_guard does not interfere.
     NotEnforced,
-    Allow { reason: String, grant: Option<GrantUse> },
+    Allow {
+        reason: String,
+        grant: Option<GrantUse>,
+    },
     Deny(Refusal),
 }
 
@@ -144,7 +147,12 @@ fn detail(actor: &Actor, c: &Classification) -> String {
 const APPROVAL_HINT: &str = "Writes and schema changes by agents need a just-in-time grant approved by a member of agent_guard_approver.";
 
 /// Decide whether `actor` may run a statement classified as `c`.
-pub fn decide(actor: Option<&Actor>, session: &SessionState, c: &Classification, grants: &dyn GrantSource) -> Decision {
+pub fn decide(
+    actor: Option<&Actor>,
+    session: &SessionState,
+    c: &Classification,
+    grants: &dyn GrantSource,
+) -> Decision {
     let Some(actor) = actor else {
         return Decision::NotEnforced;
     };
@@ -159,7 +167,10 @@ pub fn decide(actor: Option<&Actor>, session: &SessionState, c: &Classification,
     let agent = &actor.agent;
 
     if c.is_housekeeping() && !c.touches_guard {
-        return Decision::Allow { reason: "session housekeeping".into(), grant: None };
+        return Decision::Allow {
+            reason: "session housekeeping".into(),
+            grant: None,
+        };
     }
     if !session.guard_installed {
         return deny(
@@ -264,7 +275,10 @@ mod tests {
     }
 
     fn delete() -> Classification {
-        let mut p = PlanFacts { operation: Operation::Delete, ..PlanFacts::select() };
+        let mut p = PlanFacts {
+            operation: Operation::Delete,
+            ..PlanFacts::select()
+        };
         p.written = vec![Relation::new(1, "public", "orders")];
         classify(&Facts::Plan(p))
     }
@@ -274,7 +288,11 @@ mod tests {
     }
 
     fn util(node: &str) -> Classification {
-        classify(&Facts::Utility(UtilityFacts { node: node.into(), command: node.into(), ..Default::default() }))
+        classify(&Facts::Utility(UtilityFacts {
+            node: node.into(),
+            command: node.into(),
+            ..Default::default()
+        }))
     }
 
     struct Always;
@@ -286,12 +304,23 @@ mod tests {
 
     #[test]
     fn non_agents_are_not_enforced() {
-        assert_eq!(decide(None, &session(), &delete(), &NoGrants), Decision::NotEnforced);
+        assert_eq!(
+            decide(None, &session(), &delete(), &NoGrants),
+            Decision::NotEnforced
+        );
     }
 
     #[test]
     fn agents_read_freely() {
-        assert!(matches!(decide(Some(&actor(SponsorStatus::Active)), &session(), &read(), &NoGrants), Decision::Allow { .. }));
+        assert!(matches!(
+            decide(
+                Some(&actor(SponsorStatus::Active)),
+                &session(),
+                &read(),
+                &NoGrants
+            ),
+            Decision::Allow { .. }
+        ));
     }
 
     #[test]
@@ -306,20 +335,33 @@ mod tests {
             }
             d => panic!("{d:?}"),
         }
-        assert!(matches!(decide(Some(&a), &session(), &delete(), &Always), Decision::Allow { grant: Some(_), .. }));
+        assert!(matches!(
+            decide(Some(&a), &session(), &delete(), &Always),
+            Decision::Allow { grant: Some(_), .. }
+        ));
     }
 
     #[test]
     fn privilege_and_admin_are_never_granted() {
         let a = actor(SponsorStatus::Active);
         for node in ["GrantStmt", "AlterSystemStmt"] {
-            assert!(matches!(decide(Some(&a), &session(), &util(node), &Always), Decision::Deny(_)), "{node}");
+            assert!(
+                matches!(
+                    decide(Some(&a), &session(), &util(node), &Always),
+                    Decision::Deny(_)
+                ),
+                "{node}"
+            );
         }
     }
 
     #[test]
     fn orphaned_agents_keep_only_housekeeping() {
-        for status in [SponsorStatus::NoLogin, SponsorStatus::Expired, SponsorStatus::Dropped] {
+        for status in [
+            SponsorStatus::NoLogin,
+            SponsorStatus::Expired,
+            SponsorStatus::Dropped,
+        ] {
             let a = actor(status);
             match decide(Some(&a), &session(), &read(), &NoGrants) {
                 Decision::Deny(r) => {
@@ -328,31 +370,65 @@ mod tests {
                 }
                 d => panic!("{d:?}"),
             }
-            assert!(matches!(decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants), Decision::Allow { .. }));
+            assert!(matches!(
+                decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants),
+                Decision::Allow { .. }
+            ));
         }
     }
 
     #[test]
     fn databases_without_the_guard_refuse_agents() {
-        let s = SessionState { guard_installed: false, database: "other".into(), ..Default::default() };
+        let s = SessionState {
+            guard_installed: false,
+            database: "other".into(),
+            ..Default::default()
+        };
         let a = actor(SponsorStatus::Active);
-        assert!(matches!(decide(Some(&a), &s, &read(), &NoGrants), Decision::Deny(Refusal { code: "guard_not_installed", .. })));
-        assert!(matches!(decide(Some(&a), &s, &util("TransactionStmt"), &NoGrants), Decision::Allow { .. }));
+        assert!(matches!(
+            decide(Some(&a), &s, &read(), &NoGrants),
+            Decision::Deny(Refusal {
+                code: "guard_not_installed",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decide(Some(&a), &s, &util("TransactionStmt"), &NoGrants),
+            Decision::Allow { .. }
+        ));
     }
 
     #[test]
     fn switched_role_is_refused() {
-        let s = SessionState { role_switched: true, ..session() };
+        let s = SessionState {
+            role_switched: true,
+            ..session()
+        };
         let a = actor(SponsorStatus::Active);
-        assert!(matches!(decide(Some(&a), &s, &read(), &NoGrants), Decision::Deny(Refusal { code: "role_switched", .. })));
+        assert!(matches!(
+            decide(Some(&a), &s, &read(), &NoGrants),
+            Decision::Deny(Refusal {
+                code: "role_switched",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn guard_objects_are_protected_even_with_a_grant() {
-        let mut p = PlanFacts { operation: Operation::Update, ..PlanFacts::select() };
+        let mut p = PlanFacts {
+            operation: Operation::Update,
+            ..PlanFacts::select()
+        };
         p.written = vec![Relation::new(1, "agent_guard", "agent_registry")];
         let c = classify(&Facts::Plan(p));
         let a = actor(SponsorStatus::Active);
-        assert!(matches!(decide(Some(&a), &session(), &c, &Always), Decision::Deny(Refusal { code: "guard_protected", .. })));
+        assert!(matches!(
+            decide(Some(&a), &session(), &c, &Always),
+            Decision::Deny(Refusal {
+                code: "guard_protected",
+                ..
+            })
+        ));
     }
 }

@@ -17,7 +17,9 @@ pub fn from_comments(sql: &str) -> Correlation {
     for body in comments(sql) {
         for (key, value) in sqlcommenter_pairs(body) {
             match key.as_str() {
-                "request_id" | "request-id" | "requestid" if out.request_id.is_none() => out.request_id = Some(value),
+                "request_id" | "request-id" | "requestid" if out.request_id.is_none() => {
+                    out.request_id = Some(value)
+                }
                 "traceparent" if out.traceparent.is_none() => out.traceparent = Some(value),
                 _ => {}
             }
@@ -91,7 +93,9 @@ fn skip_dollar(sql: &str, start: usize) -> usize {
         .bytes()
         .take_while(|c| c.is_ascii_alphanumeric() || *c == b'_')
         .count();
-    if rest.as_bytes().get(tag_len) != Some(&b'$') || rest.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+    if rest.as_bytes().get(tag_len) != Some(&b'$')
+        || rest.as_bytes().first().is_some_and(u8::is_ascii_digit)
+    {
         return start + 1;
     }
     let tag = &sql[start..start + tag_len + 2];
@@ -122,7 +126,9 @@ fn sqlcommenter_pairs(body: &str) -> Vec<(String, String)> {
             }
             continue;
         }
-        let Some(close) = after[1..].find('\'') else { break };
+        let Some(close) = after[1..].find('\'') else {
+            break;
+        };
         let value = &after[1..1 + close];
         out.push((key, url_decode(value)));
         rest = after[close + 2..].trim_start().trim_start_matches(',');
@@ -169,17 +175,42 @@ mod tests {
 
     #[test]
     fn leading_and_line_comments_count() {
-        assert_eq!(from_comments("/* request_id='a' */ SELECT 1").request_id.as_deref(), Some("a"));
-        assert_eq!(from_comments("SELECT 1 -- request_id='b'\n").request_id.as_deref(), Some("b"));
+        assert_eq!(
+            from_comments("/* request_id='a' */ SELECT 1")
+                .request_id
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            from_comments("SELECT 1 -- request_id='b'\n")
+                .request_id
+                .as_deref(),
+            Some("b")
+        );
     }
 
     #[test]
     fn ignores_look_alikes_inside_literals() {
-        assert_eq!(from_comments("SELECT '/* request_id=''x'' */'").request_id, None);
-        assert_eq!(from_comments("SELECT $$ /* request_id='x' */ $$").request_id, None);
-        assert_eq!(from_comments("SELECT $t$ -- request_id='x' $t$").request_id, None);
-        assert_eq!(from_comments("SELECT \"/* request_id='x' */\" FROM t").request_id, None);
-        assert_eq!(from_comments("SELECT E'\\' /* request_id=''x'' */'").request_id, None);
+        assert_eq!(
+            from_comments("SELECT '/* request_id=''x'' */'").request_id,
+            None
+        );
+        assert_eq!(
+            from_comments("SELECT $$ /* request_id='x' */ $$").request_id,
+            None
+        );
+        assert_eq!(
+            from_comments("SELECT $t$ -- request_id='x' $t$").request_id,
+            None
+        );
+        assert_eq!(
+            from_comments("SELECT \"/* request_id='x' */\" FROM t").request_id,
+            None
+        );
+        assert_eq!(
+            from_comments("SELECT E'\\' /* request_id=''x'' */'").request_id,
+            None
+        );
     }
 
     #[test]
@@ -190,11 +221,19 @@ mod tests {
 
     #[test]
     fn no_comment_no_id() {
-        assert_eq!(from_comments("SELECT request_id FROM t WHERE x = 'request_id=1'"), Correlation::default());
+        assert_eq!(
+            from_comments("SELECT request_id FROM t WHERE x = 'request_id=1'"),
+            Correlation::default()
+        );
     }
 
     #[test]
     fn positional_params_are_not_dollar_quotes() {
-        assert_eq!(from_comments("SELECT $1 /* request_id='p' */").request_id.as_deref(), Some("p"));
+        assert_eq!(
+            from_comments("SELECT $1 /* request_id='p' */")
+                .request_id
+                .as_deref(),
+            Some("p")
+        );
     }
 }

@@ -1,0 +1,119 @@
+//! The audit trail's hash chain.
+//!
+//! Each row's hash covers its immutable content and the previous row's hash;
+//! the outcome, which arrives later, is covered by a second hash over the row
+//! hash and the outcome. Changing, inserting or deleting a row breaks the
+//! chain at that row.
+
+use sha2::{Digest, Sha256};
+
+/// Hex SHA-256 of `prev_hash` and `content`, separated unambiguously.
+pub fn link(prev_hash: &str, content: &str) -> String {
+    let mut h = Sha256::new();
+    h.update((prev_hash.len() as u64).to_be_bytes());
+    h.update(prev_hash.as_bytes());
+    h.update(content.as_bytes());
+    hex(&h.finalize())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The hash the chain starts from.
+pub const GENESIS: &str = "agent_guard";
+
+/// One row as verification sees it.
+pub struct ChainRow<'a> {
+    pub id: i64,
+    pub content: &'a str,
+    pub prev_hash: &'a str,
+    pub row_hash: &'a str,
+    pub outcome: Option<&'a str>,
+    pub outcome_hash: Option<&'a str>,
+}
+
+/// The first row (by id) where the chain breaks, with the reason.
+pub fn first_break<'a>(
+    rows: impl IntoIterator<Item = ChainRow<'a>>,
+    start_hash: &str,
+) -> Option<(i64, String)> {
+    let mut expected_prev = start_hash.to_string();
+    for r in rows {
+        if r.prev_hash != expected_prev {
+            return Some((r.id, "prev_hash does not match the previous row (a row was removed, inserted or changed)".into()));
+        }
+        if link(r.prev_hash, r.content) != r.row_hash {
+            return Some((r.id, "row content does not match its hash".into()));
+        }
+        match (r.outcome, r.outcome_hash) {
+            (Some(o), Some(h)) if link(r.row_hash, o) != h => {
+                return Some((r.id, "outcome does not match its hash".into()));
+            }
+            (Some(_), None) | (None, Some(_)) => {
+                return Some((r.id, "outcome and its hash disagree".into()))
+            }
+            _ => {}
+        }
+        expected_prev = r.row_hash.to_string();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(contents: &[&str]) -> Vec<(String, String, String)> {
+        let mut prev = GENESIS.to_string();
+        contents
+            .iter()
+            .map(|c| {
+                let h = link(&prev, c);
+                let row = (c.to_string(), prev.clone(), h.clone());
+                prev = h;
+                row
+            })
+            .collect()
+    }
+
+    fn rows(c: &[(String, String, String)]) -> Vec<ChainRow<'_>> {
+        c.iter()
+            .enumerate()
+            .map(|(i, (content, prev, h))| ChainRow {
+                id: i as i64 + 1,
+                content,
+                prev_hash: prev,
+                row_hash: h,
+                outcome: None,
+                outcome_hash: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let c = chain(&["a", "b", "c"]);
+        assert_eq!(first_break(rows(&c), GENESIS), None);
+    }
+
+    #[test]
+    fn changed_content_breaks_at_that_row() {
+        let mut c = chain(&["a", "b", "c"]);
+        c[1].0 = "B".into();
+        assert_eq!(first_break(rows(&c), GENESIS).map(|b| b.0), Some(2));
+    }
+
+    #[test]
+    fn deleted_row_breaks_at_the_next() {
+        let mut c = chain(&["a", "b", "c"]);
+        c.remove(1);
+        let r: Vec<_> = rows(&c);
+        assert_eq!(first_break(r, GENESIS).map(|b| b.0), Some(2));
+    }
+
+    #[test]
+    fn link_separates_fields() {
+        assert_ne!(link("ab", "c"), link("a", "bc"));
+    }
+}

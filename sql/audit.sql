@@ -1,0 +1,168 @@
+-- The audit trail: one row per statement of an agent session (and of other
+-- sessions per agent_guard.audit_non_agents), allowed or refused, with how it
+-- ended and how its transaction ended. Written only by agent_guard's audit
+-- writer (a background worker), outside the user's transaction.
+
+CREATE TABLE agent_guard.audit_log (
+    id                  bigserial PRIMARY KEY,
+    event_key           text NOT NULL UNIQUE,
+    session_key         text NOT NULL,
+    statement_no        bigint NOT NULL,
+    local_xact          bigint NOT NULL,
+    subxact             integer,
+    parent_statement    bigint,
+    nesting_level       integer NOT NULL,
+    started_at          timestamptz NOT NULL,
+    session_user_name   name,
+    current_user_name   name,
+    agent               name,
+    login_role          name,
+    sponsor             name,
+    application_name    text,
+    client_addr         text,
+    backend_pid         integer,
+    database_name       name,
+    request_id          text,
+    traceparent         text,
+    command             text,
+    risk                text,
+    objects             text[],
+    decision            text NOT NULL,
+    reason              text,
+    grant_id            bigint,
+    statement_text      text,
+    parameters          text[],
+    -- how the statement ended (filled in when known)
+    ended_at            timestamptz,
+    rows_affected       bigint,
+    outcome             text,
+    sqlstate            text,
+    error_message       text,
+    transaction_id      bigint,
+    transaction_outcome text,
+    -- tamper evidence
+    prev_hash           text,
+    row_hash            text,
+    outcome_hash        text
+);
+
+COMMENT ON TABLE agent_guard.audit_log IS
+    'Every audited statement, allowed or denied, with outcome and transaction outcome; hash-chained (see agent_guard.verify_audit())';
+
+CREATE INDEX audit_log_agent_time ON agent_guard.audit_log (agent, started_at);
+CREATE INDEX audit_log_request_id ON agent_guard.audit_log (request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX audit_log_started_at ON agent_guard.audit_log USING brin (started_at);
+CREATE INDEX audit_log_xact ON agent_guard.audit_log (session_key, local_xact);
+
+REVOKE ALL ON agent_guard.audit_log FROM PUBLIC;
+GRANT SELECT ON agent_guard.audit_log TO agent_guard_admin, agent_guard_approver;
+
+-- Purges leave an anchor so the remaining chain still verifies.
+CREATE TABLE agent_guard.audit_purges (
+    id            bigserial PRIMARY KEY,
+    purged_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    purged_by     name NOT NULL DEFAULT session_user,
+    older_than    timestamptz NOT NULL,
+    rows_purged   bigint NOT NULL,
+    anchor_hash   text
+);
+REVOKE ALL ON agent_guard.audit_purges FROM PUBLIC;
+
+-- The hashed content of a row: its immutable columns, time zone independent.
+CREATE FUNCTION agent_guard._row_content(a agent_guard.audit_log) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.jsonb_build_array(
+    a.id, a.event_key, a.session_key, a.statement_no, a.local_xact, a.subxact, a.parent_statement,
+    a.nesting_level, (EXTRACT(epoch FROM a.started_at) * 1000000)::bigint,
+    a.session_user_name, a.current_user_name, a.agent, a.login_role, a.sponsor, a.application_name,
+    a.client_addr, a.backend_pid, a.database_name, a.request_id, a.traceparent, a.command, a.risk,
+    a.objects, a.decision, a.reason, a.grant_id, a.statement_text, a.parameters)::text
+$$;
+
+-- The hashed outcome of a row.
+CREATE FUNCTION agent_guard._outcome_content(a agent_guard.audit_log) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.jsonb_build_array(
+    (EXTRACT(epoch FROM a.ended_at) * 1000000)::bigint, a.rows_affected, a.outcome,
+    a.sqlstate, a.error_message, a.transaction_id, a.transaction_outcome)::text
+$$;
+
+-- Nobody changes the trail but its writer: not even superusers (short of
+-- disabling the trigger, which verify_audit() then exposes).
+CREATE FUNCTION agent_guard._protect_audit() RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF agent_guard._audit_writer() THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'agent_guard''s audit trail cannot be changed (% on %)', TG_OP, TG_TABLE_NAME
+        USING ERRCODE = 'insufficient_privilege',
+              HINT = 'Old rows can be removed with agent_guard.purge_audit(older_than), which records itself in the trail.';
+END
+$$;
+
+CREATE TRIGGER audit_log_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON agent_guard.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._protect_audit();
+CREATE TRIGGER audit_purges_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON agent_guard.audit_purges
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._protect_audit();
+
+-- For people: one row per statement, newest first.
+CREATE VIEW agent_guard.audit_trail AS
+SELECT a.id,
+       a.started_at,
+       a.ended_at - a.started_at                        AS duration,
+       a.agent,
+       a.sponsor,
+       a.session_user_name                              AS session_user,
+       a.current_user_name                              AS current_user,
+       a.application_name,
+       a.client_addr,
+       a.request_id,
+       a.nesting_level,
+       a.command,
+       a.risk,
+       a.objects,
+       a.decision,
+       a.reason,
+       a.grant_id,
+       a.statement_text,
+       a.parameters,
+       a.rows_affected,
+       CASE
+           WHEN a.outcome = 'error' THEN 'error ' || coalesce(a.sqlstate, '')
+           ELSE coalesce(a.outcome, 'running')
+       END                                              AS outcome,
+       a.error_message,
+       coalesce(a.transaction_outcome, 'in progress')   AS transaction,
+       a.transaction_id
+FROM agent_guard.audit_log a
+ORDER BY a.id DESC;
+
+COMMENT ON VIEW agent_guard.audit_trail IS 'The audit trail for people: who did what, when, how it ended';
+GRANT SELECT ON agent_guard.audit_trail TO agent_guard_admin, agent_guard_approver;
+
+-- One jsonb document per row, for a SIEM.
+CREATE FUNCTION agent_guard.audit_export(since timestamptz, until timestamptz DEFAULT pg_catalog.now())
+RETURNS SETOF jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.to_jsonb(a) - 'prev_hash' - 'outcome_hash'
+FROM agent_guard.audit_log a
+WHERE a.started_at >= since AND a.started_at < until
+ORDER BY a.id
+$$;
+REVOKE ALL ON FUNCTION agent_guard.audit_export(timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.audit_export(timestamptz, timestamptz) TO agent_guard_admin;
+
+REVOKE ALL ON FUNCTION agent_guard.purge_audit(timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION agent_guard.verify_audit() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.verify_audit() TO agent_guard_admin;

@@ -1,0 +1,588 @@
+//! The audit trail: every agent statement, allowed or refused, committed or
+//! rolled back, written outside the user's transaction.
+//!
+//! Backends put events into a per-database shared-memory queue
+//! ([`queue`]); a background writer per database ([`worker`]) inserts them in
+//! its own transactions, batching, and chains their hashes. A statement
+//! event says who, what and the decision; an end event adds rows or the
+//! error; a transaction event says how the transaction ended. Risky
+//! statements and refusals wait until their event is committed (sync);
+//! reads may go asynchronously. If the trail cannot be written, the agent's
+//! statement is refused.
+
+pub mod queue;
+pub mod worker;
+
+use agent_guard_core::{Classification, Decision, Risk};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use serde_json::{json, Value};
+use std::cell::RefCell;
+use std::ffi::CStr;
+
+/// A statement that started and has not ended yet.
+struct Open {
+    n: u64,
+    query_desc: usize,
+    subxact: u32,
+}
+
+#[derive(Default)]
+struct State {
+    session_key: String,
+    statements: u64,
+    xact: u64,
+    xact_audited: bool,
+    open: Vec<Open>,
+    last_error: Option<(String, String)>,
+    /// An error raised while no audited statement was running (parse
+    /// analysis, planning): (statement text, sqlstate, message, time).
+    orphan_error: Option<(String, String, String, i64)>,
+    /// agent_guard is raising a refusal it already recorded.
+    refusing: bool,
+}
+
+thread_local! {
+    static STATE: RefCell<State> = RefCell::new(State::default());
+}
+
+fn now_us() -> i64 {
+    unsafe { pg_sys::GetCurrentTimestamp() }
+}
+
+fn session_key() -> String {
+    STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.session_key.is_empty() {
+            let (pid, started) = unsafe { (pg_sys::MyProcPid, pg_sys::MyStartTimestamp) };
+            s.session_key = format!("{pid}-{started}");
+        }
+        s.session_key.clone()
+    })
+}
+
+/// Why an event could not be queued.
+pub enum Unavailable {
+    NoSlot,
+    Full,
+    NotDurable,
+}
+
+impl Unavailable {
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Unavailable::NoSlot => "no audit queue is free for this database",
+            Unavailable::Full => "the audit queue stayed full",
+            Unavailable::NotDurable => "the audit writer did not confirm the record in time",
+        }
+    }
+}
+
+fn timeout_ms() -> i64 {
+    crate::gucs::audit_wait_timeout_ms() as i64
+}
+
+/// Start this database's writer if none runs (rate-limited).
+fn ensure_worker(i: usize) {
+    let start = queue::with_slot(i, |s, _| {
+        let now = now_us();
+        let alive = s.worker_state == queue::WORKER_RUNNING && s.worker_pid != 0;
+        let starting =
+            s.worker_state == queue::WORKER_STARTING && now - s.start_requested_at < 2_000_000;
+        if alive || starting {
+            false
+        } else {
+            s.worker_state = queue::WORKER_STARTING;
+            s.start_requested_at = now;
+            true
+        }
+    });
+    if start && !worker::start(i) {
+        queue::with_slot(i, |s, _| s.worker_state = queue::WORKER_NONE);
+    }
+}
+
+/// Queue `event`; with `durable`, wait until the writer committed it.
+fn send(event: &Value, durable: bool) -> Result<(), Unavailable> {
+    if !queue::attached() {
+        return Err(Unavailable::NoSlot);
+    }
+    let db = unsafe { pg_sys::MyDatabaseId };
+    let Some(i) = queue::slot_for(db) else {
+        return Err(Unavailable::NoSlot);
+    };
+    ensure_worker(i);
+    let payload = event.to_string().into_bytes();
+    let deadline = now_us() + timeout_ms() * 1000;
+    let seq = loop {
+        match queue::with_slot(i, |s, buf| {
+            let r = queue::push(s, buf, &payload, now_us());
+            if r.is_ok() {
+                queue::wake(s);
+            } else {
+                s.waits += 1;
+            }
+            r
+        }) {
+            Ok(seq) => break seq,
+            Err(_) => {
+                if now_us() > deadline {
+                    queue::with_slot(i, |s, _| s.dropped += 1);
+                    return Err(Unavailable::Full);
+                }
+                ensure_worker(i);
+                wait_on(i, false, 100);
+            }
+        }
+    };
+    if !durable {
+        return Ok(());
+    }
+    while queue::durable_seq(i) < seq {
+        if now_us() > deadline {
+            return Err(Unavailable::NotDurable);
+        }
+        ensure_worker(i);
+        wait_on(i, true, 100);
+    }
+    Ok(())
+}
+
+fn wait_on(i: usize, durable: bool, ms: i64) {
+    unsafe {
+        let cv = queue::cv_ptr(i, durable);
+        pg_sys::ConditionVariablePrepareToSleep(cv);
+        pg_sys::ConditionVariableTimedSleep(cv, ms, pg_sys::PG_WAIT_EXTENSION);
+        pg_sys::ConditionVariableCancelSleep();
+    }
+}
+
+fn cstr(p: *const std::ffi::c_char) -> Option<String> {
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+fn role_name(oid: pg_sys::Oid) -> Option<String> {
+    cstr(unsafe { pg_sys::GetUserNameFromId(oid, true) })
+}
+
+/// What the statement event needs besides the classification and decision.
+pub struct StatementText<'a> {
+    pub text: &'a str,
+    pub params: Option<Vec<Option<String>>>,
+}
+
+/// Whether this session's statements are audited.
+pub fn audits_session(is_agent: bool, risk: Risk) -> bool {
+    if is_agent {
+        return true;
+    }
+    match crate::gucs::audit_non_agents() {
+        crate::gucs::NonAgentAudit::None => false,
+        crate::gucs::NonAgentAudit::Ddl => risk >= Risk::Ddl,
+        crate::gucs::NonAgentAudit::Write => risk >= Risk::Write,
+        crate::gucs::NonAgentAudit::All => true,
+    }
+}
+
+/// Record a statement about to run (or refused). For allowed statements
+/// the caller later reports [`statement_end`]. Errors mean the trail is
+/// unavailable: the caller must refuse an agent's statement.
+pub fn statement_start(
+    c: &Classification,
+    d: &Decision,
+    text: &StatementText,
+    query_desc: usize,
+) -> Result<(), Unavailable> {
+    let agent = crate::identity::current_agent();
+    let (request_id, traceparent) = crate::identity::correlation();
+    let sk = session_key();
+    let level = crate::hooks::nesting_level();
+    let (n, x, parent) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.statements += 1;
+        s.xact_audited = true;
+        (s.statements, s.xact, s.open.last().map(|o| o.n))
+    });
+    let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
+    let hide_all = !c.sensitive_columns.is_empty();
+    let statement_text = crate::lexer::redact(text.text, hide_all);
+    let params = text.params.as_ref().map(|ps| {
+        ps.iter()
+            .map(|p| {
+                p.as_ref().map(|v| {
+                    if hide_all || agent_guard_core::redact::looks_regulated(v) {
+                        "<redacted>".to_string()
+                    } else {
+                        v.clone()
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let (decision, reason, grant) = match d {
+        Decision::Deny(r) => ("denied", r.message.clone(), None),
+        Decision::Allow { reason, grant } => (
+            "allowed",
+            reason.clone(),
+            grant.as_ref().map(|g| g.grant_id),
+        ),
+        Decision::NotEnforced => ("allowed", "not an agent session".to_string(), None),
+    };
+    let (sponsor, login) = match &agent {
+        Some(a) => (
+            Some(a.label.sponsor_name.clone()),
+            Some(a.login_name.clone()),
+        ),
+        None => (None, None),
+    };
+    let app = cstr(unsafe { pg_sys::application_name });
+    let event = json!({
+        "k": "stmt", "sk": sk, "n": n, "x": x, "sx": subxact, "parent": parent, "lvl": level,
+        "ts": now_us(),
+        "su": role_name(unsafe { pg_sys::GetSessionUserId() }),
+        "cu": role_name(unsafe { pg_sys::GetUserId() }),
+        "agent": agent.as_ref().map(|a| a.agent_name.clone()),
+        "login": login, "sponsor": sponsor, "app": app,
+        "addr": crate::identity::client_address_cached(),
+        "pid": unsafe { pg_sys::MyProcPid },
+        "db": crate::identity::database_name(),
+        "rid": request_id, "tp": traceparent,
+        "cmd": c.command, "risk": c.risk.as_str(), "obj": c.objects,
+        "dec": decision, "why": reason, "grant": grant,
+        "text": statement_text, "params": params,
+    });
+    let durable = matches!(d, Decision::Deny(_))
+        || c.risk > Risk::SensitiveRead
+        || crate::gucs::audit_durability_sync();
+    send(&event, durable)?;
+    if !matches!(d, Decision::Deny(_)) {
+        STATE.with(|s| {
+            s.borrow_mut().open.push(Open {
+                n,
+                query_desc,
+                subxact,
+            })
+        });
+    }
+    Ok(())
+}
+
+fn end_event(n: u64, rows: Option<u64>, error: Option<&(String, String)>) -> Value {
+    json!({
+        "k": "end", "sk": session_key(), "n": n, "ts": now_us(), "rows": rows,
+        "out": if error.is_some() { "error" } else { "ok" },
+        "state": error.map(|e| e.0.clone()),
+        "msg": error.map(|e| agent_guard_core::redact::redact(&e.1, &agent_guard_core::redact::scan_literals(&e.1), false)),
+    })
+}
+
+/// The statement started with `query_desc` (0 for utility statements) ended normally.
+pub fn statement_end(query_desc: usize, rows: Option<u64>) {
+    let n = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let pos = s.open.iter().rposition(|o| o.query_desc == query_desc)?;
+        Some(s.open.remove(pos).n)
+    });
+    if let Some(n) = n {
+        let _ = send(&end_event(n, rows, None), false);
+    }
+}
+
+/// Whether a statement is open for this query descriptor (cheap check for ExecutorEnd).
+pub fn has_open(query_desc: usize) -> bool {
+    STATE.with(|s| s.borrow().open.iter().any(|o| o.query_desc == query_desc))
+}
+
+/// The next error is agent_guard's own refusal, already in the trail (or not recordable).
+pub fn mark_refusing() {
+    STATE.with(|s| s.borrow_mut().refusing = true);
+}
+
+/// Record a statement that failed before agent_guard saw it run (e.g. division
+/// by zero folded by the planner), so no failed statement goes missing.
+fn record_orphan_error() {
+    let orphan = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        if !s.open.is_empty() {
+            s.orphan_error = None;
+            return None;
+        }
+        s.orphan_error.take()
+    });
+    let Some((text, state, msg, ts)) = orphan else {
+        return;
+    };
+    let sk = session_key();
+    let (n, x, parent) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.statements += 1;
+        s.xact_audited = true;
+        (s.statements, s.xact, s.open.last().map(|o| o.n))
+    });
+    let agent = crate::identity::cached_agent();
+    let redacted = agent_guard_core::redact::redact(
+        &text,
+        &agent_guard_core::redact::scan_literals(&text),
+        false,
+    );
+    let event = json!({
+        "k": "stmt", "sk": sk, "n": n, "x": x, "sx": unsafe { pg_sys::GetCurrentSubTransactionId() },
+        "parent": parent, "lvl": crate::hooks::nesting_level(), "ts": ts,
+        "su": Value::Null, "cu": Value::Null,
+        "agent": agent.as_ref().map(|a| a.agent_name.clone()),
+        "login": agent.as_ref().map(|a| a.login_name.clone()),
+        "sponsor": agent.as_ref().map(|a| a.label.sponsor_name.clone()),
+        "app": cstr(unsafe { pg_sys::application_name }),
+        "addr": crate::identity::client_address_cached(),
+        "pid": unsafe { pg_sys::MyProcPid },
+        "db": Value::Null, "rid": Value::Null, "tp": Value::Null,
+        "cmd": Value::Null, "risk": Value::Null, "obj": [],
+        "dec": "allowed", "why": "failed before execution (parse analysis or planning)",
+        "grant": Value::Null, "text": redacted, "params": Value::Null,
+    });
+    let _ = send(&event, false);
+    let _ = send(&end_event(n, None, Some(&(state, msg))), false);
+}
+
+/// Transaction end: close what is still open as failed, then say how the transaction ended.
+fn transaction_end(committed: bool) {
+    if !committed {
+        record_orphan_error();
+    }
+    let (open, audited, x, err) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let open: Vec<u64> = s.open.drain(..).map(|o| o.n).collect();
+        let audited = std::mem::replace(&mut s.xact_audited, false);
+        let x = s.xact;
+        s.xact += 1;
+        (open, audited, x, s.last_error.take())
+    });
+    if !audited {
+        return;
+    }
+    let err = err.unwrap_or_else(|| ("XX000".into(), "transaction aborted".into()));
+    for n in open {
+        let _ = send(
+            &end_event(n, None, if committed { None } else { Some(&err) }),
+            false,
+        );
+    }
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    let _ = send(
+        &json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
+                "out": if committed { "committed" } else { "rolled back" },
+                "xid": if xid == 0 { None } else { Some(xid) }}),
+        false,
+    );
+}
+
+fn subtransaction_abort(subxact: u32) {
+    record_orphan_error();
+    let (failed, audited, x, upto, err) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let (failed, keep): (Vec<Open>, Vec<Open>) =
+            s.open.drain(..).partition(|o| o.subxact >= subxact);
+        s.open = keep;
+        (
+            failed.into_iter().map(|o| o.n).collect::<Vec<_>>(),
+            s.xact_audited,
+            s.xact,
+            s.statements,
+            s.last_error.clone(),
+        )
+    });
+    if !audited {
+        return;
+    }
+    let err = err.unwrap_or_else(|| ("XX000".into(), "subtransaction aborted".into()));
+    for n in failed {
+        let _ = send(&end_event(n, None, Some(&err)), false);
+    }
+    let _ = send(
+        &json!({"k": "sub", "sk": session_key(), "x": x, "sx": subxact, "upto": upto, "ts": now_us()}),
+        false,
+    );
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+    if unsafe { pg_sys::IsBackgroundWorker } {
+        return;
+    }
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => transaction_end(true),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => transaction_end(false),
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
+        && !unsafe { pg_sys::IsBackgroundWorker }
+    {
+        subtransaction_abort(my_subid);
+    }
+}
+
+static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
+
+/// Remember the last error (for the trail) and keep regulated literals of
+/// agent sessions out of the server log.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
+    unsafe {
+        if (*edata).elevel >= pg_sys::PGERROR as i32 && !pg_sys::IsBackgroundWorker {
+            let state = cstr(pg_sys::unpack_sql_state((*edata).sqlerrcode)).unwrap_or_default();
+            let msg = cstr((*edata).message).unwrap_or_default();
+            let agent = crate::identity::cached_is_agent() && crate::identity::guard_installed();
+            STATE.with(|s| {
+                if let Ok(mut s) = s.try_borrow_mut() {
+                    let refusing = std::mem::replace(&mut s.refusing, false);
+                    if agent && !refusing && s.open.is_empty() && !crate::identity::in_internal() {
+                        let text = cstr(pg_sys::debug_query_string).unwrap_or_default();
+                        s.orphan_error = Some((
+                            text,
+                            state.clone(),
+                            msg.clone(),
+                            pg_sys::GetCurrentTimestamp(),
+                        ));
+                    }
+                    s.last_error = Some((state, msg));
+                }
+            });
+        }
+        if crate::identity::cached_is_agent() {
+            // The statement text goes to agent_guard.audit_log, redacted; the log gets none.
+            (*edata).hide_stmt = true;
+            if let Some(msg) = cstr((*edata).message) {
+                let redacted = agent_guard_core::redact::redact(
+                    &msg,
+                    &agent_guard_core::redact::scan_literals(&msg),
+                    true,
+                );
+                if redacted != msg {
+                    if let Ok(c) = std::ffi::CString::new(redacted) {
+                        (*edata).message = pg_sys::pstrdup(c.as_ptr());
+                    }
+                }
+            }
+            for detail in [&raw mut (*edata).detail, &raw mut (*edata).detail_log] {
+                if let Some(d) = cstr(*detail) {
+                    let redacted = agent_guard_core::redact::redact(
+                        &d,
+                        &agent_guard_core::redact::scan_literals(&d),
+                        false,
+                    );
+                    if redacted != d {
+                        if let Ok(c) = std::ffi::CString::new(redacted) {
+                            *detail = pg_sys::pstrdup(c.as_ptr());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(prev) = PREV_EMIT_LOG {
+            pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| prev(edata));
+        }
+    }
+}
+
+/// Install callbacks (from `_PG_init`, preload only).
+pub fn init() {
+    unsafe {
+        pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
+        PREV_EMIT_LOG = pg_sys::emit_log_hook;
+        pg_sys::emit_log_hook = Some(on_emit_log);
+    }
+    worker::init_shmem();
+}
+
+/// Parameters of a statement run with the extended protocol or EXECUTE, as text.
+pub fn params_as_text(params: pg_sys::ParamListInfo) -> Option<Vec<Option<String>>> {
+    if params.is_null() {
+        return None;
+    }
+    unsafe {
+        let n = (*params).numParams as usize;
+        if n == 0 || (*params).paramFetch.is_some() {
+            return None;
+        }
+        let items = (*params).params.as_slice(n);
+        Some(
+            items
+                .iter()
+                .map(|p| {
+                    if p.isnull || p.ptype == pg_sys::InvalidOid {
+                        return None;
+                    }
+                    let mut out = pg_sys::InvalidOid;
+                    let mut varlena = false;
+                    pg_sys::getTypeOutputInfo(p.ptype, &mut out, &mut varlena);
+                    cstr(pg_sys::OidOutputFunctionCall(out, p.value))
+                })
+                .collect(),
+        )
+    }
+}
+
+/// Queue statistics for `audit_stats()`.
+pub fn stats() -> Value {
+    if !queue::attached() {
+        return json!({"attached": false});
+    }
+    let db = unsafe { pg_sys::MyDatabaseId };
+    let now = now_us();
+    let mut slots = vec![];
+    for i in 0..queue::SLOTS {
+        if queue::slot_dboid(i) == pg_sys::InvalidOid {
+            continue;
+        }
+        let v = queue::with_slot(i, |s, _| {
+            json!({
+                "database_oid": s.dboid.to_u32(),
+                "this_database": s.dboid == db,
+                "queued": s.enqueued - s.durable,
+                "queued_bytes": s.head - s.tail,
+                "enqueued": s.enqueued,
+                "written": s.written,
+                "dropped": s.dropped,
+                "waits_for_space": s.waits,
+                "oldest_unwritten_age_ms": if s.oldest_ts == 0 { 0 } else { (now - s.oldest_ts) / 1000 },
+                "worker_pid": s.worker_pid,
+                "worker_state": match s.worker_state {
+                    queue::WORKER_RUNNING => "running",
+                    queue::WORKER_STARTING => "starting",
+                    _ => "stopped",
+                },
+            })
+        });
+        slots.push(v);
+    }
+    json!({"queue_capacity_bytes": queue::header_capacity(), "databases": slots})
+}
+
+pub mod functions;
+
+/// Put an administrative event of a human session (e.g. a purge) into the trail, durably.
+pub fn record_admin_event(command: &str, text: &str) {
+    let mut c = Classification::new(command, Risk::Admin, text);
+    c.objects = vec!["agent_guard.audit_log".into()];
+    let d = Decision::Allow {
+        reason: "administrator".into(),
+        grant: None,
+    };
+    if let Err(u) = statement_start(&c, &d, &StatementText { text, params: None }, usize::MAX) {
+        warning!(
+            "agent_guard: could not record {command} in the audit trail: {}",
+            u.describe()
+        );
+    }
+    statement_end(usize::MAX, None);
+}

@@ -1,0 +1,253 @@
+//! Shared-memory queues between backends and the audit writers.
+//!
+//! One byte ring per database slot, each under its own LWLock. A record is
+//! `[u32 length][u64 sequence][payload]`. The writer copies records out,
+//! inserts them in its own transaction, and only then advances the tail and
+//! the `durable` sequence, so a writer that dies before committing loses
+//! nothing: its successor reads the same records again (rows carry a unique
+//! event key, so a retry cannot duplicate them).
+
+use pgrx::pg_sys;
+use std::ffi::c_void;
+use std::ptr;
+
+/// How many databases can have an audit writer at once.
+pub const SLOTS: usize = 8;
+const HEADER_BYTES: usize = 12;
+
+/// Writer states, as `audit_stats()` reports them.
+pub const WORKER_NONE: u32 = 0;
+pub const WORKER_STARTING: u32 = 1;
+pub const WORKER_RUNNING: u32 = 2;
+
+#[repr(C)]
+pub struct Slot {
+    pub dboid: pg_sys::Oid,
+    pub head: u64,
+    pub tail: u64,
+    /// Sequence of the last record enqueued.
+    pub enqueued: u64,
+    /// Sequence of the last record committed by the writer.
+    pub durable: u64,
+    pub written: u64,
+    pub dropped: u64,
+    pub waits: u64,
+    /// Enqueue time of the oldest record not yet durable (0 when none).
+    pub oldest_ts: i64,
+    pub worker_pid: i32,
+    pub worker_state: u32,
+    pub worker_latch: *mut pg_sys::Latch,
+    pub start_requested_at: i64,
+    pub durable_cv: pg_sys::ConditionVariable,
+    pub space_cv: pg_sys::ConditionVariable,
+}
+
+#[repr(C)]
+struct Header {
+    capacity: u64,
+    slots: [Slot; SLOTS],
+}
+
+static mut HEADER: *mut Header = ptr::null_mut();
+static mut LOCKS: *mut pg_sys::LWLockPadded = ptr::null_mut();
+static mut CAPACITY: usize = 0;
+const TRANCHE: &std::ffi::CStr = c"agent_guard_audit";
+
+fn total_size(capacity: usize) -> usize {
+    std::mem::size_of::<Header>() + SLOTS * capacity
+}
+
+/// Ask for shared memory and locks (from the shmem request hook, or `_PG_init` before PG15).
+pub fn request(capacity: usize) {
+    unsafe {
+        CAPACITY = capacity;
+        pg_sys::RequestAddinShmemSpace(total_size(capacity));
+        pg_sys::RequestNamedLWLockTranche(TRANCHE.as_ptr(), (SLOTS + 1) as i32);
+    }
+}
+
+/// Attach (and on first use initialise) the queues, from the shmem startup hook.
+pub fn attach() {
+    unsafe {
+        let mut found = false;
+        let h = pg_sys::ShmemInitStruct(
+            c"agent_guard audit queues".as_ptr(),
+            total_size(CAPACITY),
+            &mut found,
+        ) as *mut Header;
+        if !found {
+            ptr::write_bytes(h as *mut u8, 0, std::mem::size_of::<Header>());
+            (*h).capacity = CAPACITY as u64;
+            for i in 0..SLOTS {
+                let s = &mut (*h).slots[i];
+                pg_sys::ConditionVariableInit(&mut s.durable_cv);
+                pg_sys::ConditionVariableInit(&mut s.space_cv);
+            }
+        }
+        HEADER = h;
+        LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+    }
+}
+
+pub fn attached() -> bool {
+    unsafe { !HEADER.is_null() }
+}
+
+unsafe fn lock(i: usize) -> *mut pg_sys::LWLock {
+    unsafe { &mut (*LOCKS.add(i)).lock }
+}
+
+/// Run `f` with slot `i` locked exclusively. `f` must not raise errors.
+pub fn with_slot<R>(i: usize, f: impl FnOnce(&mut Slot, &mut [u8]) -> R) -> R {
+    unsafe {
+        let h = HEADER;
+        let cap = (*h).capacity as usize;
+        let buf = std::slice::from_raw_parts_mut(
+            (h as *mut u8).add(std::mem::size_of::<Header>() + i * cap),
+            cap,
+        );
+        pg_sys::LWLockAcquire(lock(i), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let r = f(&mut (*h).slots[i], buf);
+        pg_sys::LWLockRelease(lock(i));
+        r
+    }
+}
+
+/// The slot of database `db`, assigning a free one if needed.
+pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
+    unsafe {
+        let h = HEADER;
+        if h.is_null() {
+            return None;
+        }
+        // fast path: already assigned (dboid is only ever set under the assignment lock)
+        for i in 0..SLOTS {
+            if ptr::read_volatile(&(*h).slots[i].dboid) == db {
+                return Some(i);
+            }
+        }
+        pg_sys::LWLockAcquire(lock(SLOTS), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = None;
+        for i in 0..SLOTS {
+            if (*h).slots[i].dboid == db {
+                found = Some(i);
+                break;
+            }
+        }
+        if found.is_none() {
+            for i in 0..SLOTS {
+                if (*h).slots[i].dboid == pg_sys::InvalidOid {
+                    (*h).slots[i].dboid = db;
+                    found = Some(i);
+                    break;
+                }
+            }
+        }
+        pg_sys::LWLockRelease(lock(SLOTS));
+        found
+    }
+}
+
+/// Why a record could not be queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Full {
+    NoSpace,
+}
+
+/// Append a record; returns its sequence number.
+pub fn push(slot: &mut Slot, buf: &mut [u8], payload: &[u8], now: i64) -> Result<u64, Full> {
+    let cap = buf.len() as u64;
+    let need = (HEADER_BYTES + payload.len()) as u64;
+    if need > cap || cap - (slot.head - slot.tail) < need {
+        return Err(Full::NoSpace);
+    }
+    let seq = slot.enqueued + 1;
+    let mut rec = Vec::with_capacity(need as usize);
+    rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    rec.extend_from_slice(&seq.to_le_bytes());
+    rec.extend_from_slice(payload);
+    ring_write(buf, slot.head, &rec);
+    slot.head += need;
+    slot.enqueued = seq;
+    if slot.oldest_ts == 0 {
+        slot.oldest_ts = now;
+    }
+    Ok(seq)
+}
+
+fn ring_write(buf: &mut [u8], pos: u64, data: &[u8]) {
+    let cap = buf.len();
+    let start = (pos % cap as u64) as usize;
+    let first = data.len().min(cap - start);
+    buf[start..start + first].copy_from_slice(&data[..first]);
+    buf[..data.len() - first].copy_from_slice(&data[first..]);
+}
+
+fn ring_read(buf: &[u8], pos: u64, len: usize) -> Vec<u8> {
+    let cap = buf.len();
+    let start = (pos % cap as u64) as usize;
+    let first = len.min(cap - start);
+    let mut out = Vec::with_capacity(len);
+    out.extend_from_slice(&buf[start..start + first]);
+    out.extend_from_slice(&buf[..len - first]);
+    out
+}
+
+/// Copy out every queued record (without consuming them): (end position, [(seq, payload)]).
+pub fn peek_all(slot: &Slot, buf: &[u8], max_bytes: u64) -> (u64, Vec<(u64, Vec<u8>)>) {
+    let mut pos = slot.tail;
+    let mut out = vec![];
+    while pos < slot.head && pos - slot.tail < max_bytes {
+        let hdr = ring_read(buf, pos, HEADER_BYTES);
+        let len = u32::from_le_bytes(hdr[..4].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(hdr[4..12].try_into().unwrap());
+        let payload = ring_read(buf, pos + HEADER_BYTES as u64, len);
+        out.push((seq, payload));
+        pos += (HEADER_BYTES + len) as u64;
+    }
+    (pos, out)
+}
+
+/// Raw access for the writer and stats.
+pub fn header_capacity() -> u64 {
+    unsafe {
+        if HEADER.is_null() {
+            0
+        } else {
+            (*HEADER).capacity
+        }
+    }
+}
+
+/// Wake slot `i`'s writer.
+pub fn wake(slot: &Slot) {
+    if !slot.worker_latch.is_null() {
+        unsafe { pg_sys::SetLatch(slot.worker_latch) };
+    }
+}
+
+pub fn cv_ptr(i: usize, durable: bool) -> *mut pg_sys::ConditionVariable {
+    unsafe {
+        let s = &mut (*HEADER).slots[i];
+        if durable {
+            &mut s.durable_cv
+        } else {
+            &mut s.space_cv
+        }
+    }
+}
+
+/// Read a field without locking (for waiters' quick checks).
+pub fn durable_seq(i: usize) -> u64 {
+    unsafe { ptr::read_volatile(&(*HEADER).slots[i].durable) }
+}
+
+pub fn slot_dboid(i: usize) -> pg_sys::Oid {
+    unsafe { ptr::read_volatile(&(*HEADER).slots[i].dboid) }
+}
+
+#[allow(dead_code)]
+fn _assert_send(_: *mut c_void) {}
+
+#[cfg(test)]
+mod tests {}
