@@ -36,7 +36,9 @@ fn status() -> JsonB {
 #[pg_extern(parallel_safe)]
 fn current_context() -> JsonB {
     // The function runs one level below the statement that called it.
-    JsonB(crate::identity::context_json((crate::hooks::nesting_level() - 1).max(0)))
+    JsonB(crate::identity::context_json(
+        (crate::hooks::nesting_level() - 1).max(0),
+    ))
 }
 
 /// Whether the calling session is an agent session.
@@ -54,7 +56,13 @@ fn sponsor_status(sponsor: pg_sys::Oid) -> &'static str {
 /// Classify every Query a raw statement analyses and rewrites into; the riskiest wins.
 unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString) -> Classification {
     unsafe {
-        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(raw, sql.as_ptr(), std::ptr::null_mut(), 0, std::ptr::null_mut());
+        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
+            raw,
+            sql.as_ptr(),
+            std::ptr::null_mut(),
+            0,
+            std::ptr::null_mut(),
+        );
         let sensitive = crate::labels::sensitive_columns();
         let mut best: Option<Classification> = None;
         for query in PgList::<pg_sys::Query>::from_pg(queries).iter_ptr() {
@@ -68,7 +76,11 @@ unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString) -> Classificati
     }
 }
 
-unsafe fn query_to_facts(query: *mut pg_sys::Query, sql: &CString, sensitive: &crate::labels::SensitiveColumns) -> Facts {
+unsafe fn query_to_facts(
+    query: *mut pg_sys::Query,
+    sql: &CString,
+    sensitive: &crate::labels::SensitiveColumns,
+) -> Facts {
     unsafe {
         if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
             let node = (*query).utilityStmt;
@@ -79,7 +91,8 @@ unsafe fn query_to_facts(query: *mut pg_sys::Query, sql: &CString, sensitive: &c
                 let prepared = pg_sys::FetchPreparedStatement(name, true);
                 let inner = PgList::<pg_sys::Query>::from_pg((*(*prepared).plansource).query_list);
                 if let Some(q) = inner.head() {
-                    let copy = pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
+                    let copy =
+                        pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
                     u.inner = Some(Box::new(query_to_facts(copy, sql, sensitive)));
                 }
             }
@@ -87,7 +100,12 @@ unsafe fn query_to_facts(query: *mut pg_sys::Query, sql: &CString, sensitive: &c
         }
         // The planner may rewrite the tree: collect calls first.
         let functions = extract::called_functions(query);
-        let plan = pg_sys::pg_plan_query(query, sql.as_ptr(), pg_sys::CURSOR_OPT_PARALLEL_OK as i32, std::ptr::null_mut());
+        let plan = pg_sys::pg_plan_query(
+            query,
+            sql.as_ptr(),
+            pg_sys::CURSOR_OPT_PARALLEL_OK as i32,
+            std::ptr::null_mut(),
+        );
         let mut facts = extract::plan_facts(plan, sensitive, false);
         facts.functions = functions;
         facts.runs_as_superuser = pg_sys::superuser_arg(pg_sys::GetUserId());
@@ -131,15 +149,22 @@ fn classify_sql(
         name!(reason, String),
     ),
 > {
-    let csql = CString::new(sql).unwrap_or_else(|_| error!("agent_guard.classify: the SQL text contains a NUL byte"));
+    let csql = CString::new(sql)
+        .unwrap_or_else(|_| error!("agent_guard.classify: the SQL text contains a NUL byte"));
     let mut rows = vec![];
     unsafe {
         let raws = pg_sys::raw_parser(csql.as_ptr(), pg_sys::RawParseMode::RAW_PARSE_DEFAULT);
-        for (i, raw) in PgList::<pg_sys::RawStmt>::from_pg(raws).iter_ptr().enumerate() {
+        for (i, raw) in PgList::<pg_sys::RawStmt>::from_pg(raws)
+            .iter_ptr()
+            .enumerate()
+        {
             let c = classify_raw(raw, &csql);
             let d = decision_for(&c, as_role);
             let (decision, reason) = match &d {
-                Decision::NotEnforced => ("allowed".to_string(), format!("not an agent session; {}", c.reason)),
+                Decision::NotEnforced => (
+                    "allowed".to_string(),
+                    format!("not an agent session; {}", c.reason),
+                ),
                 Decision::Allow { .. } => ("allowed".to_string(), c.reason.clone()),
                 Decision::Deny(r) => ("denied".to_string(), r.message.clone()),
             };

@@ -42,12 +42,18 @@ fn operation(cmd: pg_sys::CmdType::Type) -> Operation {
 
 /// The columns a range-table entry reads (attnums; 0 means the whole row).
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-unsafe fn selected_columns(_pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+unsafe fn selected_columns(
+    _pstmt: *mut pg_sys::PlannedStmt,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> Vec<i32> {
     unsafe { bitmap_members((*rte).selectedCols) }
 }
 
 #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-unsafe fn selected_columns(pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+unsafe fn selected_columns(
+    pstmt: *mut pg_sys::PlannedStmt,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> Vec<i32> {
     unsafe {
         let index = (*rte).perminfoindex;
         if index == 0 {
@@ -78,7 +84,11 @@ unsafe fn bitmap_members(set: *mut pg_sys::Bitmapset) -> Vec<i32> {
 ///
 /// # Safety
 /// `pstmt` must be a valid `PlannedStmt` of a plannable statement.
-pub unsafe fn plan_facts(pstmt: *mut pg_sys::PlannedStmt, sensitive: &SensitiveColumns, integrity_check: bool) -> PlanFacts {
+pub unsafe fn plan_facts(
+    pstmt: *mut pg_sys::PlannedStmt,
+    sensitive: &SensitiveColumns,
+    integrity_check: bool,
+) -> PlanFacts {
     unsafe {
         let rtable = PgList::<pg_sys::RangeTblEntry>::from_pg((*pstmt).rtable);
         let rel_at = |rti: u32| -> Option<Relation> {
@@ -206,7 +216,15 @@ fn object_type_name(t: pg_sys::ObjectType::Type) -> String {
 
 fn is_relation_type(t: pg_sys::ObjectType::Type) -> bool {
     use pg_sys::ObjectType::*;
-    matches!(t, OBJECT_TABLE | OBJECT_VIEW | OBJECT_MATVIEW | OBJECT_INDEX | OBJECT_SEQUENCE | OBJECT_FOREIGN_TABLE)
+    matches!(
+        t,
+        OBJECT_TABLE
+            | OBJECT_VIEW
+            | OBJECT_MATVIEW
+            | OBJECT_INDEX
+            | OBJECT_SEQUENCE
+            | OBJECT_FOREIGN_TABLE
+    )
 }
 
 /// `schema.name` (or `name`) of a RangeVar, plus the relation if it exists.
@@ -220,7 +238,13 @@ unsafe fn range_var(rv: *mut pg_sys::RangeVar) -> (Option<String>, Option<Relati
             Some(s) => format!("{s}.{name}"),
             None => name,
         };
-        let relid = pg_sys::RangeVarGetRelidExtended(rv, pg_sys::NoLock as i32, pg_sys::RVROption::RVR_MISSING_OK, None, std::ptr::null_mut());
+        let relid = pg_sys::RangeVarGetRelidExtended(
+            rv,
+            pg_sys::NoLock as i32,
+            pg_sys::RVROption::RVR_MISSING_OK,
+            None,
+            std::ptr::null_mut(),
+        );
         let rel = (relid != pg_sys::InvalidOid).then(|| relation(relid));
         (Some(rel.as_ref().map_or(text, Relation::qualified)), rel)
     }
@@ -239,7 +263,9 @@ unsafe fn object_name(node: *mut pg_sys::Node) -> Option<String> {
             return cstr(pg_sys::NameListToString(node as *mut pg_sys::List));
         }
         if is_a(node, NodeTag::T_ObjectWithArgs) {
-            return cstr(pg_sys::NameListToString((*(node as *mut pg_sys::ObjectWithArgs)).objname));
+            return cstr(pg_sys::NameListToString(
+                (*(node as *mut pg_sys::ObjectWithArgs)).objname,
+            ));
         }
         None
     }
@@ -259,7 +285,9 @@ unsafe fn set_stmt(u: &mut UtilityFacts, s: *mut pg_sys::VariableSetStmt) {
         let name = cstr((*s).name).map(|n| n.to_lowercase());
         u.reset = matches!(
             (*s).kind,
-            pg_sys::VariableSetKind::VAR_RESET | pg_sys::VariableSetKind::VAR_RESET_ALL | pg_sys::VariableSetKind::VAR_SET_DEFAULT
+            pg_sys::VariableSetKind::VAR_RESET
+                | pg_sys::VariableSetKind::VAR_RESET_ALL
+                | pg_sys::VariableSetKind::VAR_SET_DEFAULT
         );
         if let Some(first) = PgList::<pg_sys::Node>::from_pg((*s).args).head() {
             if is_a(first, NodeTag::T_A_Const) {
@@ -270,7 +298,8 @@ unsafe fn set_stmt(u: &mut UtilityFacts, s: *mut pg_sys::VariableSetStmt) {
             }
         }
         if let Some(n) = &name {
-            u.setting_superuser_only = (*s).kind != pg_sys::VariableSetKind::VAR_SET_MULTI && crate::gucs::is_superuser_only(n);
+            u.setting_superuser_only = (*s).kind != pg_sys::VariableSetKind::VAR_SET_MULTI
+                && crate::gucs::is_superuser_only(n);
         }
         u.setting = name;
     }
@@ -295,15 +324,25 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
     unsafe {
         let mut u = UtilityFacts {
             node: node_name(node),
-            command: cstr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node))).unwrap_or_default(),
+            command: cstr(pg_sys::GetCommandTagName(pg_sys::CreateCommandTag(node)))
+                .unwrap_or_default(),
             ..Default::default()
         };
         match (*node).type_ {
             NodeTag::T_VariableSetStmt => set_stmt(&mut u, node as *mut pg_sys::VariableSetStmt),
-            NodeTag::T_VariableShowStmt => u.setting = cstr((*(node as *mut pg_sys::VariableShowStmt)).name),
-            NodeTag::T_AlterSystemStmt => set_stmt(&mut u, (*(node as *mut pg_sys::AlterSystemStmt)).setstmt),
-            NodeTag::T_AlterRoleSetStmt => set_stmt(&mut u, (*(node as *mut pg_sys::AlterRoleSetStmt)).setstmt),
-            NodeTag::T_AlterDatabaseSetStmt => set_stmt(&mut u, (*(node as *mut pg_sys::AlterDatabaseSetStmt)).setstmt),
+            NodeTag::T_VariableShowStmt => {
+                u.setting = cstr((*(node as *mut pg_sys::VariableShowStmt)).name)
+            }
+            NodeTag::T_AlterSystemStmt => {
+                set_stmt(&mut u, (*(node as *mut pg_sys::AlterSystemStmt)).setstmt)
+            }
+            NodeTag::T_AlterRoleSetStmt => {
+                set_stmt(&mut u, (*(node as *mut pg_sys::AlterRoleSetStmt)).setstmt)
+            }
+            NodeTag::T_AlterDatabaseSetStmt => set_stmt(
+                &mut u,
+                (*(node as *mut pg_sys::AlterDatabaseSetStmt)).setstmt,
+            ),
             NodeTag::T_CopyStmt => {
                 let s = node as *mut pg_sys::CopyStmt;
                 add_range_var(&mut u, (*s).relation);
@@ -322,7 +361,15 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                     if let Some(cols) = sensitive.of_relation(pg_sys::Oid::from(rel.oid)) {
                         read.sensitive_columns = cols
                             .iter()
-                            .filter(|(_, name)| wanted.is_empty() || wanted.iter().any(|w| name.ends_with(&format!(".{}", agent_guard_core::quote_ident(w)))))
+                            .filter(|(_, name)| {
+                                wanted.is_empty()
+                                    || wanted.iter().any(|w| {
+                                        name.ends_with(&format!(
+                                            ".{}",
+                                            agent_guard_core::quote_ident(w)
+                                        ))
+                                    })
+                            })
                             .map(|(_, name)| name.clone())
                             .collect();
                     }
@@ -349,7 +396,11 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
             }
             NodeTag::T_FetchStmt => u.is_move = (*(node as *mut pg_sys::FetchStmt)).ismove,
             NodeTag::T_TruncateStmt => {
-                for rv in PgList::<pg_sys::RangeVar>::from_pg((*(node as *mut pg_sys::TruncateStmt)).relations).iter_ptr() {
+                for rv in PgList::<pg_sys::RangeVar>::from_pg(
+                    (*(node as *mut pg_sys::TruncateStmt)).relations,
+                )
+                .iter_ptr()
+                {
                     add_range_var(&mut u, rv);
                 }
             }
@@ -360,18 +411,29 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                     add_range_var(&mut u, rv);
                 }
             }
-            NodeTag::T_CreateStmt => add_range_var(&mut u, (*(node as *mut pg_sys::CreateStmt)).relation),
+            NodeTag::T_CreateStmt => {
+                add_range_var(&mut u, (*(node as *mut pg_sys::CreateStmt)).relation)
+            }
             NodeTag::T_CreateTableAsStmt => {
                 let into = (*(node as *mut pg_sys::CreateTableAsStmt)).into;
                 if !into.is_null() {
                     add_range_var(&mut u, (*into).rel);
                 }
             }
-            NodeTag::T_IndexStmt => add_range_var(&mut u, (*(node as *mut pg_sys::IndexStmt)).relation),
+            NodeTag::T_IndexStmt => {
+                add_range_var(&mut u, (*(node as *mut pg_sys::IndexStmt)).relation)
+            }
             NodeTag::T_ViewStmt => add_range_var(&mut u, (*(node as *mut pg_sys::ViewStmt)).view),
-            NodeTag::T_CreateTrigStmt => add_range_var(&mut u, (*(node as *mut pg_sys::CreateTrigStmt)).relation),
-            NodeTag::T_RefreshMatViewStmt => add_range_var(&mut u, (*(node as *mut pg_sys::RefreshMatViewStmt)).relation),
-            NodeTag::T_CreateSchemaStmt => u.objects.extend(cstr((*(node as *mut pg_sys::CreateSchemaStmt)).schemaname)),
+            NodeTag::T_CreateTrigStmt => {
+                add_range_var(&mut u, (*(node as *mut pg_sys::CreateTrigStmt)).relation)
+            }
+            NodeTag::T_RefreshMatViewStmt => add_range_var(
+                &mut u,
+                (*(node as *mut pg_sys::RefreshMatViewStmt)).relation,
+            ),
+            NodeTag::T_CreateSchemaStmt => u
+                .objects
+                .extend(cstr((*(node as *mut pg_sys::CreateSchemaStmt)).schemaname)),
             NodeTag::T_AlterTableStmt => {
                 let s = node as *mut pg_sys::AlterTableStmt;
                 add_range_var(&mut u, (*s).relation);
@@ -380,7 +442,11 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                 for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*s).cmds).iter_ptr() {
                     if matches!(
                         (*cmd).subtype,
-                        AT_ChangeOwner | AT_EnableRowSecurity | AT_DisableRowSecurity | AT_ForceRowSecurity | AT_NoForceRowSecurity
+                        AT_ChangeOwner
+                            | AT_EnableRowSecurity
+                            | AT_DisableRowSecurity
+                            | AT_ForceRowSecurity
+                            | AT_NoForceRowSecurity
                     ) {
                         u.changes_owner_or_row_security = true;
                     }
@@ -415,15 +481,23 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                 add_range_var(&mut u, (*s).relation);
                 u.objects.extend(object_name((*s).object));
             }
-            NodeTag::T_CreateExtensionStmt => u.objects.extend(cstr((*(node as *mut pg_sys::CreateExtensionStmt)).extname)),
-            NodeTag::T_AlterExtensionStmt => u.objects.extend(cstr((*(node as *mut pg_sys::AlterExtensionStmt)).extname)),
-            NodeTag::T_AlterExtensionContentsStmt => {
-                u.objects.extend(cstr((*(node as *mut pg_sys::AlterExtensionContentsStmt)).extname))
-            }
-            NodeTag::T_LoadStmt => u.objects.extend(cstr((*(node as *mut pg_sys::LoadStmt)).filename)),
+            NodeTag::T_CreateExtensionStmt => u
+                .objects
+                .extend(cstr((*(node as *mut pg_sys::CreateExtensionStmt)).extname)),
+            NodeTag::T_AlterExtensionStmt => u
+                .objects
+                .extend(cstr((*(node as *mut pg_sys::AlterExtensionStmt)).extname)),
+            NodeTag::T_AlterExtensionContentsStmt => u.objects.extend(cstr(
+                (*(node as *mut pg_sys::AlterExtensionContentsStmt)).extname,
+            )),
+            NodeTag::T_LoadStmt => u
+                .objects
+                .extend(cstr((*(node as *mut pg_sys::LoadStmt)).filename)),
             NodeTag::T_DoStmt => {
                 let mut language = "plpgsql".to_string();
-                for opt in PgList::<pg_sys::DefElem>::from_pg((*(node as *mut pg_sys::DoStmt)).args).iter_ptr() {
+                for opt in PgList::<pg_sys::DefElem>::from_pg((*(node as *mut pg_sys::DoStmt)).args)
+                    .iter_ptr()
+                {
                     if cstr((*opt).defname).as_deref() == Some("language") {
                         if let Some(l) = object_name((*opt).arg) {
                             language = l;
@@ -465,21 +539,28 @@ fn language_is_trusted(name: &str) -> bool {
 pub unsafe fn called_functions(query: *mut pg_sys::Query) -> Vec<(String, String)> {
     let mut oids: Vec<pg_sys::Oid> = vec![];
     unsafe {
-        collect_functions(query as *mut pg_sys::Node, &mut oids as *mut Vec<pg_sys::Oid> as *mut std::ffi::c_void);
+        collect_functions(
+            query as *mut pg_sys::Node,
+            &mut oids as *mut Vec<pg_sys::Oid> as *mut std::ffi::c_void,
+        );
     }
     oids.sort_by_key(|o| o.to_u32());
     oids.dedup();
     oids.into_iter()
         .filter_map(|oid| unsafe {
             let name = cstr(pg_sys::get_func_name(oid))?;
-            let schema = cstr(pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid))).unwrap_or_default();
+            let schema = cstr(pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid)))
+                .unwrap_or_default();
             Some((schema, name))
         })
         .collect()
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn collect_functions(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+unsafe extern "C-unwind" fn collect_functions(
+    node: *mut pg_sys::Node,
+    ctx: *mut std::ffi::c_void,
+) -> bool {
     if node.is_null() {
         return false;
     }
@@ -493,7 +574,12 @@ unsafe extern "C-unwind" fn collect_functions(node: *mut pg_sys::Node, ctx: *mut
             NodeTag::T_Aggref => oids.push((*(node as *mut pg_sys::Aggref)).aggfnoid),
             NodeTag::T_WindowFunc => oids.push((*(node as *mut pg_sys::WindowFunc)).winfnoid),
             NodeTag::T_Query => {
-                return pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(collect_functions), ctx, 0)
+                return pg_sys::query_tree_walker(
+                    node as *mut pg_sys::Query,
+                    Some(collect_functions),
+                    ctx,
+                    0,
+                )
             }
             _ => {}
         }

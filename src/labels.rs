@@ -8,8 +8,8 @@ use agent_guard_core::label::{parse_agent_label, parse_column_label};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::ffi::CStr;
+use std::rc::Rc;
 
 thread_local! {
     /// Set while register_agent()/unregister_agent() write a role label.
@@ -26,12 +26,20 @@ pub fn with_registry_write<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) ->
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn check_relabel(object: *const pg_sys::ObjectAddress, seclabel: *const std::ffi::c_char) {
-    let (class_id, object_id, sub_id) = unsafe { ((*object).classId, (*object).objectId, (*object).objectSubId) };
+unsafe extern "C-unwind" fn check_relabel(
+    object: *const pg_sys::ObjectAddress,
+    seclabel: *const std::ffi::c_char,
+) {
+    let (class_id, object_id, sub_id) =
+        unsafe { ((*object).classId, (*object).objectId, (*object).objectSubId) };
     let label = if seclabel.is_null() {
         None
     } else {
-        Some(unsafe { CStr::from_ptr(seclabel) }.to_string_lossy().into_owned())
+        Some(
+            unsafe { CStr::from_ptr(seclabel) }
+                .to_string_lossy()
+                .into_owned(),
+        )
     };
     if class_id == pg_sys::RelationRelationId && sub_id > 0 {
         if let Some(l) = &label {
@@ -80,7 +88,8 @@ impl SensitiveColumns {
 }
 
 fn load() -> SensitiveColumns {
-    let installed = unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
+    let installed =
+        unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
     let mut by_rel: HashMap<u32, Vec<(i16, String)>> = HashMap::new();
     if !installed {
         return SensitiveColumns { by_rel };
@@ -132,7 +141,12 @@ pub fn sensitive_columns() -> Rc<SensitiveColumns> {
         return cols;
     }
     if !unsafe { pg_sys::IsTransactionState() } || crate::identity::in_internal() {
-        return SENSITIVE.with(|s| s.borrow().as_ref().map(|(_, c)| c.clone()).unwrap_or_default());
+        return SENSITIVE.with(|s| {
+            s.borrow()
+                .as_ref()
+                .map(|(_, c)| c.clone())
+                .unwrap_or_default()
+        });
     }
     let cols = Rc::new(load());
     SENSITIVE.with(|s| *s.borrow_mut() = Some((generation, cols.clone())));

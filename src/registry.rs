@@ -46,13 +46,22 @@ fn require_registry_admin() {
 
 fn set_role_label(role: &str, label: Option<&str>) {
     let value = label.map_or("NULL".to_string(), quote_literal);
-    let stmt = format!("SECURITY LABEL FOR agent_guard ON ROLE {} IS {}", quote_ident(role), value);
+    let stmt = format!(
+        "SECURITY LABEL FOR agent_guard ON ROLE {} IS {}",
+        quote_ident(role),
+        value
+    );
     crate::labels::with_registry_write(|| crate::identity::internal(|| Spi::run(&stmt)))
         .unwrap_or_else(|e| error!("agent_guard: cannot write the agent registration: {e}"));
 }
 
 #[pg_extern(name = "_register_agent")]
-fn register_agent(agent: pg_sys::Oid, sponsor: pg_sys::Oid, kind: &str, note: Option<&str>) -> bool {
+fn register_agent(
+    agent: pg_sys::Oid,
+    sponsor: pg_sys::Oid,
+    kind: &str,
+    note: Option<&str>,
+) -> bool {
     require_registry_admin();
     let agent_name = role_name(agent);
     let sponsor_name = role_name(sponsor);
@@ -74,7 +83,10 @@ fn register_agent(agent: pg_sys::Oid, sponsor: pg_sys::Oid, kind: &str, note: Op
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("sponsor \"{sponsor_name}\" is itself an agent (registered as \"{}\")", a.agent_name),
+            format!(
+                "sponsor \"{sponsor_name}\" is itself an agent (registered as \"{}\")",
+                a.agent_name
+            ),
             "A sponsor must be a human."
         );
     }
@@ -116,7 +128,10 @@ fn unregister_agent(agent: pg_sys::Oid) -> bool {
     }
     set_role_label(&agent_name, None);
     crate::identity::internal(|| {
-        Spi::run_with_args("DELETE FROM agent_guard.agent_registry WHERE agent = $1", &[agent.into()])
+        Spi::run_with_args(
+            "DELETE FROM agent_guard.agent_registry WHERE agent = $1",
+            &[agent.into()],
+        )
     })
     .unwrap_or_else(|e| error!("agent_guard: cannot remove the agent registration: {e}"));
     crate::shmem::bump_at_commit();
@@ -153,6 +168,11 @@ fn registered_agents() -> TableIterator<
     });
     TableIterator::new(rows.into_iter().filter_map(|(oid, label)| {
         let l = agent_guard_core::label::parse_agent_label(&label).ok()?;
-        Some((oid, pg_sys::Oid::from(l.sponsor_oid), l.sponsor_name, l.kind))
+        Some((
+            oid,
+            pg_sys::Oid::from(l.sponsor_oid),
+            l.sponsor_name,
+            l.kind,
+        ))
     }))
 }

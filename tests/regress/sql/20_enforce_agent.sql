@@ -15,7 +15,7 @@ CREATE TABLE audit_me (id int);
 CREATE SEQUENCE s;
 CREATE TRIGGER audit_me_log AFTER INSERT ON audit_me FOR EACH ROW EXECUTE FUNCTION log_delete();
 SELECT agent_guard.register_agent('regress_bot', 'regress_sponsor', note => 'regression agent');
-SELECT agent, sponsor, kind, note, sponsor_status FROM agent_guard.agents;
+SELECT agent, sponsor, kind, note, sponsor_status FROM agent_guard.agents WHERE agent::text LIKE 'regress\_%';
 
 \c - regress_bot
 SELECT agent_guard.is_agent_session();
