@@ -108,24 +108,27 @@ fn send(event: &Value, durable: bool) -> Result<(), Unavailable> {
         return Err(Unavailable::NoSlot);
     }
     let db = unsafe { pg_sys::MyDatabaseId };
-    let Some(i) = queue::slot_for(db) else {
-        return Err(Unavailable::NoSlot);
-    };
-    ensure_worker(i);
     let payload = event.to_string().into_bytes();
     let deadline = now_us() + timeout_ms() * 1000;
+    let mut i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
+    ensure_worker(i);
     let seq = loop {
-        match queue::with_slot(i, |s, buf| {
-            let r = queue::push(s, buf, &payload, now_us());
-            if r.is_ok() {
-                queue::wake(s);
-            } else {
-                s.waits += 1;
+        let pushed = queue::with_slot(i, |s, buf| {
+            let r = queue::push(s, buf, db, &payload, now_us());
+            match r {
+                Ok(_) => queue::wake(s),
+                Err(queue::Full::NoSpace) => s.waits += 1,
+                Err(queue::Full::Reassigned) => {}
             }
             r
-        }) {
+        });
+        match pushed {
             Ok(seq) => break seq,
-            Err(_) => {
+            Err(queue::Full::Reassigned) => {
+                i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
+                ensure_worker(i);
+            }
+            Err(queue::Full::NoSpace) => {
                 if now_us() > deadline {
                     queue::with_slot(i, |s, _| s.dropped += 1);
                     return Err(Unavailable::Full);

@@ -148,14 +148,40 @@ pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
     }
 }
 
+/// Release slot `i` if its queue is empty, so another database can use it.
+/// Returns whether it was released.
+pub fn release_if_empty(i: usize) -> bool {
+    unsafe {
+        pg_sys::LWLockAcquire(lock(SLOTS), pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let released = with_slot(i, |s, _| {
+            if s.head == s.tail {
+                s.dboid = pg_sys::InvalidOid;
+                s.worker_pid = 0;
+                s.worker_latch = ptr::null_mut();
+                s.worker_state = WORKER_NONE;
+                true
+            } else {
+                false
+            }
+        });
+        pg_sys::LWLockRelease(lock(SLOTS));
+        released
+    }
+}
+
 /// Why a record could not be queued.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Full {
     NoSpace,
+    /// The slot was released and given to another database meanwhile.
+    Reassigned,
 }
 
 /// Append a record; returns its sequence number.
-pub fn push(slot: &mut Slot, buf: &mut [u8], payload: &[u8], now: i64) -> Result<u64, Full> {
+pub fn push(slot: &mut Slot, buf: &mut [u8], db: pg_sys::Oid, payload: &[u8], now: i64) -> Result<u64, Full> {
+    if slot.dboid != db {
+        return Err(Full::Reassigned);
+    }
     let cap = buf.len() as u64;
     let need = (HEADER_BYTES + payload.len()) as u64;
     if need > cap || cap - (slot.head - slot.tail) < need {

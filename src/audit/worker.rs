@@ -14,6 +14,9 @@ use serde_json::{json, Map, Value};
 use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
+/// How long a writer with nothing to do stays.
+const IDLE_EXIT: Duration = Duration::from_secs(2);
+
 thread_local! {
     static IS_WRITER: Cell<bool> = const { Cell::new(false) };
     static LAST_HASH: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -122,12 +125,20 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         discard_all(i);
         return;
     }
+    // Exit when idle, so DROP DATABASE is never blocked by the writer and the
+    // slot can serve another database; the next event starts a writer again.
+    let mut idle_since = std::time::Instant::now();
     loop {
         let n = drain(i);
+        if n > 0 {
+            idle_since = std::time::Instant::now();
+        } else if idle_since.elapsed() > IDLE_EXIT && queue::release_if_empty(i) {
+            break;
+        }
         let timeout = if n > 0 {
             Duration::from_millis(0)
         } else {
-            Duration::from_secs(1)
+            Duration::from_millis(250)
         };
         if !BackgroundWorker::wait_latch(Some(timeout)) {
             drain(i);
@@ -147,6 +158,7 @@ fn discard_all(i: usize) {
         s.oldest_ts = 0;
     });
     broadcast(i);
+    queue::release_if_empty(i);
 }
 
 fn broadcast(i: usize) {
