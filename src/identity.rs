@@ -180,6 +180,49 @@ pub fn current_agent() -> Option<AgentRecord> {
     CACHE.with(|c| c.borrow().agent.clone())
 }
 
+/// Learn who the session is as soon as it can read the catalog: at the end of
+/// the connection's startup transaction. Without this, the first statement of
+/// an agent session would reach the server log (log_statement) before
+/// agent_guard knew to redact it.
+#[pg_guard]
+unsafe extern "C-unwind" fn prime_on_first_commit(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    unsafe {
+        if event != pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT
+            || pg_sys::MyBackendType != pg_sys::BackendType::B_BACKEND
+            || pg_sys::MyDatabaseId == pg_sys::InvalidOid
+            || in_internal()
+            || CACHE.with(|c| c.borrow().valid)
+        {
+            return;
+        }
+        // The startup transaction has no active snapshot; SPI needs one.
+        let pushed = !pg_sys::ActiveSnapshotSet();
+        if pushed {
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        }
+        // A login must never fail because of this early look: on any error
+        // the cache stays empty and the first statement reads it instead.
+        PgTryBuilder::new(|| {
+            current_agent();
+        })
+        .catch_others(|_| ())
+        .finally(move || {
+            if pushed {
+                pg_sys::PopActiveSnapshot();
+            }
+        })
+        .execute();
+    }
+}
+
+/// Install the startup priming (from `_PG_init`).
+pub fn init() {
+    unsafe { pg_sys::RegisterXactCallback(Some(prime_on_first_commit), std::ptr::null_mut()) };
+}
+
 /// Fast check used by hooks before any other work.
 pub fn is_agent_session() -> bool {
     let generation = crate::shmem::generation();

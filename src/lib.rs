@@ -82,6 +82,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     shmem::init();
     audit::init();
+    identity::init();
     labels::register_provider();
     hooks::install();
 }

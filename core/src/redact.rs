@@ -157,6 +157,27 @@ mod tests {
     }
 }
 
+/// Double-quoted values in a server message (PostgreSQL quotes offending
+/// values that way, e.g. `invalid input syntax for type integer: "…"`).
+pub fn scan_quoted_values(text: &str) -> Vec<Literal> {
+    let mut out = vec![];
+    let mut rest = 0;
+    while let Some(open) = text[rest..].find('"') {
+        let start = rest + open;
+        let Some(close) = text[start + 1..].find('"') else {
+            break;
+        };
+        let end = start + 1 + close + 1;
+        out.push(Literal {
+            start,
+            end,
+            value: text[start + 1..end - 1].to_string(),
+        });
+        rest = end;
+    }
+    out
+}
+
 /// Literal spans found by a small quote-aware scan, for text that PostgreSQL's
 /// lexer cannot be run on (server log lines, inside error reporting): quoted
 /// strings (with `''`, `E'\''`), dollar quotes and numbers not part of a name.
@@ -242,6 +263,15 @@ pub fn scan_literals(text: &str) -> Vec<Literal> {
 #[cfg(test)]
 mod scan_tests {
     use super::*;
+
+    #[test]
+    fn quoted_values_in_messages() {
+        let m = "invalid input syntax for type integer: \"123-45-6789\" near \"x\"";
+        assert_eq!(
+            redact(m, &scan_quoted_values(m), false),
+            "invalid input syntax for type integer: '<redacted>' near \"x\""
+        );
+    }
 
     #[test]
     fn finds_strings_numbers_and_dollar_quotes() {

@@ -435,6 +435,22 @@ unsafe extern "C-unwind" fn on_subxact(
 
 static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 
+/// A server-log text of an agent session with regulated values hidden; logged
+/// statements (log_statement, log_min_duration_statement) lose every literal.
+fn redact_log_text(text: &str) -> String {
+    use agent_guard_core::redact::{redact, scan_literals, scan_quoted_values};
+    let is_statement = ["statement: ", "execute ", "duration: "]
+        .iter()
+        .any(|p| text.starts_with(p));
+    if is_statement {
+        return redact(text, &scan_literals(text), true);
+    }
+    let mut spans = scan_literals(text);
+    spans.extend(scan_quoted_values(text));
+    spans.sort_by_key(|l| l.start);
+    redact(text, &spans, false)
+}
+
 /// Remember the last error (for the trail) and keep regulated literals of
 /// agent sessions out of the server log.
 #[pg_guard]
@@ -463,28 +479,16 @@ unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
         if crate::identity::cached_is_agent() {
             // The statement text goes to agent_guard.audit_log, redacted; the log gets none.
             (*edata).hide_stmt = true;
-            if let Some(msg) = cstr((*edata).message) {
-                let redacted = agent_guard_core::redact::redact(
-                    &msg,
-                    &agent_guard_core::redact::scan_literals(&msg),
-                    true,
-                );
-                if redacted != msg {
-                    if let Ok(c) = std::ffi::CString::new(redacted) {
-                        (*edata).message = pg_sys::pstrdup(c.as_ptr());
-                    }
-                }
-            }
-            for detail in [&raw mut (*edata).detail, &raw mut (*edata).detail_log] {
-                if let Some(d) = cstr(*detail) {
-                    let redacted = agent_guard_core::redact::redact(
-                        &d,
-                        &agent_guard_core::redact::scan_literals(&d),
-                        false,
-                    );
-                    if redacted != d {
+            for field in [
+                &raw mut (*edata).message,
+                &raw mut (*edata).detail,
+                &raw mut (*edata).detail_log,
+            ] {
+                if let Some(text) = cstr(*field) {
+                    let redacted = redact_log_text(&text);
+                    if redacted != text {
                         if let Ok(c) = std::ffi::CString::new(redacted) {
-                            *detail = pg_sys::pstrdup(c.as_ptr());
+                            *field = pg_sys::pstrdup(c.as_ptr());
                         }
                     }
                 }

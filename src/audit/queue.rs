@@ -178,7 +178,13 @@ pub enum Full {
 }
 
 /// Append a record; returns its sequence number.
-pub fn push(slot: &mut Slot, buf: &mut [u8], db: pg_sys::Oid, payload: &[u8], now: i64) -> Result<u64, Full> {
+pub fn push(
+    slot: &mut Slot,
+    buf: &mut [u8],
+    db: pg_sys::Oid,
+    payload: &[u8],
+    now: i64,
+) -> Result<u64, Full> {
     if slot.dboid != db {
         return Err(Full::Reassigned);
     }
