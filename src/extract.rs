@@ -40,20 +40,19 @@ fn operation(cmd: pg_sys::CmdType::Type) -> Operation {
     }
 }
 
-/// The columns a range-table entry reads (attnums; 0 means the whole row).
+/// The columns a range-table entry reads, inserts or updates (attnums; 0 means the whole row).
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-unsafe fn selected_columns(
-    _pstmt: *mut pg_sys::PlannedStmt,
-    rte: *mut pg_sys::RangeTblEntry,
-) -> Vec<i32> {
-    unsafe { bitmap_members((*rte).selectedCols) }
+unsafe fn selected_columns(_pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+    unsafe {
+        let mut cols = bitmap_members((*rte).selectedCols);
+        cols.extend(bitmap_members((*rte).insertedCols));
+        cols.extend(bitmap_members((*rte).updatedCols));
+        cols
+    }
 }
 
 #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-unsafe fn selected_columns(
-    pstmt: *mut pg_sys::PlannedStmt,
-    rte: *mut pg_sys::RangeTblEntry,
-) -> Vec<i32> {
+unsafe fn selected_columns(pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
     unsafe {
         let index = (*rte).perminfoindex;
         if index == 0 {
@@ -61,7 +60,12 @@ unsafe fn selected_columns(
         }
         let perms = PgList::<pg_sys::RTEPermissionInfo>::from_pg((*pstmt).permInfos);
         match perms.get_ptr(index as usize - 1) {
-            Some(p) => bitmap_members((*p).selectedCols),
+            Some(p) => {
+                let mut cols = bitmap_members((*p).selectedCols);
+                cols.extend(bitmap_members((*p).insertedCols));
+                cols.extend(bitmap_members((*p).updatedCols));
+                cols
+            }
             None => vec![],
         }
     }
