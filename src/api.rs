@@ -1,7 +1,6 @@
 //! SQL functions for people and tools: version, status, classify, context.
 
 use crate::extract;
-use agent_guard_core::policy::NoGrants;
 use agent_guard_core::{classify as classify_facts, decide, Classification, Decision, Facts, Risk};
 use pgrx::prelude::*;
 use pgrx::{is_a, JsonB, PgList};
@@ -115,7 +114,7 @@ unsafe fn query_to_facts(
 
 fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
     match as_role {
-        None => crate::enforce::decide_current(c),
+        None => crate::enforce::decide_current_with(c, false),
         Some(role) => match crate::identity::agent_of_role(role) {
             None => Decision::NotEnforced,
             Some(agent) => {
@@ -125,10 +124,32 @@ fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
                     database: crate::identity::database_name(),
                     ..Default::default()
                 };
-                decide(Some(&actor), &session, c, &NoGrants)
+                decide(
+                    Some(&actor),
+                    &session,
+                    c,
+                    &crate::grants::PgGrants::of_role(&agent, role),
+                )
             }
         },
     }
+}
+
+/// One statement of a multi-statement string, by the raw parser's location and length.
+fn statement_slice(sql: &str, location: i32, len: i32) -> Option<String> {
+    let start = if location > 0 {
+        (location as usize).min(sql.len())
+    } else {
+        0
+    };
+    let end = if len > 0 {
+        (start + len as usize).min(sql.len())
+    } else {
+        sql.len()
+    };
+    sql.get(start..end)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
 }
 
 /// Classify each statement of `sql` without running it (the same code enforcement uses).
@@ -158,12 +179,17 @@ fn classify_sql(
             .iter_ptr()
             .enumerate()
         {
-            let c = classify_raw(raw, &csql);
+            let mut c = classify_raw(raw, &csql);
+            c.statement = statement_slice(sql, (*raw).stmt_location, (*raw).stmt_len);
             let d = decision_for(&c, as_role);
             let (decision, reason) = match &d {
                 Decision::NotEnforced => (
                     "allowed".to_string(),
                     format!("not an agent session; {}", c.reason),
+                ),
+                Decision::Allow { grant: Some(g), .. } => (
+                    "allowed".to_string(),
+                    format!("{}; covered by grant {}", c.reason, g.grant_id),
                 ),
                 Decision::Allow { .. } => ("allowed".to_string(), c.reason.clone()),
                 Decision::Deny(r) => ("denied".to_string(), r.message.clone()),

@@ -1,6 +1,5 @@
 //! Facts + who → decision, and the one place a refusal becomes an error.
 
-use agent_guard_core::policy::NoGrants;
 pub use agent_guard_core::policy::SessionState;
 use agent_guard_core::{classify, decide, Classification, Decision, Facts, Refusal};
 use pgrx::prelude::*;
@@ -20,8 +19,14 @@ pub fn refuse(r: &Refusal) -> ! {
     unreachable!("ERROR does not return")
 }
 
-/// Decide on a classified statement for the current session.
+/// Decide on a classified statement for the current session (a use of a grant counts).
 pub fn decide_current(c: &Classification) -> Decision {
+    decide_current_with(c, true)
+}
+
+/// Decide for the current session; `consume`: count the use of a grant
+/// (enforcement) or only look (`classify()`).
+pub fn decide_current_with(c: &Classification, consume: bool) -> Decision {
     if !crate::gucs::enabled() {
         return Decision::NotEnforced;
     }
@@ -37,12 +42,27 @@ pub fn decide_current(c: &Classification) -> Decision {
     }
     let actor = crate::identity::actor(&agent);
     let session = crate::identity::session_state();
-    decide(Some(&actor), &session, c, &NoGrants)
+    decide(
+        Some(&actor),
+        &session,
+        c,
+        &crate::grants::PgGrants::session(&agent, consume),
+    )
 }
 
 /// Classify a statement and decide on it for the current session.
 pub fn evaluate(facts: &Facts) -> (Classification, Decision) {
     let c = classify(facts);
+    let d = decide_current(&c);
+    (c, d)
+}
+
+/// Like [`evaluate`] for an agent's statement: grants see its text (fingerprints,
+/// the request a refusal suggests) and a top-level statement starts anew.
+pub fn evaluate_agent_statement(facts: &Facts, text: &str) -> (Classification, Decision) {
+    let mut c = classify(facts);
+    c.statement = (!text.is_empty()).then(|| text.to_string());
+    crate::grants::begin_statement(&c);
     let d = decide_current(&c);
     (c, d)
 }
@@ -64,7 +84,11 @@ pub fn record_and_enforce(
     query_desc: usize,
     is_agent: bool,
 ) {
-    let (c, d) = evaluate(facts);
+    let (c, d) = if is_agent {
+        evaluate_agent_statement(facts, text.text)
+    } else {
+        evaluate(facts)
+    };
     if crate::identity::guard_installed() && crate::audit::audits_session(is_agent, c.risk) {
         if let Err(why) = crate::audit::statement_start(&c, &d, text, query_desc) {
             if is_agent {

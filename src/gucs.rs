@@ -96,6 +96,29 @@ pub fn audit_wait_timeout_ms() -> i32 {
     unsafe { AUDIT_WAIT_TIMEOUT_MS }
 }
 
+/// `agent_guard.require_distinct_sponsor`: 0 off, 1 ddl, 2 always.
+static mut DISTINCT_SPONSOR: i32 = 1;
+/// `agent_guard.request_lifetime` in seconds: how long a request may wait for a decision.
+static mut REQUEST_LIFETIME_S: i32 = 3600;
+
+static DISTINCT_SPONSOR_ENTRIES: EnumEntries<4> =
+    EnumEntries([entry(c"off", 0), entry(c"ddl", 1), entry(c"always", 2), END]);
+
+/// When the agent's own sponsor may not approve its requests.
+pub fn require_distinct_sponsor() -> agent_guard_core::grants::DistinctSponsor {
+    use agent_guard_core::grants::DistinctSponsor;
+    match unsafe { DISTINCT_SPONSOR } {
+        0 => DistinctSponsor::Off,
+        2 => DistinctSponsor::Always,
+        _ => DistinctSponsor::Ddl,
+    }
+}
+
+/// How long a request may wait for a decision, in seconds.
+pub fn request_lifetime_secs() -> i32 {
+    unsafe { REQUEST_LIFETIME_S }
+}
+
 #[pgrx::pg_guard]
 unsafe extern "C-unwind" fn check_protected_int(
     _newval: *mut i32,
@@ -215,6 +238,33 @@ pub fn init() {
             None,
             None,
         );
+        pg_sys::DefineCustomEnumVariable(
+            c"agent_guard.require_distinct_sponsor".as_ptr(),
+            c"When an agent's own sponsor may not approve its requests for grants.".as_ptr(),
+            c"off: the sponsor may approve; ddl: not for schema changes; always: never.".as_ptr(),
+            &raw mut DISTINCT_SPONSOR,
+            1,
+            DISTINCT_SPONSOR_ENTRIES.0.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            Some(check_protected_int),
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"agent_guard.request_lifetime".as_ptr(),
+            c"How long an agent's request for a grant may wait for a decision.".as_ptr(),
+            c"A request not approved or denied in time expires.".as_ptr(),
+            &raw mut REQUEST_LIFETIME_S,
+            3600,
+            1,
+            7 * 24 * 3600,
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GUC_UNIT_S as i32,
+            Some(check_protected_int),
+            None,
+            None,
+        );
         #[cfg(not(any(feature = "pg13", feature = "pg14")))]
         pg_sys::MarkGUCPrefixReserved(c"agent_guard".as_ptr());
         #[cfg(any(feature = "pg13", feature = "pg14"))]
@@ -231,6 +281,8 @@ pub fn settings() -> serde_json::Value {
         "agent_guard.audit_non_agents": NON_AGENT_NAMES[unsafe { AUDIT_NON_AGENTS } as usize],
         "agent_guard.audit_queue_size_kb": unsafe { AUDIT_QUEUE_KB },
         "agent_guard.audit_wait_timeout_ms": audit_wait_timeout_ms(),
+        "agent_guard.require_distinct_sponsor": require_distinct_sponsor().as_str(),
+        "agent_guard.request_lifetime_s": request_lifetime_secs(),
     })
 }
 

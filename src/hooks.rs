@@ -285,6 +285,9 @@ unsafe extern "C-unwind" fn process_utility(
             };
             crate::audit::statement_end(0, rows);
         }
+        if agent {
+            crate::grants::after_utility(node);
+        }
         if changes {
             crate::shmem::bump_at_commit();
         }

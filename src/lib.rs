@@ -21,6 +21,7 @@ mod api;
 mod audit;
 mod enforce;
 mod extract;
+mod grants;
 mod gucs;
 mod hooks;
 mod identity;
@@ -57,6 +58,17 @@ extension_sql_file!(
         audit::functions::_audit_writer,
         audit::functions::purge_audit,
         audit::functions::verify_audit
+    ]
+);
+extension_sql_file!(
+    "../sql/grants.sql",
+    name = "grants",
+    requires = [
+        "schema",
+        grants::request_access,
+        grants::approve,
+        grants::deny,
+        grants::revoke
     ]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

@@ -23,6 +23,9 @@ pub struct Classification {
     pub touches_guard: bool,
     /// Why this category, for people.
     pub reason: String,
+    /// The statement's own text, when the caller knows it (for grant
+    /// fingerprints and for the request a refusal suggests).
+    pub statement: Option<String>,
 }
 
 impl Classification {
@@ -36,6 +39,7 @@ impl Classification {
             sensitive_columns: vec![],
             touches_guard: false,
             reason: reason.into(),
+            statement: None,
         }
     }
 

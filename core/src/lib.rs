@@ -9,6 +9,7 @@
 pub mod chain;
 pub mod classify;
 pub mod facts;
+pub mod grants;
 pub mod label;
 pub mod policy;
 pub mod redact;

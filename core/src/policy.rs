@@ -76,6 +76,31 @@ pub struct GrantUse {
 pub trait GrantSource {
     /// A live grant of `actor` covering `statement`, if any.
     fn covering(&self, actor: &Actor, statement: &Classification) -> Option<GrantUse>;
+
+    /// Like [`GrantSource::covering`], but when nothing covers the statement
+    /// also says why live grants fall short and which request to suggest.
+    fn lookup(&self, actor: &Actor, statement: &Classification) -> Result<GrantUse, NotCovered> {
+        self.covering(actor, statement).ok_or_default()
+    }
+}
+
+/// Why no grant covers a statement.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NotCovered {
+    /// Sentences on live grants that fall short, for the refusal's DETAIL.
+    pub why: Vec<String>,
+    /// The request to suggest; default: one built from the statement alone.
+    pub suggestion: Option<crate::grants::Suggestion>,
+}
+
+trait OkOrDefault<T> {
+    fn ok_or_default(self) -> Result<T, NotCovered>;
+}
+
+impl<T> OkOrDefault<T> for Option<T> {
+    fn ok_or_default(self) -> Result<T, NotCovered> {
+        self.ok_or_else(NotCovered::default)
+    }
 }
 
 /// No grants at all.
@@ -143,8 +168,6 @@ fn detail(actor: &Actor, c: &Classification) -> String {
         c.risk, c.command, objects, c.reason, actor.agent, via, actor.sponsor, actor.sponsor_status
     )
 }
-
-const APPROVAL_HINT: &str = "Writes and schema changes by agents need a just-in-time grant approved by a member of agent_guard_approver.";
 
 /// Decide whether `actor` may run a statement classified as `c`.
 pub fn decide(
@@ -219,23 +242,35 @@ pub fn decide(
             reason: format!("{} is allowed for agents", c.risk),
             grant: None,
         },
-        Risk::Write | Risk::Ddl => match grants.covering(actor, c) {
-            Some(grant) => Decision::Allow {
+        Risk::Write | Risk::Ddl => match grants.lookup(actor, c) {
+            Ok(grant) => Decision::Allow {
                 reason: format!("covered by grant {}", grant.grant_id),
                 grant: Some(grant),
             },
-            None => {
+            Err(not_covered) => {
                 let what = if c.risk == Risk::Write { "write to" } else { "change the schema of" };
                 let objects = if c.objects.is_empty() {
                     "the database".to_string()
                 } else {
                     c.objects.join(", ")
                 };
-                deny(
-                    "no_grant",
-                    format!("agent \"{agent}\" may not {what} {objects} ({}) without an approved grant", c.command),
-                    APPROVAL_HINT,
-                )
+                let suggestion = not_covered
+                    .suggestion
+                    .unwrap_or_else(|| crate::grants::Suggestion::for_statement(c));
+                let mut detail = detail(actor, c);
+                for why in &not_covered.why {
+                    detail.push(' ');
+                    detail.push_str(why);
+                }
+                Decision::Deny(Refusal {
+                    message: format!(
+                        "agent \"{agent}\" may not {what} {objects} ({}) without an approved grant",
+                        c.command
+                    ),
+                    detail,
+                    hint: suggestion.hint(),
+                    code: "no_grant",
+                })
             }
         },
         Risk::Privilege => deny(
