@@ -32,7 +32,8 @@ step() {
   local heading=$1 role=${2:-postgres} sql
   sql=$(cat)
   printf '\n%s▶ %s%s  %s(as %s)%s\n' "$B" "$heading" "$R" "$D" "$role" "$R"
-  printf '%s\n' "$sql" | sed "s/^/${C}${role}=> /; s/\$/${R}/"
+  local prompt="${role}=>"; [ "$role" = postgres ] && prompt="${role}=#"
+  printf '%s\n' "$sql" | sed "s/^/${C}${prompt} /; s/\$/${R}/"
   echo
   # No ON_ERROR_STOP: a failing statement is part of the story, not the end of it.
   printf '%s\n' "$sql" | "$psql_bin" -X -q -h 127.0.0.1 -p "$port" -U "$role" -d "$db" \
@@ -120,6 +121,23 @@ SQL
 
 step "Nothing was changed" postgres <<'SQL'
 SELECT count(*) AS orders FROM orders;
+SQL
+
+step "A transaction the agent rolls back, and a statement that fails" ci_bot <<'SQL'
+BEGIN;
+SET LOCAL agent_guard.request_id = 'ci-4712';
+SELECT name, email FROM customers WHERE ssn = '123-45-6789';
+ROLLBACK;
+SELECT 1/0;
+SQL
+
+step "The audit trail has every agent statement: allowed, refused, failed, rolled back, nested" postgres <<'SQL'
+SELECT pg_sleep(1.5);  -- reads are written asynchronously, moments later
+SELECT id, request_id AS req, nesting_level AS lvl, command, risk, decision,
+       left(statement_text, 60) AS statement, outcome, transaction
+FROM agent_guard.audit_trail WHERE agent = 'ci_bot' ORDER BY id;
+SELECT * FROM agent_guard.verify_audit();
+SELECT agent_guard.audit_stats()->'databases'->0 AS audit_queue;
 SQL
 
 say

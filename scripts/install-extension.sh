@@ -6,12 +6,13 @@
 #   usage: scripts/install-extension.sh [--release]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ag_cargo_path
 
 args=()
 for a in "$@"; do
   case $a in
     --release|-r) args+=(--release) ;;
-    -h|--help) sed -n '2,7p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,6p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "install-extension.sh: unknown argument '$a' (only --release)" ;;
   esac
 done
@@ -21,6 +22,9 @@ pg_config=$(ag_config postgres pg_config)
 [ -x "$pg_config" ] || ag_die "$pg_config not found; run scripts/setup.sh"
 if [ -w "$("$pg_config" --pkglibdir)" ]; then sudo=(); else sudo=(--sudo); fi
 
+# Running servers (demo, bench, test clusters) have agent_guard.so mapped;
+# cargo pgrx install rewrites it in place, which could crash them.
+ag_detach_installed_lib || true
 ag_log "cargo pgrx install --pg-config $pg_config ${args[*]:-}"
 cd "$root"
 cargo pgrx install --package agent_guard --pg-config "$pg_config" "${sudo[@]}" "${args[@]}"

@@ -4,9 +4,12 @@
 #   ag_config SECTION KEY      value from pgrx.toml (quotes stripped)
 #   ag_root                    the repository root
 #   ag_bindir                  PostgreSQL's bin directory (from pg_config)
+#   ag_cargo_path              add ~/.cargo/bin to PATH if cargo is not on it
 #   ag_log MSG...              bold "==> MSG" on stderr
 #   ag_die MSG...              print "error: MSG" on stderr and exit 1
-#   ag_as_postgres CMD...      run CMD as the postgres OS user (we are root), cwd /
+#   ag_as_postgres CMD...      run CMD as the postgres OS user (we are root), cwd /,
+#                              without RUST_BACKTRACE and without fd 9 (scripts'
+#                              lock fd: servers must not inherit it)
 #
 #   ag_cluster_port NAME       port of cluster NAME (test|demo|bench): env
 #                              AG_<NAME>_PORT, else pgrx.toml [NAME_cluster] port
@@ -30,6 +33,9 @@
 #   ag_psql PORT [psql args...]
 #       psql -X -h 127.0.0.1 -p PORT -U postgres [args...] (run as the caller)
 #   ag_port_in_use PORT        success if something listens on 127.0.0.1:PORT
+#   ag_detach_installed_lib    give the installed agent_guard.so a new inode
+#                              (copy + rename) so an install that rewrites it in
+#                              place cannot crash servers that have it mapped
 
 ag_root() { cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd; }
 
@@ -54,6 +60,14 @@ ag_config() {
   ' "$file" || { echo "pgrx.toml: no [$section] $key" >&2; return 1; }
 }
 
+# Put ~/.cargo/bin on PATH when cargo is not found (fresh rustup installs).
+ag_cargo_path() {
+  if ! command -v cargo >/dev/null 2>&1 && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/cargo" ]; then
+    PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+    export PATH
+  fi
+}
+
 ag_bindir() { "$(ag_config postgres pg_config)" --bindir; }
 
 ag_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
@@ -65,11 +79,11 @@ ag_die() { printf '\033[1;31merror:\033[0m %s\n' "$*" >&2; exit 1; }
 ag_as_postgres() {
   local clean=(env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE)
   if [ "$(id -un)" = postgres ]; then
-    (cd / && "${clean[@]}" "$@")
+    (cd / && "${clean[@]}" "$@" 9>&-)
   elif [ "$(id -u)" = 0 ] && command -v runuser >/dev/null 2>&1; then
-    (cd / && "${clean[@]}" runuser -u postgres -- "$@")
+    (cd / && "${clean[@]}" runuser -u postgres -- "$@" 9>&-)
   else
-    (cd / && "${clean[@]}" sudo -n -u postgres -- "$@")
+    (cd / && "${clean[@]}" sudo -n -u postgres -- "$@" 9>&-)
   fi
 }
 
@@ -195,6 +209,13 @@ EOF
   done
   echo "ag_cluster_start: server on port $port does not accept connections; see $datadir/server.log" >&2
   return 1
+}
+
+ag_detach_installed_lib() {
+  local lib
+  lib="$("$(ag_config postgres pg_config)" --pkglibdir)/agent_guard.so"
+  [ -f "$lib" ] || return 0
+  cp -p "$lib" "$lib.detach.$$" && mv -f "$lib.detach.$$" "$lib"
 }
 
 ag_cluster_stop() {

@@ -31,7 +31,7 @@ names=()
 while [ $# -gt 0 ]; do
   case $1 in
     --accept) accept=1 ;;
-    -h|--help) sed -n '2,24p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "${BASH_SOURCE[0]}"; exit 0 ;;
     -*) ag_die "regress.sh: unknown option $1" ;;
     *) names+=("${1%.sql}") ;;
   esac

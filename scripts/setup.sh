@@ -10,6 +10,7 @@
 # package install is told not to create it.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ag_cargo_path
 
 command -v cargo >/dev/null 2>&1 || ag_die "cargo not found in PATH; install Rust (rustup) first, then re-run scripts/setup.sh"
 

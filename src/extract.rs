@@ -42,7 +42,10 @@ fn operation(cmd: pg_sys::CmdType::Type) -> Operation {
 
 /// The columns a range-table entry reads, inserts or updates (attnums; 0 means the whole row).
 #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-unsafe fn selected_columns(_pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+unsafe fn selected_columns(
+    _pstmt: *mut pg_sys::PlannedStmt,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> Vec<i32> {
     unsafe {
         let mut cols = bitmap_members((*rte).selectedCols);
         cols.extend(bitmap_members((*rte).insertedCols));
@@ -52,7 +55,10 @@ unsafe fn selected_columns(_pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::R
 }
 
 #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-unsafe fn selected_columns(pstmt: *mut pg_sys::PlannedStmt, rte: *mut pg_sys::RangeTblEntry) -> Vec<i32> {
+unsafe fn selected_columns(
+    pstmt: *mut pg_sys::PlannedStmt,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> Vec<i32> {
     unsafe {
         let index = (*rte).perminfoindex;
         if index == 0 {

@@ -27,7 +27,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub use postgres::{Client, NoTls};
 
 fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
 }
 
 pub fn host() -> String {
@@ -35,7 +38,9 @@ pub fn host() -> String {
 }
 
 pub fn port() -> u16 {
-    env_or("AG_PGPORT", "28815").parse().expect("AG_PGPORT must be a port number")
+    env_or("AG_PGPORT", "28815")
+        .parse()
+        .expect("AG_PGPORT must be a port number")
 }
 
 /// The superuser the tests administer the cluster with (`AG_PGUSER`, default postgres).
@@ -62,7 +67,12 @@ fn bindir() -> String {
 pub fn describe(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
+            let mut s = format!(
+                "{}: {} (SQLSTATE {})",
+                db.severity(),
+                db.message(),
+                db.code().code()
+            );
             if let Some(d) = db.detail() {
                 s.push_str(&format!("; DETAIL: {d}"));
             }
@@ -90,7 +100,14 @@ fn try_connect_db(user: &str, dbname: &str) -> Result<Client, postgres::Error> {
 /// Does not create anything; panics with a clear message on failure.
 pub fn connect_db(user: &str, dbname: &str) -> Client {
     try_connect_db(user, dbname).unwrap_or_else(|e| {
-        panic!("cannot connect to {}:{} db={} user={}: {}", host(), port(), dbname, user, describe(&e))
+        panic!(
+            "cannot connect to {}:{} db={} user={}: {}",
+            host(),
+            port(),
+            dbname,
+            user,
+            describe(&e)
+        )
     })
 }
 
@@ -145,7 +162,10 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 /// database name without quoting (as long as `prefix` is). At most 63 bytes.
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut name = format!(
         "{}_{}_{}_{}",
         prefix.to_lowercase(),
@@ -184,7 +204,7 @@ pub fn create_login_role(prefix: &str, options: &str) -> String {
     // PUBLIC already has CONNECT and USAGE on schema public; granting them
     // per role would make concurrent tests collide on the same catalog rows.
     a.batch_execute(&format!("CREATE ROLE {name} LOGIN {options};"))
-    .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {}", describe(&e)));
+        .unwrap_or_else(|e| panic!("CREATE ROLE {name}: {}", describe(&e)));
     name
 }
 
@@ -200,7 +220,9 @@ pub fn server_log() -> String {
 /// Current length of the server log; pass it to [`server_log_since`] to see
 /// only what a test caused (other tests may log concurrently).
 pub fn server_log_len() -> usize {
-    std::fs::metadata(format!("{}/server.log", pgdata())).map(|m| m.len() as usize).unwrap_or(0)
+    std::fs::metadata(format!("{}/server.log", pgdata()))
+        .map(|m| m.len() as usize)
+        .unwrap_or(0)
 }
 
 /// The server log from byte offset `from` on.
@@ -224,7 +246,11 @@ pub fn wait_for_log(from: usize, needle: &str, timeout: Duration) -> bool {
 }
 
 fn as_postgres(args: &[&str]) -> Command {
-    let me = Command::new("id").arg("-un").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    let me = Command::new("id")
+        .arg("-un")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
     let mut cmd = match me.as_deref() {
         Some("postgres") => Command::new(args[0]),
         Some("root") => {
@@ -246,7 +272,11 @@ fn run(mut cmd: Command, what: &str) -> (bool, String) {
     match cmd.output() {
         Ok(o) => (
             o.status.success(),
-            format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
         ),
         Err(e) => (false, format!("cannot run {what}: {e}")),
     }
@@ -260,10 +290,20 @@ pub fn restart(mode: &str) {
     let pg_ctl = format!("{}/pg_ctl", bindir());
     let data = pgdata();
     let log = format!("{data}/server.log");
-    let (ok, out) = run(as_postgres(&[&pg_ctl, "-D", &data, "-m", mode, "-w", "-t", "120", "stop"]), "pg_ctl stop");
+    let (ok, out) = run(
+        as_postgres(&[&pg_ctl, "-D", &data, "-m", mode, "-w", "-t", "120", "stop"]),
+        "pg_ctl stop",
+    );
     assert!(ok, "pg_ctl stop -m {mode} failed: {out}");
-    let (ok, out) = run(as_postgres(&[&pg_ctl, "-D", &data, "-l", &log, "-w", "-t", "120", "start"]), "pg_ctl start");
-    assert!(ok, "pg_ctl start failed: {out}\n--- server.log tail ---\n{}", tail(&server_log(), 30));
+    let (ok, out) = run(
+        as_postgres(&[&pg_ctl, "-D", &data, "-l", &log, "-w", "-t", "120", "start"]),
+        "pg_ctl start",
+    );
+    assert!(
+        ok,
+        "pg_ctl start failed: {out}\n--- server.log tail ---\n{}",
+        tail(&server_log(), 30)
+    );
     wait_ready(Duration::from_secs(60));
 }
 
