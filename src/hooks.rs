@@ -53,7 +53,15 @@ fn pass_through() -> bool {
 }
 
 /// Run `f` one nesting level deeper, restoring the level on error too.
+/// The level matters only where statements are recorded (agent sessions, or
+/// humans under agent_guard.audit_non_agents); elsewhere `f` runs directly,
+/// without the cost of an error trap.
 fn nested<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
+    let tracked = crate::identity::cached_is_agent()
+        || !matches!(crate::gucs::audit_non_agents(), crate::gucs::NonAgentAudit::None);
+    if !tracked {
+        return f();
+    }
     DEPTH.with(|d| d.set(d.get() + 1));
     PgTryBuilder::new(f)
         .finally(|| DEPTH.with(|d| d.set(d.get() - 1)))
