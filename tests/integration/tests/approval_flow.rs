@@ -6,6 +6,7 @@
 
 use agent_guard_integration::*;
 use postgres::error::DbError;
+use postgres::fallible_iterator::FallibleIterator;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
@@ -32,7 +33,12 @@ fn cast(prefix: &str) -> Cast {
              SELECT agent_guard.register_agent('{agent}', '{sponsor}');"
         ))
         .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
-    Cast { sponsor, agent, approver, table }
+    Cast {
+        sponsor,
+        agent,
+        approver,
+        table,
+    }
 }
 
 fn cleanup(c: &Cast, extra_tables: &[&str]) {
@@ -46,7 +52,10 @@ fn cleanup(c: &Cast, extra_tables: &[&str]) {
 }
 
 fn rows(table: &str) -> i64 {
-    admin().query_one(&format!("SELECT count(*) FROM {table}"), &[]).unwrap().get(0)
+    admin()
+        .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .unwrap()
+        .get(0)
 }
 
 /// The server error of a refused statement, which must be SQLSTATE `code`.
@@ -55,7 +64,10 @@ fn error_of(res: Result<impl std::fmt::Debug, postgres::Error>, code: &str) -> D
         Ok(v) => panic!("expected SQLSTATE {code}, got success: {v:?}"),
         Err(e) => e,
     };
-    let db = err.as_db_error().unwrap_or_else(|| panic!("not a server error: {err}")).clone();
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"))
+        .clone();
     assert_eq!(db.code().code(), code, "{}", describe(&err));
     db
 }
@@ -65,15 +77,40 @@ fn refused(res: Result<impl std::fmt::Debug, postgres::Error>) -> DbError {
 }
 
 fn request(agent: &mut Client, sql: &str) -> i64 {
-    agent.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e))).get(0)
+    agent
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
+        .get(0)
 }
 
 fn approve(approver: &mut Client, sql: &str) {
-    approver.batch_execute(sql).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+    approver
+        .batch_execute(sql)
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+}
+
+/// Wait for the `NOTIFY agent_guard` about request `id` and `event` (other tests notify too).
+fn notification(listener: &mut Client, id: i64, event: &str) -> serde_json::Value {
+    let mut notifications = listener.notifications();
+    let mut it = notifications.timeout_iter(Duration::from_secs(5));
+    while let Some(n) = it.next().unwrap() {
+        assert_eq!(n.channel(), "agent_guard");
+        let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
+        if payload["request"] == id && payload["event"] == event {
+            return payload;
+        }
+    }
+    panic!("no {event} notification for request {id}");
 }
 
 fn state(id: i64) -> String {
-    admin().query_one("SELECT state FROM agent_guard.requests WHERE request = $1", &[&id]).unwrap().get(0)
+    admin()
+        .query_one(
+            "SELECT state FROM agent_guard.requests WHERE request = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0)
 }
 
 #[test]
@@ -87,11 +124,24 @@ fn full_flow_refusal_request_approval_retry_expiry() {
     let delete = format!("DELETE FROM {} WHERE id <= 3", c.table);
 
     let db = refused(agent.execute(delete.as_str(), &[]));
-    assert!(db.message().contains("without an approved grant"), "{}", db.message());
+    assert!(
+        db.message().contains("without an approved grant"),
+        "{}",
+        db.message()
+    );
     let hint = db.hint().expect("a refusal carries a hint");
-    let call = hint.split("run: ").nth(1).unwrap_or_else(|| panic!("no request in the hint: {hint}"));
-    assert!(call.starts_with("SELECT agent_guard.request_access('write', ARRAY['public."), "{call}");
-    assert!(call.contains(&format!("statement => $q${delete}$q$")), "{call}");
+    let call = hint
+        .split("run: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no request in the hint: {hint}"));
+    assert!(
+        call.starts_with("SELECT agent_guard.request_access('write', ARRAY['public."),
+        "{call}"
+    );
+    assert!(
+        call.contains(&format!("statement => $q${delete}$q$")),
+        "{call}"
+    );
     assert_eq!(rows(&c.table), 10, "refused: nothing deleted");
 
     // the agent files exactly what the hint says
@@ -101,35 +151,33 @@ fn full_flow_refusal_request_approval_retry_expiry() {
         .unwrap()
         .get(0);
     assert_eq!(pending, 1);
-    let n = listener.notifications().timeout_iter(Duration::from_secs(5)).next();
-    let n = n.expect("a notification for the request").unwrap();
-    assert_eq!(n.channel(), "agent_guard");
-    let payload: serde_json::Value = serde_json::from_str(n.payload()).unwrap();
-    if payload["request"] == id {
-        assert_eq!(payload["event"], "request");
-        assert_eq!(payload["agent"], c.agent.as_str());
-        assert_eq!(payload["statement"], delete.as_str());
-    }
+    let payload = notification(&mut listener, id, "request");
+    assert_eq!(payload["agent"], c.agent.as_str());
+    assert_eq!(payload["requester"], c.agent.as_str());
+    assert_eq!(payload["sponsor"], c.sponsor.as_str());
+    assert_eq!(payload["statement"], delete.as_str());
+    assert_eq!(payload["risk"], "write");
 
     // another session approves, for a short time; the same statement may run a few times
-    approve(&mut approver, &format!("SELECT agent_guard.approve({id}, ttl => '2 seconds', max_statements => 5)"));
+    approve(
+        &mut approver,
+        &format!("SELECT agent_guard.approve({id}, ttl => '2 seconds', max_statements => 5)"),
+    );
     assert_eq!(state(id), "active");
-    let mut saw_approval = false;
-    for n in listener.notifications().timeout_iter(Duration::from_secs(5)) {
-        let payload: serde_json::Value = serde_json::from_str(n.unwrap().payload()).unwrap();
-        if payload["request"] == id && payload["event"] == "approved" {
-            assert_eq!(payload["decided_by"], c.approver.as_str());
-            saw_approval = true;
-            break;
-        }
-    }
-    assert!(saw_approval, "a notification for the approval");
+    let payload = notification(&mut listener, id, "approved");
+    assert_eq!(payload["decided_by"], c.approver.as_str());
 
     // the agent's open session retries: allowed now
-    let deleted = agent.execute(delete.as_str(), &[]).unwrap_or_else(|e| panic!("retry: {}", describe(&e)));
+    let deleted = agent
+        .execute(delete.as_str(), &[])
+        .unwrap_or_else(|e| panic!("retry: {}", describe(&e)));
     assert_eq!(deleted, 3);
     assert_eq!(rows(&c.table), 7);
-    assert_eq!(agent.execute(delete.as_str(), &[]).unwrap(), 0, "still within ttl and uses");
+    assert_eq!(
+        agent.execute(delete.as_str(), &[]).unwrap(),
+        0,
+        "still within ttl and uses"
+    );
 
     // the grant expires: the same statement is refused again
     thread::sleep(Duration::from_millis(2500));
@@ -137,7 +185,11 @@ fn full_flow_refusal_request_approval_retry_expiry() {
     assert_eq!(state(id), "expired");
     let approve_expired = approver.batch_execute(&format!("SELECT agent_guard.approve({id})"));
     let db = error_of(approve_expired, "55000");
-    assert!(db.message().contains("already approved"), "{}", db.message());
+    assert!(
+        db.message().contains("already approved"),
+        "{}",
+        db.message()
+    );
     drop((agent, approver, listener));
     cleanup(&c, &[]);
 }
@@ -145,16 +197,26 @@ fn full_flow_refusal_request_approval_retry_expiry() {
 #[test]
 fn the_agent_cannot_approve_its_own_request() {
     let c = cast("self");
-    admin().batch_execute(&format!("GRANT agent_guard_approver TO {}", c.agent)).unwrap();
+    admin()
+        .batch_execute(&format!("GRANT agent_guard_approver TO {}", c.agent))
+        .unwrap();
     let mut agent = connect(&c.agent);
     let id = request(&mut agent, "SELECT agent_guard.request_access('write')");
     let db = refused(agent.batch_execute(&format!("SELECT agent_guard.approve({id})")));
-    assert!(db.message().contains("agent sessions may not approve"), "{}", db.message());
+    assert!(
+        db.message().contains("agent sessions may not approve"),
+        "{}",
+        db.message()
+    );
     // nor may a human session acting as the agent's role
     let mut su = admin();
     su.batch_execute(&format!("SET ROLE {}", c.agent)).unwrap();
     let db = refused(su.batch_execute(&format!("SELECT agent_guard.approve({id})")));
-    assert!(db.message().contains("it is that agent"), "{}", db.message());
+    assert!(
+        db.message().contains("it is that agent"),
+        "{}",
+        db.message()
+    );
     assert_eq!(state(id), "pending");
     drop((agent, su));
     cleanup(&c, &[]);
@@ -170,7 +232,11 @@ fn a_non_approver_cannot_approve() {
     refused(o.batch_execute(&format!("SELECT agent_guard.approve({id})")));
     refused(o.batch_execute(&format!("SELECT agent_guard.deny({id})")));
     let db = refused(o.batch_execute(&format!("SELECT agent_guard.revoke({id})")));
-    assert!(db.message().contains("agent_guard_approver"), "{}", db.message());
+    assert!(
+        db.message().contains("agent_guard_approver"),
+        "{}",
+        db.message()
+    );
     assert_eq!(state(id), "pending");
     drop((agent, o));
     let _ = admin().batch_execute(&format!("DROP ROLE {outsider}"));
@@ -186,9 +252,22 @@ fn the_sponsor_cannot_approve_when_distinct_sponsor_applies() {
     // default agent_guard.require_distinct_sponsor = ddl
     let mut sponsor = connect(&c.sponsor);
     let db = refused(sponsor.batch_execute(&format!("SELECT agent_guard.approve({ddl})")));
-    assert!(db.message().contains("sponsors the requesting agent"), "{}", db.message());
-    assert!(db.detail().unwrap_or("").contains("require_distinct_sponsor = ddl"), "{:?}", db.detail());
-    approve(&mut sponsor, &format!("SELECT agent_guard.approve({write})"));
+    assert!(
+        db.message().contains("sponsors the requesting agent"),
+        "{}",
+        db.message()
+    );
+    assert!(
+        db.detail()
+            .unwrap_or("")
+            .contains("require_distinct_sponsor = ddl"),
+        "{:?}",
+        db.detail()
+    );
+    approve(
+        &mut sponsor,
+        &format!("SELECT agent_guard.approve({write})"),
+    );
     assert_eq!(state(ddl), "pending");
     assert_eq!(state(write), "active");
     // a sponsor may not loosen the rule
@@ -196,7 +275,10 @@ fn the_sponsor_cannot_approve_when_distinct_sponsor_applies() {
     drop(sponsor);
     // always: not even writes
     admin()
-        .batch_execute(&format!("ALTER ROLE {} SET agent_guard.require_distinct_sponsor = always", c.sponsor))
+        .batch_execute(&format!(
+            "ALTER ROLE {} SET agent_guard.require_distinct_sponsor = always",
+            c.sponsor
+        ))
         .unwrap();
     let write2 = request(&mut agent, "SELECT agent_guard.request_access('write')");
     let mut sponsor = connect(&c.sponsor);
@@ -204,7 +286,10 @@ fn the_sponsor_cannot_approve_when_distinct_sponsor_applies() {
     // another approver may
     let mut approver = connect(&c.approver);
     approve(&mut approver, &format!("SELECT agent_guard.approve({ddl})"));
-    approve(&mut approver, &format!("SELECT agent_guard.approve({write2})"));
+    approve(
+        &mut approver,
+        &format!("SELECT agent_guard.approve({write2})"),
+    );
     drop((agent, sponsor, approver));
     cleanup(&c, &[]);
 }
@@ -214,15 +299,42 @@ fn writes_outside_the_grant_objects_are_refused() {
     let c = cast("objects");
     let other = unique_name("objects_other");
     admin()
-        .batch_execute(&format!("CREATE TABLE {other} (id int); GRANT ALL ON {other} TO {};", c.agent))
+        .batch_execute(&format!(
+            "CREATE TABLE {other} (id int); GRANT ALL ON {other} TO {};",
+            c.agent
+        ))
         .unwrap();
     let mut agent = connect(&c.agent);
-    let id = request(&mut agent, &format!("SELECT agent_guard.request_access('write', ARRAY['{}']::regclass[])", c.table));
-    approve(&mut connect(&c.approver), &format!("SELECT agent_guard.approve({id})"));
-    agent.batch_execute(&format!("UPDATE {} SET v = 'changed' WHERE id = 1", c.table)).unwrap();
+    let id = request(
+        &mut agent,
+        &format!(
+            "SELECT agent_guard.request_access('write', ARRAY['{}']::regclass[])",
+            c.table
+        ),
+    );
+    approve(
+        &mut connect(&c.approver),
+        &format!("SELECT agent_guard.approve({id})"),
+    );
+    agent
+        .batch_execute(&format!(
+            "UPDATE {} SET v = 'changed' WHERE id = 1",
+            c.table
+        ))
+        .unwrap();
     let db = refused(agent.batch_execute(&format!("INSERT INTO {other} VALUES (1)")));
-    assert!(db.message().contains(&other), "the refusal names the table: {}", db.message());
-    assert!(db.detail().unwrap_or("").contains(&format!("Grant {id} does not cover public.{other}")), "{:?}", db.detail());
+    assert!(
+        db.message().contains(&other),
+        "the refusal names the table: {}",
+        db.message()
+    );
+    assert!(
+        db.detail()
+            .unwrap_or("")
+            .contains(&format!("Grant {id} does not cover public.{other}")),
+        "{:?}",
+        db.detail()
+    );
     // a statement writing both is refused as a whole
     refused(agent.batch_execute(&format!(
         "WITH a AS (UPDATE {} SET v = 'x' WHERE id = 2 RETURNING id) INSERT INTO {other} SELECT id FROM a",
@@ -237,17 +349,35 @@ fn writes_outside_the_grant_objects_are_refused() {
 fn ddl_under_a_write_grant_is_refused() {
     let c = cast("ddlw");
     let mut agent = connect(&c.agent);
-    let id = request(&mut agent, "SELECT agent_guard.request_access('write', reason => 'data fix')");
-    approve(&mut connect(&c.approver), &format!("SELECT agent_guard.approve({id})"));
-    agent.batch_execute(&format!("DELETE FROM {} WHERE id = 10", c.table)).unwrap();
+    let id = request(
+        &mut agent,
+        "SELECT agent_guard.request_access('write', reason => 'data fix')",
+    );
+    approve(
+        &mut connect(&c.approver),
+        &format!("SELECT agent_guard.approve({id})"),
+    );
+    agent
+        .batch_execute(&format!("DELETE FROM {} WHERE id = 10", c.table))
+        .unwrap();
     for ddl in [
         format!("ALTER TABLE {} ADD COLUMN note text", c.table),
         format!("CREATE INDEX ON {} (v)", c.table),
         "CREATE TABLE ddlw_should_not_exist (a int)".to_string(),
     ] {
         let db = refused(agent.batch_execute(&ddl));
-        assert!(db.detail().unwrap_or("").contains(&format!("Grant {id} allows writes only")), "{ddl}: {:?}", db.detail());
-        assert!(db.hint().unwrap_or("").contains("request_access('ddl'"), "{ddl}: {:?}", db.hint());
+        assert!(
+            db.detail()
+                .unwrap_or("")
+                .contains(&format!("Grant {id} allows writes only")),
+            "{ddl}: {:?}",
+            db.detail()
+        );
+        assert!(
+            db.hint().unwrap_or("").contains("request_access('ddl'"),
+            "{ddl}: {:?}",
+            db.hint()
+        );
     }
     drop(agent);
     cleanup(&c, &[]);
@@ -262,17 +392,44 @@ fn a_single_statement_grant_allows_exactly_that_statement_once() {
         &mut agent,
         &format!("SELECT agent_guard.request_access('write', statement => $q${stmt}$q$, reason => 'one fix')"),
     );
-    approve(&mut connect(&c.approver), &format!("SELECT agent_guard.approve({id})"));
+    approve(
+        &mut connect(&c.approver),
+        &format!("SELECT agent_guard.approve({id})"),
+    );
     // a different literal is a different statement
-    let db = refused(agent.execute(format!("UPDATE {} SET v = 'approved' WHERE id = 2", c.table).as_str(), &[]));
-    assert!(db.detail().unwrap_or("").contains("for one specific statement"), "{:?}", db.detail());
-    refused(agent.execute(format!("UPDATE {} SET v = 'other' WHERE id = 1", c.table).as_str(), &[]));
+    let db = refused(agent.execute(
+        format!("UPDATE {} SET v = 'approved' WHERE id = 2", c.table).as_str(),
+        &[],
+    ));
+    assert!(
+        db.detail()
+            .unwrap_or("")
+            .contains("for one specific statement"),
+        "{:?}",
+        db.detail()
+    );
+    refused(agent.execute(
+        format!("UPDATE {} SET v = 'other' WHERE id = 1", c.table).as_str(),
+        &[],
+    ));
     // whitespace, comments, case and literal formatting do not matter
-    let variant = format!("update  {}\n   SET v=E'approved' /* reviewed */ where ID = 0001 -- once\n", c.table.to_uppercase());
-    assert_eq!(agent.execute(variant.as_str(), &[]).unwrap_or_else(|e| panic!("{}", describe(&e))), 1);
+    let variant = format!(
+        "update  {}\n   SET v=E'approved' /* reviewed */ where ID = 0001 -- once\n",
+        c.table.to_uppercase()
+    );
+    assert_eq!(
+        agent
+            .execute(variant.as_str(), &[])
+            .unwrap_or_else(|e| panic!("{}", describe(&e))),
+        1
+    );
     // once
     let db = refused(agent.execute(stmt.as_str(), &[]));
-    assert!(db.detail().unwrap_or("").contains("used up"), "{:?}", db.detail());
+    assert!(
+        db.detail().unwrap_or("").contains("used up"),
+        "{:?}",
+        db.detail()
+    );
     assert_eq!(state(id), "used");
     drop(agent);
     cleanup(&c, &[]);
@@ -283,8 +440,14 @@ fn two_sessions_cannot_both_use_a_single_use_grant() {
     let c = cast("twice");
     let stmt = format!("UPDATE {} SET v = 'once' WHERE id = 1", c.table);
     let mut first = connect(&c.agent);
-    let id = request(&mut first, &format!("SELECT agent_guard.request_access('write', statement => $q${stmt}$q$)"));
-    approve(&mut connect(&c.approver), &format!("SELECT agent_guard.approve({id})"));
+    let id = request(
+        &mut first,
+        &format!("SELECT agent_guard.request_access('write', statement => $q${stmt}$q$)"),
+    );
+    approve(
+        &mut connect(&c.approver),
+        &format!("SELECT agent_guard.approve({id})"),
+    );
     first.batch_execute("BEGIN").unwrap();
     first.execute(stmt.as_str(), &[]).unwrap();
     // the second session waits for the first one's use, then finds the grant used up
@@ -295,12 +458,18 @@ fn two_sessions_cannot_both_use_a_single_use_grant() {
         tx.send(()).unwrap();
         s.execute(stmt2.as_str(), &[]).map_err(|e| {
             let db = e.as_db_error().cloned();
-            (e.code().map(|c| c.code().to_string()), db.map(|d| d.detail().unwrap_or("").to_string()))
+            (
+                e.code().map(|c| c.code().to_string()),
+                db.map(|d| d.detail().unwrap_or("").to_string()),
+            )
         })
     });
     rx.recv().unwrap();
     thread::sleep(Duration::from_millis(500));
-    assert!(!second.is_finished(), "the second use must wait for the first session's transaction");
+    assert!(
+        !second.is_finished(),
+        "the second use must wait for the first session's transaction"
+    );
     first.batch_execute("COMMIT").unwrap();
     match second.join().unwrap() {
         Ok(n) => panic!("the second session used the grant too ({n} rows)"),
@@ -318,27 +487,44 @@ fn revocation_takes_effect_at_the_next_statement_of_an_open_session() {
     let c = cast("revoke");
     let mut agent = connect(&c.agent);
     let mut approver = connect(&c.approver);
-    let id = request(&mut agent, "SELECT agent_guard.request_access('write', ttl => '1 hour')");
+    let id = request(
+        &mut agent,
+        "SELECT agent_guard.request_access('write', ttl => '1 hour')",
+    );
     approve(&mut approver, &format!("SELECT agent_guard.approve({id})"));
     let update = format!("UPDATE {} SET v = 'x' WHERE id = 1", c.table);
     agent.batch_execute(&update).unwrap();
-    approve(&mut approver, &format!("SELECT agent_guard.revoke({id}, 'enough')"));
+    approve(
+        &mut approver,
+        &format!("SELECT agent_guard.revoke({id}, 'enough')"),
+    );
     refused(agent.batch_execute(&update));
     assert_eq!(state(id), "revoked");
 
     // also inside an open REPEATABLE READ transaction that already used the
     // grant: revoking does not wait for it, and its next statement is refused
-    let id = request(&mut agent, "SELECT agent_guard.request_access('write', ttl => '1 hour')");
+    let id = request(
+        &mut agent,
+        "SELECT agent_guard.request_access('write', ttl => '1 hour')",
+    );
     approve(&mut approver, &format!("SELECT agent_guard.approve({id})"));
-    agent.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ").unwrap();
+    agent
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .unwrap();
     agent.batch_execute(&update).unwrap();
     let (tx, rx) = mpsc::channel();
     let who = c.approver.clone();
     thread::spawn(move || {
         let mut a = connect(&who);
-        tx.send(a.batch_execute(&format!("SELECT agent_guard.revoke({id})")).map_err(|e| describe(&e))).unwrap();
+        tx.send(
+            a.batch_execute(&format!("SELECT agent_guard.revoke({id})"))
+                .map_err(|e| describe(&e)),
+        )
+        .unwrap();
     });
-    let revoked = rx.recv_timeout(Duration::from_secs(10)).expect("revoke must not wait for the agent's transaction");
+    let revoked = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("revoke must not wait for the agent's transaction");
     revoked.unwrap();
     refused(agent.batch_execute(&update));
     let _ = agent.batch_execute("ROLLBACK");
@@ -354,24 +540,40 @@ fn two_approvers_racing_on_one_request_one_wins() {
     let id = request(&mut agent, "SELECT agent_guard.request_access('write')");
     let mut first = connect(&c.approver);
     first.batch_execute("BEGIN").unwrap();
-    approve(&mut first, &format!("SELECT agent_guard.approve({id}, note => 'first')"));
+    approve(
+        &mut first,
+        &format!("SELECT agent_guard.approve({id}, note => 'first')"),
+    );
     let who = second_approver.clone();
     let racer = thread::spawn(move || {
         let mut s = connect(&who);
-        s.batch_execute(&format!("SELECT agent_guard.deny({id}, 'second')")).map_err(|e| {
-            let db = e.as_db_error().cloned();
-            (e.code().map(|c| c.code().to_string()), db.map(|d| d.message().to_string()))
-        })
+        s.batch_execute(&format!("SELECT agent_guard.deny({id}, 'second')"))
+            .map_err(|e| {
+                let db = e.as_db_error().cloned();
+                (
+                    e.code().map(|c| c.code().to_string()),
+                    db.map(|d| d.message().to_string()),
+                )
+            })
     });
     thread::sleep(Duration::from_millis(500));
-    assert!(!racer.is_finished(), "the second decision waits for the first");
+    assert!(
+        !racer.is_finished(),
+        "the second decision waits for the first"
+    );
     first.batch_execute("COMMIT").unwrap();
     match racer.join().unwrap() {
         Ok(()) => panic!("both decisions succeeded"),
         Err((code, message)) => {
             assert_eq!(code.as_deref(), Some("55000"));
             let message = message.unwrap_or_default();
-            assert!(message.contains(&format!("request {id} was already approved by {}", c.approver)), "{message}");
+            assert!(
+                message.contains(&format!(
+                    "request {id} was already approved by {}",
+                    c.approver
+                )),
+                "{message}"
+            );
         }
     }
     assert_eq!(state(id), "active");
@@ -386,11 +588,16 @@ fn two_approvers_racing_on_one_request_one_wins() {
             thread::spawn(move || {
                 let mut s = connect(&who);
                 barrier.wait();
-                s.batch_execute(&format!("SELECT agent_guard.approve({id})")).is_ok()
+                s.batch_execute(&format!("SELECT agent_guard.approve({id})"))
+                    .is_ok()
             })
         })
         .collect();
-    let wins = handles.into_iter().map(|h| h.join().unwrap()).filter(|ok| *ok).count();
+    let wins = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .filter(|ok| *ok)
+        .count();
     assert_eq!(wins, 1);
     drop((agent, first));
     let _ = admin().batch_execute(&format!("DROP ROLE {second_approver}"));
@@ -402,17 +609,24 @@ fn privilege_and_admin_are_refused_at_request_time() {
     let c = cast("never");
     let mut agent = connect(&c.agent);
     for risk in ["privilege", "admin"] {
-        let db = refused(agent.query_one(&format!("SELECT agent_guard.request_access('{risk}')"), &[]));
+        let db =
+            refused(agent.query_one(&format!("SELECT agent_guard.request_access('{risk}')"), &[]));
         assert!(db.message().contains("never granted"), "{}", db.message());
     }
     let n: i64 = admin()
-        .query_one("SELECT count(*) FROM agent_guard.requests WHERE agent = $1", &[&c.agent])
+        .query_one(
+            "SELECT count(*) FROM agent_guard.requests WHERE agent = $1",
+            &[&c.agent],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 0, "nothing was recorded");
     // and a human session has nothing to request
     let mut human = connect(&c.approver);
-    error_of(human.query_one("SELECT agent_guard.request_access('write')", &[]), "55000");
+    error_of(
+        human.query_one("SELECT agent_guard.request_access('write')", &[]),
+        "55000",
+    );
     drop((agent, human));
     cleanup(&c, &[]);
 }
