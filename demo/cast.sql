@@ -27,6 +27,9 @@ COMMENT ON ROLE ci_bot IS 'AI agent service account (CI bot)';
 GRANT CONNECT ON DATABASE agent_guard_demo TO alice, bob, ci_bot;
 GRANT USAGE ON SCHEMA public TO alice, bob, ci_bot;
 
+-- bob approves agents' requests for just-in-time grants.
+GRANT agent_guard_approver TO bob;
+
 -- The humans can look at the data.
 GRANT SELECT ON customers, orders TO alice, bob;
 

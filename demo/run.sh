@@ -123,6 +123,41 @@ step "Nothing was changed" postgres <<'SQL'
 SELECT count(*) AS orders FROM orders;
 SQL
 
+say
+say "${B}Just-in-time permission.${R} The agent does need to delete small test orders. A human"
+say "approves that one change, for a short time, in the database, whatever client the agent uses."
+
+step "The agent's DELETE is refused; the hint is a ready-to-run request for approval" ci_bot <<'SQL'
+DELETE FROM orders WHERE amount < 10;
+SQL
+
+step "The agent files the request (with a short ttl for the demo); it cannot approve it itself" ci_bot <<'SQL'
+SELECT agent_guard.request_access('write', ARRAY['public.orders']::regclass[],
+       reason => 'remove test orders under 10', ttl => '5 seconds',
+       statement => $q$DELETE FROM orders WHERE amount < 10$q$) AS request;
+SELECT agent_guard.approve(request) FROM agent_guard.my_requests WHERE state = 'pending';
+SELECT request, state, risk, objects, statement FROM agent_guard.my_requests;
+SQL
+
+step "bob, a member of agent_guard_approver, sees the request (a NOTIFY agent_guard went out) and approves it" bob <<'SQL'
+SELECT request, requester, sponsor, risk, objects, statement, reason, ttl, age
+FROM agent_guard.pending_requests;
+SELECT agent_guard.approve(request, note => 'ok, for a few seconds', max_statements => 5)
+FROM agent_guard.pending_requests WHERE requester = 'ci_bot';
+SELECT grant_id, risk, objects, approved_by, time_left, uses_left FROM agent_guard.active_grants;
+SQL
+
+step "The agent's retry succeeds: exactly that statement, on that table, within the ttl" ci_bot <<'SQL'
+DELETE FROM orders WHERE amount < 10;
+DELETE FROM customers WHERE id = 1;
+SQL
+
+step "Five seconds later the grant has expired: the same DELETE is refused again" ci_bot <<'SQL'
+SELECT pg_sleep(5);
+DELETE FROM orders WHERE amount < 10;
+SELECT request, state, uses FROM agent_guard.my_requests;
+SQL
+
 step "A transaction the agent rolls back, and a statement that fails" ci_bot <<'SQL'
 BEGIN;
 SET LOCAL agent_guard.request_id = 'ci-4712';
