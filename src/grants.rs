@@ -508,6 +508,11 @@ impl GrantSource for PgGrants {
             return Err(NotCovered::default());
         }
         let (text, used) = if self.consume {
+            // Outside any client statement (a fastpath function call): nothing
+            // from an earlier statement may carry over.
+            if unsafe { pg_sys::debug_query_string.is_null() } {
+                TOP.with(|t| *t.borrow_mut() = Top::default());
+            }
             note_in_top(c);
             TOP.with(|t| {
                 let t = t.borrow();
@@ -663,20 +668,27 @@ fn notify(id: i64, event: &str) {
     let event = event.to_string();
     identity::internal(move || {
         Spi::run_with_args(
-            "SELECT pg_catalog.pg_notify('agent_guard', pg_catalog.jsonb_build_object( \
+            "WITH p AS ( \
+               SELECT pg_catalog.jsonb_build_object( \
                  'event', $2::pg_catalog.text, 'request', r.id, 'database', r.database_name, \
                  'agent', r.agent_name, 'requester', r.login_name, 'sponsor', r.sponsor_name, \
-                 'risk', r.risk, \
+                 'risk', r.risk, 'status', r.status, 'expires_at', r.expires_at, \
+                 'max_statements', r.max_statements, 'request_id', r.request_id, \
+                 'decided_by', COALESCE(r.revoked_by, r.decided_by)) AS brief, \
+               pg_catalog.jsonb_build_object( \
                  'objects', (SELECT pg_catalog.jsonb_agg(pg_catalog.format('%I.%I', n.nspname, c.relname)) \
                              FROM pg_catalog.unnest(r.objects) AS o(oid) \
                              JOIN pg_catalog.pg_class c ON c.oid = o.oid \
                              JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace), \
-                 'reason', r.reason, 'ttl', r.ttl::pg_catalog.text, \
-                 'statement', pg_catalog.left(r.statement, 1000), 'request_id', r.request_id, \
-                 'status', r.status, 'decided_by', COALESCE(r.revoked_by, r.decided_by), \
-                 'note', COALESCE(r.revoke_note, r.decision_note), \
-                 'expires_at', r.expires_at, 'max_statements', r.max_statements)::pg_catalog.text) \
-             FROM agent_guard.access_requests r WHERE r.id = $1",
+                 'reason', pg_catalog.left(r.reason, 1000), 'ttl', r.ttl::pg_catalog.text, \
+                 'statement', pg_catalog.left(r.statement, 1000), \
+                 'note', pg_catalog.left(COALESCE(r.revoke_note, r.decision_note), 1000)) AS more \
+               FROM agent_guard.access_requests r WHERE r.id = $1) \
+             SELECT pg_catalog.pg_notify('agent_guard', \
+                 CASE WHEN pg_catalog.octet_length((brief || more)::pg_catalog.text) < 7900 \
+                      THEN (brief || more)::pg_catalog.text \
+                      ELSE (brief || '{\"truncated\": true}'::pg_catalog.jsonb)::pg_catalog.text END) \
+             FROM p",
             &[id.into(), event.as_str().into()],
         )
     })

@@ -636,6 +636,61 @@ mod tests {
     }
 
     #[test]
+    fn policy_puts_the_reasons_in_the_detail_and_the_suggestion_in_the_hint() {
+        use crate::policy::{
+            decide, Actor, GrantSource, GrantUse, NotCovered, SessionState, SponsorStatus,
+        };
+        struct Near;
+        impl GrantSource for Near {
+            fn covering(&self, _: &Actor, _: &Classification) -> Option<GrantUse> {
+                None
+            }
+            fn lookup(&self, _: &Actor, _: &Classification) -> Result<GrantUse, NotCovered> {
+                Err(NotCovered {
+                    why: vec![
+                        "Grant 3 does not cover public.t_log (it covers public.orders).".into(),
+                    ],
+                    suggestion: Some(Suggestion {
+                        risk: Risk::Write,
+                        objects: vec!["public.orders".into(), "public.t_log".into()],
+                        statement: Some("INSERT INTO orders VALUES (1)".into()),
+                    }),
+                })
+            }
+        }
+        let actor = Actor {
+            agent: "bot".into(),
+            login: "bot".into(),
+            sponsor: "alice".into(),
+            sponsor_status: SponsorStatus::Active,
+        };
+        let session = SessionState {
+            guard_installed: true,
+            database: "db".into(),
+            ..Default::default()
+        };
+        match decide(Some(&actor), &session, &write(vec![log()]), &Near) {
+            crate::policy::Decision::Deny(r) => {
+                assert_eq!(r.code, "no_grant");
+                assert!(r.message.contains("public.t_log"), "{}", r.message);
+                assert!(
+                    r.detail.ends_with(
+                        "Grant 3 does not cover public.t_log (it covers public.orders)."
+                    ),
+                    "{}",
+                    r.detail
+                );
+                assert!(
+                    r.hint.ends_with("run: SELECT agent_guard.request_access('write', ARRAY['public.orders', 'public.t_log']::regclass[], reason => '...', statement => $q$INSERT INTO orders VALUES (1)$q$);"),
+                    "{}",
+                    r.hint
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
     fn dollar_quotes_never_collide_with_the_text() {
         assert_eq!(dollar_quote("a"), "$q$a$q$");
         assert_eq!(dollar_quote("a $q$ b"), "$q1$a $q$ b$q1$");
