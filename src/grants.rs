@@ -313,17 +313,42 @@ impl Row {
     }
 }
 
+thread_local! {
+    /// Prepared plans of the grant queries, kept for the session (the plan
+    /// cache re-plans them when agent_guard's tables change).
+    static PLANS: RefCell<std::collections::HashMap<&'static str, usize>> = RefCell::new(Default::default());
+}
+
+/// The session's saved plan for `query` (prepared on first use). Call inside an SPI connection.
+unsafe fn saved_plan(query: &'static str, types: &mut [pg_sys::Oid]) -> pg_sys::SPIPlanPtr {
+    if let Some(plan) = PLANS.with(|p| p.borrow().get(query).copied()) {
+        return plan as pg_sys::SPIPlanPtr;
+    }
+    let q = CString::new(query).expect("query without NUL");
+    unsafe {
+        let plan = pg_sys::SPI_prepare(q.as_ptr(), types.len() as i32, types.as_mut_ptr());
+        if plan.is_null() {
+            let code = pg_sys::SPI_result;
+            error!("agent_guard: cannot prepare grant query (SPI error {code})");
+        }
+        if pg_sys::SPI_keepplan(plan) != 0 {
+            error!("agent_guard: cannot keep the grant query's plan");
+        }
+        PLANS.with(|p| p.borrow_mut().insert(query, plan as usize));
+        plan
+    }
+}
+
 /// Run `query` against the latest committed state rather than the
 /// transaction's snapshot, so that approvals, revocations and uses by other
 /// sessions count at the agent's next statement even in REPEATABLE READ.
 /// Runs as agent_guard's own work (hooks pass it through).
 fn latest<R>(
-    query: &str,
+    query: &'static str,
     args: Vec<(pg_sys::Oid, Option<pg_sys::Datum>)>,
     read_only: bool,
     mut each: impl FnMut(&Row) -> R,
 ) -> Vec<R> {
-    let q = CString::new(query).expect("query without NUL");
     let each = std::panic::AssertUnwindSafe(&mut each);
     identity::internal(std::panic::AssertUnwindSafe(|| {
         as_guard(std::panic::AssertUnwindSafe(|| {
@@ -343,11 +368,7 @@ fn latest<R>(
                         }
                     })
                     .collect();
-                let plan = pg_sys::SPI_prepare(q.as_ptr(), types.len() as i32, types.as_mut_ptr());
-                if plan.is_null() {
-                    let code = pg_sys::SPI_result;
-                    error!("agent_guard: cannot prepare grant query (SPI error {code})");
-                }
+                let plan = saved_plan(query, &mut types);
                 let rc = pg_sys::SPI_execute_snapshot(
                     plan,
                     values.as_mut_ptr(),
