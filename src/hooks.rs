@@ -58,7 +58,10 @@ fn pass_through() -> bool {
 /// without the cost of an error trap.
 fn nested<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     let tracked = crate::identity::cached_is_agent()
-        || !matches!(crate::gucs::audit_non_agents(), crate::gucs::NonAgentAudit::None);
+        || !matches!(
+            crate::gucs::audit_non_agents(),
+            crate::gucs::NonAgentAudit::None
+        );
     if !tracked {
         return f();
     }
