@@ -113,134 +113,32 @@ fn note_in_top(c: &Classification) {
 
 // ---- fingerprints -------------------------------------------------------------------
 
-/// Token codes of the value-carrying tokens, learned from the lexer itself.
-struct Codes {
-    ident: i32,
-    iconst: i32,
-    fconst: i32,
-    sconst: i32,
-    bconst: i32,
-    xconst: i32,
-    op: i32,
-    param: i32,
-    keywords: HashSet<i32>,
-}
-
 thread_local! {
-    static CODES: RefCell<Option<std::rc::Rc<Codes>>> = const { RefCell::new(None) };
-}
-
-/// Run PostgreSQL's lexer over `text`: (code, value, raw token text) per token.
-fn lex(text: &str) -> Vec<(i32, pg_sys::core_YYSTYPE, Vec<u8>)> {
-    let c = CString::new(text)
-        .unwrap_or_else(|_| error!("agent_guard: statement text contains a NUL byte"));
-    let mut out = vec![];
-    unsafe {
-        let mut extra: pg_sys::core_yy_extra_type = std::mem::zeroed();
-        let scanner = pg_sys::scanner_init(
-            c.as_ptr(),
-            &mut extra,
-            &raw const pg_sys::ScanKeywords,
-            pg_sys::ScanKeywordTokens.as_ptr(),
-        );
-        // as pg_stat_statements does: no warnings for backslashes in strings
-        extra.escape_string_warning = false;
-        loop {
-            let mut val: pg_sys::core_YYSTYPE = std::mem::zeroed();
-            let mut loc: i32 = 0;
-            let code = pg_sys::core_yylex(&mut val, &mut loc, scanner);
-            if code == 0 {
-                break;
-            }
-            // flex leaves a NUL after the current token in scanbuf
-            let raw = if loc >= 0 {
-                CStr::from_ptr(extra.scanbuf.add(loc as usize))
-                    .to_bytes()
-                    .to_vec()
-            } else {
-                vec![]
-            };
-            out.push((code, val, raw));
-        }
-        pg_sys::scanner_finish(scanner);
-    }
-    out
-}
-
-fn codes() -> std::rc::Rc<Codes> {
-    if let Some(c) = CODES.with(|c| c.borrow().clone()) {
-        return c;
-    }
-    let probe = lex("x 1 1.5 'a' b'1' x'1' <-> $1");
-    let code = |i: usize, fallback: i32| probe.get(i).map_or(fallback, |t| t.0);
-    // gram.h values of PostgreSQL 15, should the probe ever lex differently
-    let mut c = Codes {
-        ident: code(0, 258),
-        iconst: code(1, 266),
-        fconst: code(2, 260),
-        sconst: code(3, 261),
-        bconst: code(4, 263),
-        xconst: code(5, 264),
-        op: code(6, 265),
-        param: code(7, 267),
-        keywords: HashSet::new(),
-    };
-    if probe.len() != 8 {
-        c = Codes {
-            ident: 258,
-            iconst: 266,
-            fconst: 260,
-            sconst: 261,
-            bconst: 263,
-            xconst: 264,
-            op: 265,
-            param: 267,
-            keywords: HashSet::new(),
-        };
-    }
-    unsafe {
+    /// Token codes of PostgreSQL's keywords (they carry no value of their own).
+    static KEYWORDS: std::rc::Rc<HashSet<i32>> = std::rc::Rc::new(unsafe {
         let n = pg_sys::ScanKeywords.num_keywords.max(0) as usize;
         let tokens = pg_sys::ScanKeywordTokens.as_ptr();
-        for i in 0..n {
-            c.keywords.insert(*tokens.add(i) as i32);
-        }
-    }
-    let c = std::rc::Rc::new(c);
-    CODES.with(|slot| *slot.borrow_mut() = Some(c.clone()));
-    c
+        (0..n).map(|i| *tokens.add(i) as i32).collect()
+    });
 }
 
 /// The statement's tokens as the fingerprint sees them.
 pub fn tokens(text: &str) -> Vec<Token> {
-    let codes = codes();
-    lex(text)
+    use crate::lexer::{BCONST, FCONST, ICONST, IDENT, OP, PARAM, SCONST, XCONST};
+    let keywords = KEYWORDS.with(|k| k.clone());
+    crate::lexer::lex(text)
         .into_iter()
-        .map(|(code, val, raw)| {
-            let string = || unsafe {
-                if val.str_.is_null() {
-                    raw.clone()
-                } else {
-                    CStr::from_ptr(val.str_).to_bytes().to_vec()
-                }
-            };
-            let value = if code < 256 || codes.keywords.contains(&code) {
+        .map(|t| {
+            let code = t.code;
+            let value = if code < 256 || keywords.contains(&code) {
                 None
-            } else if code == codes.iconst || code == codes.param {
-                Some(unsafe { val.ival }.to_string().into_bytes())
-            } else if [
-                codes.ident,
-                codes.fconst,
-                codes.sconst,
-                codes.bconst,
-                codes.xconst,
-                codes.op,
-            ]
-            .contains(&code)
-            {
-                Some(string())
+            } else if code == ICONST || code == PARAM {
+                t.int_value.map(|v| v.to_string().into_bytes())
+            } else if [IDENT, FCONST, SCONST, BCONST, XCONST, OP].contains(&code) {
+                Some(t.str_value.unwrap_or(t.raw))
             } else {
                 // any other multi-character token: its exact text
-                Some(raw)
+                Some(t.raw)
             };
             Token { code, value }
         })
@@ -684,8 +582,16 @@ unsafe fn created_relation(node: *mut pg_sys::Node) -> Option<pg_sys::Oid> {
 
 // ---- requests and decisions ------------------------------------------------------------
 
-/// `NOTIFY agent_guard, '<json>'` about request `id` (delivered at commit).
+/// `NOTIFY agent_guard, '<json>'` about request `id` (delivered at commit),
+/// and the same event in the audit trail.
 fn notify(id: i64, event: &str) {
+    let who = role_name(unsafe { pg_sys::GetSessionUserId() });
+    crate::audit::record_event(
+        &format!("ACCESS REQUEST {}", event.to_uppercase()),
+        agent_guard_core::Risk::Privilege,
+        vec![format!("agent_guard.access_requests {id}")],
+        &format!("request {id}: {event} by {who}"),
+    );
     let event = event.to_string();
     identity::internal(move || {
         Spi::run_with_args(

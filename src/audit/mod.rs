@@ -577,10 +577,21 @@ pub fn stats() -> Value {
 
 pub mod functions;
 
-/// Put an administrative event of a human session (e.g. a purge) into the trail, durably.
+/// Put an administrative event (a purge, a decision on a grant) into the
+/// trail, durably, whether or not the session is otherwise audited.
 pub fn record_admin_event(command: &str, text: &str) {
-    let mut c = Classification::new(command, Risk::Admin, text);
-    c.objects = vec!["agent_guard.audit_log".into()];
+    record_event(
+        command,
+        Risk::Admin,
+        vec!["agent_guard.audit_log".into()],
+        text,
+    );
+}
+
+/// Put one event of agent_guard's own into the trail, durably.
+pub fn record_event(command: &str, risk: Risk, objects: Vec<String>, text: &str) {
+    let mut c = Classification::new(command, risk, text);
+    c.objects = objects;
     let d = Decision::Allow {
         reason: "administrator".into(),
         grant: None,
