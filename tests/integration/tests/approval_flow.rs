@@ -190,6 +190,26 @@ fn full_flow_refusal_request_approval_retry_expiry() {
         "{}",
         db.message()
     );
+    // the trail has the request, the decision and each use of the grant
+    let mut a = admin();
+    let events: Vec<String> = a
+        .query(
+            "SELECT command FROM agent_guard.audit_log WHERE $1 = ANY(objects) ORDER BY id",
+            &[&format!("agent_guard.access_requests {id}")],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(events, vec!["ACCESS REQUEST REQUEST", "ACCESS REQUEST APPROVED"]);
+    let uses: i64 = a
+        .query_one(
+            "SELECT count(*) FROM agent_guard.audit_log WHERE grant_id = $1 AND decision = 'allowed'",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(uses, 2, "both allowed DELETEs name the grant that allowed them");
     drop((agent, approver, listener));
     cleanup(&c, &[]);
 }
