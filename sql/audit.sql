@@ -5,7 +5,9 @@
 
 CREATE TABLE agent_guard.audit_log (
     id                  bigserial PRIMARY KEY,
-    event_key           text NOT NULL UNIQUE,
+    -- unique by construction (session and statement number); the writer
+    -- rechecks the newest rows after a restart instead of paying for an index
+    event_key           text NOT NULL,
     session_key         text NOT NULL,
     statement_no        bigint NOT NULL,
     local_xact          bigint NOT NULL,
@@ -52,7 +54,12 @@ COMMENT ON TABLE agent_guard.audit_log IS
 CREATE INDEX audit_log_agent_time ON agent_guard.audit_log (agent, started_at);
 CREATE INDEX audit_log_request_id ON agent_guard.audit_log (request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX audit_log_started_at ON agent_guard.audit_log USING brin (started_at);
-CREATE INDEX audit_log_xact ON agent_guard.audit_log (session_key, local_xact);
+-- statements still running (the writer completes them when they end)
+CREATE INDEX audit_log_running ON agent_guard.audit_log (session_key, statement_no)
+    WHERE outcome IS NULL;
+-- statements whose transaction has not ended yet (the writer completes them)
+CREATE INDEX audit_log_open_xact ON agent_guard.audit_log (session_key, local_xact)
+    WHERE transaction_outcome IS NULL;
 
 REVOKE ALL ON agent_guard.audit_log FROM PUBLIC;
 GRANT SELECT ON agent_guard.audit_log TO agent_guard_admin, agent_guard_approver;

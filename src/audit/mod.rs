@@ -11,6 +11,7 @@
 //! statement is refused.
 
 pub mod queue;
+pub mod row;
 pub mod worker;
 
 use agent_guard_core::{Classification, Decision, Risk};
@@ -25,7 +26,20 @@ struct Open {
     n: u64,
     query_desc: usize,
     subxact: u32,
+    /// The statement's event when it was not sent yet (asynchronous records
+    /// travel once, complete, at statement or transaction end).
+    event: Option<Value>,
 }
+
+/// A finished statement whose record has not been queued yet.
+struct Finished {
+    subxact: u32,
+    n: u64,
+    event: Value,
+}
+
+/// How many finished asynchronous records a backend holds before queueing them.
+const DEFER_LIMIT: usize = 64;
 
 #[derive(Default)]
 struct State {
@@ -34,6 +48,9 @@ struct State {
     xact: u64,
     xact_audited: bool,
     open: Vec<Open>,
+    finished: Vec<Finished>,
+    /// Some record of the current transaction is already queued, so its end must be sent.
+    xact_sent: bool,
     last_error: Option<(String, String)>,
     /// An error raised while no audited statement was running (parse
     /// analysis, planning): (statement text, sqlstate, message, time).
@@ -104,11 +121,14 @@ fn ensure_worker(i: usize) {
 
 /// Queue `event`; with `durable`, wait until the writer committed it.
 fn send(event: &Value, durable: bool) -> Result<(), Unavailable> {
+    send_bytes(event.to_string().into_bytes(), durable)
+}
+
+fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
     if !queue::attached() {
         return Err(Unavailable::NoSlot);
     }
     let db = unsafe { pg_sys::MyDatabaseId };
-    let payload = event.to_string().into_bytes();
     let deadline = now_us() + timeout_ms() * 1000;
     let mut i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
     ensure_worker(i);
@@ -257,13 +277,18 @@ pub fn statement_start(
     let durable = matches!(d, Decision::Deny(_))
         || c.risk > Risk::SensitiveRead
         || crate::gucs::audit_durability_sync();
-    send(&event, durable)?;
+    if durable {
+        send(&event, true)?;
+        STATE.with(|s| s.borrow_mut().xact_sent = true);
+    }
     if !matches!(d, Decision::Deny(_)) {
+        let event = (!durable).then_some(event);
         STATE.with(|s| {
             s.borrow_mut().open.push(Open {
                 n,
                 query_desc,
                 subxact,
+                event,
             })
         });
     }
@@ -281,13 +306,58 @@ fn end_event(n: u64, rows: Option<u64>, error: Option<&(String, String)>) -> Val
 
 /// The statement started with `query_desc` (0 for utility statements) ended normally.
 pub fn statement_end(query_desc: usize, rows: Option<u64>) {
-    let n = STATE.with(|s| {
+    let open = STATE.with(|s| {
         let mut s = s.borrow_mut();
         let pos = s.open.iter().rposition(|o| o.query_desc == query_desc)?;
-        Some(s.open.remove(pos).n)
+        Some(s.open.remove(pos))
     });
-    if let Some(n) = n {
-        let _ = send(&end_event(n, rows, None), false);
+    if let Some(o) = open {
+        finish(o, rows, None);
+    }
+}
+
+/// A statement ended: a queued record gets an end event; a deferred one
+/// carries its end and waits for the transaction's.
+fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
+    let end = end_event(o.n, rows, error);
+    match o.event {
+        None => {
+            let _ = send(&end, false);
+        }
+        Some(mut event) => {
+            event["end"] = end;
+            let flush = STATE.with(|s| {
+                let mut s = s.borrow_mut();
+                s.finished.push(Finished {
+                    subxact: o.subxact,
+                    n: o.n,
+                    event,
+                });
+                s.finished.len() >= DEFER_LIMIT
+            });
+            if flush {
+                flush_finished(None);
+            }
+        }
+    }
+}
+
+/// Queue the finished records, with the transaction's outcome when it is known.
+fn flush_finished(outcome: Option<&Value>) {
+    let finished = STATE.with(|s| std::mem::take(&mut s.borrow_mut().finished));
+    if finished.is_empty() {
+        return;
+    }
+    if outcome.is_none() {
+        STATE.with(|s| s.borrow_mut().xact_sent = true);
+    }
+    for mut f in finished {
+        if let Some(o) = outcome {
+            if f.event.get("xo").is_none() {
+                f.event["xo"] = o.clone();
+            }
+        }
+        let _ = send_bytes(row::complete_record(&f.event), false);
     }
 }
 
@@ -345,6 +415,7 @@ fn record_orphan_error() {
     });
     let _ = send(&event, false);
     let _ = send(&end_event(n, None, Some(&(state, msg))), false);
+    STATE.with(|s| s.borrow_mut().xact_sent = true);
 }
 
 /// Transaction end: close what is still open as failed, then say how the transaction ended.
@@ -354,7 +425,7 @@ fn transaction_end(committed: bool) {
     }
     let (open, audited, x, err) = STATE.with(|s| {
         let mut s = s.borrow_mut();
-        let open: Vec<u64> = s.open.drain(..).map(|o| o.n).collect();
+        let open: Vec<Open> = s.open.drain(..).collect();
         let audited = std::mem::replace(&mut s.xact_audited, false);
         let x = s.xact;
         s.xact += 1;
@@ -364,19 +435,21 @@ fn transaction_end(committed: bool) {
         return;
     }
     let err = err.unwrap_or_else(|| ("XX000".into(), "transaction aborted".into()));
-    for n in open {
+    for o in open {
+        finish(o, None, if committed { None } else { Some(&err) });
+    }
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
+    let outcome = json!({"out": if committed { "committed" } else { "rolled back" },
+                         "xid": if xid == 0 { None } else { Some(xid) }});
+    flush_finished(Some(&outcome));
+    let sent = STATE.with(|s| std::mem::replace(&mut s.borrow_mut().xact_sent, false));
+    if sent {
         let _ = send(
-            &end_event(n, None, if committed { None } else { Some(&err) }),
+            &json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
+                    "out": outcome["out"], "xid": outcome["xid"]}),
             false,
         );
     }
-    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
-    let _ = send(
-        &json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
-                "out": if committed { "committed" } else { "rolled back" },
-                "xid": if xid == 0 { None } else { Some(xid) }}),
-        false,
-    );
 }
 
 fn subtransaction_abort(subxact: u32) {
@@ -387,7 +460,7 @@ fn subtransaction_abort(subxact: u32) {
             s.open.drain(..).partition(|o| o.subxact >= subxact);
         s.open = keep;
         (
-            failed.into_iter().map(|o| o.n).collect::<Vec<_>>(),
+            failed,
             s.xact_audited,
             s.xact,
             s.statements,
@@ -398,13 +471,23 @@ fn subtransaction_abort(subxact: u32) {
         return;
     }
     let err = err.unwrap_or_else(|| ("XX000".into(), "subtransaction aborted".into()));
-    for n in failed {
-        let _ = send(&end_event(n, None, Some(&err)), false);
+    for o in failed {
+        finish(o, None, Some(&err));
     }
-    let _ = send(
-        &json!({"k": "sub", "sk": session_key(), "x": x, "sx": subxact, "upto": upto, "ts": now_us()}),
-        false,
-    );
+    // deferred records of the rolled-back savepoint say so themselves
+    STATE.with(|s| {
+        for f in s.borrow_mut().finished.iter_mut() {
+            if f.subxact >= subxact && f.n <= upto && f.event.get("xo").is_none() {
+                f.event["xo"] = json!({"out": "rolled back to savepoint", "xid": Value::Null});
+            }
+        }
+    });
+    if STATE.with(|s| s.borrow().xact_sent) {
+        let _ = send(
+            &json!({"k": "sub", "sk": session_key(), "x": x, "sx": subxact, "upto": upto, "ts": now_us()}),
+            false,
+        );
+    }
 }
 
 #[pg_guard]

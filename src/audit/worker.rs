@@ -5,6 +5,10 @@
 //! the rows' hashes, then advances the queue and wakes waiting backends.
 
 use super::queue;
+use super::row::{
+    content_tail, content_with_id, has_outcome, key, outcome_content, outcome_of,
+    split_complete_record, stmt_row, transaction_of, ts, COLUMNS,
+};
 use agent_guard_core::chain;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -12,13 +16,17 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use serde_json::{json, Map, Value};
 use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 /// How long a writer with nothing to do stays.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
 
 thread_local! {
+    static PENDING: RefCell<Option<HashSet<(String, u64)>>> = const { RefCell::new(None) };
     static IS_WRITER: Cell<bool> = const { Cell::new(false) };
+    /// Sequence of the last record queued when this writer started.
+    static RECHECK_UNTIL: Cell<u64> = const { Cell::new(0) };
     static LAST_HASH: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
@@ -104,8 +112,19 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = queue::slot_dboid(i);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    // A record some backend waits for is durable only once its commit is
+    // flushed, whatever the server's synchronous_commit says.
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            c"on".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
     unsafe {
         queue::with_slot(i, |s, _| {
+            RECHECK_UNTIL.with(|c| c.set(s.enqueued));
             s.worker_pid = pg_sys::MyProcPid;
             s.worker_latch = pg_sys::MyLatch;
             s.worker_state = queue::WORKER_RUNNING;
@@ -175,11 +194,13 @@ fn drain(i: usize) -> usize {
         return 0;
     }
     let last_seq = records.last().map(|r| r.0).unwrap_or(0);
-    let events: Vec<Value> = records
-        .iter()
-        .filter_map(|(_, p)| serde_json::from_slice(p).ok())
-        .collect();
-    let new_last = BackgroundWorker::transaction(move || write_batch(&events));
+    // Records queued before this writer started may already be in the table
+    // (a predecessor died between its commit and advancing the queue).
+    let recheck = records
+        .first()
+        .is_some_and(|r| r.0 <= RECHECK_UNTIL.with(|c| c.get()));
+    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.1.clone()).collect();
+    let new_last = BackgroundWorker::transaction(move || write_batch(&payloads, recheck));
     LAST_HASH.with(|h| *h.borrow_mut() = Some(new_last));
     let n = records.len();
     queue::with_slot(i, |s, _| {
@@ -196,40 +217,6 @@ fn drain(i: usize) -> usize {
     n
 }
 
-/// PostgreSQL-epoch microseconds as an ISO timestamp in UTC.
-pub fn iso_utc(pg_us: i64) -> String {
-    let unix_us = pg_us + 946_684_800_000_000;
-    let secs = unix_us.div_euclid(1_000_000);
-    let micros = unix_us.rem_euclid(1_000_000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // civil from days (Howard Hinnant)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}.{micros:06}+00",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60
-    )
-}
-
-fn ts(v: &Value) -> Value {
-    v.as_i64()
-        .map_or(Value::Null, |t| Value::String(iso_utc(t)))
-}
-
-fn key(sk: &Value, n: &Value) -> String {
-    format!("{}:{}", sk.as_str().unwrap_or(""), n)
-}
-
 fn last_hash() -> String {
     LAST_HASH.with(|h| h.borrow().clone()).unwrap_or_else(|| {
         Spi::get_one::<String>(
@@ -241,80 +228,131 @@ fn last_hash() -> String {
     })
 }
 
-fn outcome_of(row: &mut Map<String, Value>, e: &Value) {
-    row.insert("ended_at".into(), ts(&e["ts"]));
-    row.insert("rows_affected".into(), e["rows"].clone());
-    row.insert("outcome".into(), e["out"].clone());
-    row.insert("sqlstate".into(), e["state"].clone());
-    row.insert("error_message".into(), e["msg"].clone());
+/// Statement rows of transactions whose end the writer has not seen yet:
+/// only these need an UPDATE when the transaction ends in a later batch.
+fn pending_xacts() -> HashSet<(String, u64)> {
+    PENDING.with(|p| p.borrow().clone()).unwrap_or_else(|| {
+        let loaded: HashSet<(String, u64)> = Spi::connect(|c| {
+            c.select(
+                "SELECT DISTINCT session_key, local_xact FROM agent_guard.audit_log WHERE transaction_outcome IS NULL",
+                None,
+                &[],
+            )
+            .map(|t| {
+                t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()?? as u64)))
+                    .collect()
+            })
+            .unwrap_or_default()
+        });
+        loaded
+    })
 }
 
 /// Insert and update one batch in the current transaction; returns the new chain head.
-fn write_batch(events: &[Value]) -> String {
-    let mut rows: Vec<Map<String, Value>> = vec![];
-    let mut index: std::collections::HashMap<String, usize> = Default::default();
-    let mut late: Vec<Value> = vec![];
-    for e in events {
-        match e["k"].as_str() {
-            Some("stmt") => {
-                let mut r = Map::new();
-                let k = key(&e["sk"], &e["n"]);
-                r.insert("event_key".into(), json!(k));
-                r.insert("session_key".into(), e["sk"].clone());
-                r.insert("statement_no".into(), e["n"].clone());
-                r.insert("local_xact".into(), e["x"].clone());
-                r.insert("subxact".into(), e["sx"].clone());
-                r.insert("parent_statement".into(), e["parent"].clone());
-                r.insert("nesting_level".into(), e["lvl"].clone());
-                r.insert("started_at".into(), ts(&e["ts"]));
-                r.insert("session_user_name".into(), e["su"].clone());
-                r.insert("current_user_name".into(), e["cu"].clone());
-                r.insert("agent".into(), e["agent"].clone());
-                r.insert("login_role".into(), e["login"].clone());
-                r.insert("sponsor".into(), e["sponsor"].clone());
-                r.insert("application_name".into(), e["app"].clone());
-                r.insert("client_addr".into(), e["addr"].clone());
-                r.insert("backend_pid".into(), e["pid"].clone());
-                r.insert("database_name".into(), e["db"].clone());
-                r.insert("request_id".into(), e["rid"].clone());
-                r.insert("traceparent".into(), e["tp"].clone());
-                r.insert("command".into(), e["cmd"].clone());
-                r.insert("risk".into(), e["risk"].clone());
-                r.insert("objects".into(), e["obj"].clone());
-                r.insert("decision".into(), e["dec"].clone());
-                r.insert("reason".into(), e["why"].clone());
-                r.insert("grant_id".into(), e["grant"].clone());
-                r.insert("statement_text".into(), e["text"].clone());
-                r.insert("parameters".into(), e["params"].clone());
-                if e["dec"] == "denied" {
-                    r.insert("ended_at".into(), ts(&e["ts"]));
-                    r.insert("outcome".into(), json!("denied"));
-                    r.insert("sqlstate".into(), json!("42501"));
+///
+/// Events of one statement and its transaction that arrive in the same
+/// batch are merged into one row, so under load a statement costs one
+/// INSERT; only statements whose end comes in a later batch are updated.
+fn write_batch(payloads: &[Vec<u8>], recheck: bool) -> String {
+    // Each payload is a complete row (fast path) or a JSON event to merge.
+    enum Slot<'a> {
+        Complete(&'a str, &'a str, &'a str),
+        Built(usize),
+    }
+    let mut slots: Vec<Slot> = Vec::with_capacity(payloads.len());
+    let mut events: Vec<(usize, Value)> = vec![];
+    for p in payloads {
+        match split_complete_record(p) {
+            Some((tail, outcome, json)) => slots.push(Slot::Complete(tail, outcome, json)),
+            None => {
+                if let Ok(v) = serde_json::from_slice::<Value>(p) {
+                    events.push((slots.len(), v));
                 }
-                index.insert(k, rows.len());
-                rows.push(r);
             }
-            Some("end") => match index.get(&key(&e["sk"], &e["n"])) {
+        }
+    }
+    let already: HashSet<String> = if recheck {
+        let mut keys: Vec<String> = events
+            .iter()
+            .filter(|(_, e)| e["k"] == "stmt")
+            .map(|(_, e)| key(&e["sk"], &e["n"]))
+            .collect();
+        for s in &slots {
+            if let Slot::Complete(tail, _, _) = s {
+                // the event key is the first element of the content tail
+                if let Some(k) = serde_json::from_str::<Value>(tail)
+                    .ok()
+                    .and_then(|v| v[0].as_str().map(String::from))
+                {
+                    keys.push(k);
+                }
+            }
+        }
+        Spi::connect(|c| {
+            c.select(
+                "SELECT event_key FROM agent_guard.audit_log \
+                 WHERE id > (SELECT coalesce(max(id), 0) - 200000 FROM agent_guard.audit_log) \
+                   AND event_key = ANY($1)",
+                None,
+                &[keys.into()],
+            )
+            .map(|t| {
+                t.filter_map(|r| r.get::<String>(1).ok().flatten())
+                    .collect()
+            })
+            .unwrap_or_default()
+        })
+    } else {
+        HashSet::new()
+    };
+    let mut rows: Vec<Map<String, Value>> = vec![];
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
+    let mut pending = pending_xacts();
+    let mut late: Vec<Value> = vec![];
+    let xact_of = |e: &Value| {
+        (
+            e["sk"].as_str().unwrap_or("").to_string(),
+            e["x"].as_u64().unwrap_or(0),
+        )
+    };
+    // JSON stmt events take their place among the complete rows, in queue order
+    let mut order: Vec<(usize, Slot)> = slots.into_iter().enumerate().collect();
+    for (pos, e) in &events {
+        match e["k"].as_str() {
+            Some("stmt") if already.contains(&key(&e["sk"], &e["n"])) => {}
+            Some("stmt") => {
+                let i = rows.len();
+                by_key.insert(key(&e["sk"], &e["n"]), i);
+                by_xact.entry(xact_of(e)).or_default().push(i);
+                let mut r = stmt_row(e);
+                if e["end"].is_object() {
+                    outcome_of(&mut r, &e["end"]);
+                }
+                if e["xo"].is_object() {
+                    transaction_of(&mut r, &e["xo"]);
+                }
+                rows.push(r);
+                order.push((*pos, Slot::Built(i)));
+            }
+            Some("end") => match by_key.get(&key(&e["sk"], &e["n"])) {
                 Some(&i) => outcome_of(&mut rows[i], e),
                 None => late.push(e.clone()),
             },
             Some("xact") => {
-                for r in rows.iter_mut() {
-                    if r["session_key"] == e["sk"]
-                        && r["local_xact"] == e["x"]
-                        && !r.contains_key("transaction_outcome")
-                    {
-                        r.insert("transaction_outcome".into(), e["out"].clone());
-                        r.insert("transaction_id".into(), e["xid"].clone());
-                    }
+                let x = xact_of(e);
+                for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
+                    transaction_of(&mut rows[i], e);
                 }
-                late.push(e.clone());
+                if pending.remove(&x) {
+                    late.push(e.clone());
+                }
             }
             Some("sub") => {
-                for r in rows.iter_mut() {
-                    if r["session_key"] == e["sk"]
-                        && r["local_xact"] == e["x"]
-                        && r["subxact"].as_u64() >= e["sx"].as_u64()
+                let x = xact_of(e);
+                for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
+                    let r = &mut rows[i];
+                    if r["subxact"].as_u64() >= e["sx"].as_u64()
                         && r["statement_no"].as_u64() <= e["upto"].as_u64()
                         && !r.contains_key("transaction_outcome")
                     {
@@ -324,55 +362,102 @@ fn write_batch(events: &[Value]) -> String {
                         );
                     }
                 }
-                late.push(e.clone());
+                if pending.contains(&x) {
+                    late.push(e.clone());
+                }
             }
             _ => {}
         }
     }
+    order.sort_by_key(|(pos, _)| *pos);
+    for r in &rows {
+        if !r.contains_key("transaction_outcome") {
+            let sk = r["session_key"].as_str().unwrap_or("").to_string();
+            pending.insert((sk, r["local_xact"].as_u64().unwrap_or(0)));
+        }
+    }
+    // complete rows skipped on a recheck
+    let order: Vec<(usize, Slot)> = order
+        .into_iter()
+        .filter(|(_, s)| match s {
+            Slot::Complete(tail, _, _) => {
+                already.is_empty()
+                    || !serde_json::from_str::<Value>(tail)
+                        .ok()
+                        .and_then(|v| v[0].as_str().map(|k| already.contains(k)))
+                        .unwrap_or(false)
+            }
+            Slot::Built(_) => true,
+        })
+        .collect();
 
     let mut prev = last_hash();
     let mut touched: Vec<i64> = vec![];
-    if !rows.is_empty() {
-        let json_rows = Value::Array(rows.into_iter().map(Value::Object).collect());
-        let inserted: Vec<(i64, String)> = Spi::connect_mut(|c| {
-            let t = c
-                .update(
-                    "INSERT INTO agent_guard.audit_log AS a (event_key, session_key, statement_no, local_xact, subxact, parent_statement, nesting_level, started_at, session_user_name, current_user_name, agent, login_role, sponsor, application_name, client_addr, backend_pid, database_name, request_id, traceparent, command, risk, objects, decision, reason, grant_id, statement_text, parameters, ended_at, rows_affected, outcome, sqlstate, error_message, transaction_id, transaction_outcome) \
-                     SELECT event_key, session_key, statement_no, local_xact, subxact, parent_statement, nesting_level, started_at, session_user_name, current_user_name, agent, login_role, sponsor, application_name, client_addr, backend_pid, database_name, request_id, traceparent, command, risk, objects, decision, reason, grant_id, statement_text, parameters, ended_at, rows_affected, outcome, sqlstate, error_message, transaction_id, transaction_outcome FROM jsonb_populate_recordset(NULL::agent_guard.audit_log, $1) \
-                     ON CONFLICT (event_key) DO NOTHING \
-                     RETURNING a.id, agent_guard._row_content(a)",
-                    None,
-                    &[pgrx::JsonB(json_rows).into()],
-                )
-                .expect("agent_guard: cannot insert audit rows");
-            t.filter_map(|r| Some((r.get::<i64>(1).ok()??, r.get::<String>(2).ok()??)))
-                .collect()
+    if !order.is_empty() {
+        // ids first, so each row's hash (which covers its id) is computed before it is written once
+        let ids: Vec<i64> = Spi::connect(|c| {
+            c.select(
+                "SELECT pg_catalog.nextval('agent_guard.audit_log_id_seq'::pg_catalog.regclass) \
+                 FROM pg_catalog.generate_series(1, $1)",
+                None,
+                &[(order.len() as i64).into()],
+            )
+            .map(|t| t.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect())
+            .unwrap_or_default()
         });
-        let mut sorted = inserted;
-        sorted.sort_by_key(|r| r.0);
-        let mut ids = vec![];
-        let mut prevs = vec![];
-        let mut hashes = vec![];
-        for (id, content) in sorted {
-            let h = chain::link(&prev, &content);
-            ids.push(id);
-            prevs.push(prev.clone());
-            hashes.push(h.clone());
+        if ids.len() != order.len() {
+            error!("agent_guard: cannot number audit rows");
+        }
+        let mut json =
+            String::with_capacity(payloads.iter().map(Vec::len).sum::<usize>() + order.len() * 200);
+        json.push('[');
+        for ((_, slot), id) in order.iter().zip(ids) {
+            let built;
+            let (tail, outcome, row_json): (&str, &str, &str) = match slot {
+                Slot::Complete(t, o, j) => (t, o, j),
+                Slot::Built(i) => {
+                    let r = &rows[*i];
+                    let o = if has_outcome(r) {
+                        outcome_content(r)
+                    } else {
+                        String::new()
+                    };
+                    built = (content_tail(r), o, Value::Object(r.clone()).to_string());
+                    (built.0.as_str(), built.1.as_str(), built.2.as_str())
+                }
+            };
+            let h = chain::link(&prev, &content_with_id(id, tail));
+            let outcome_hash = if outcome.is_empty() {
+                "null".to_string()
+            } else {
+                format!("\"{}\"", chain::link(&h, outcome))
+            };
+            if json.len() > 1 {
+                json.push(',');
+            }
+            json.push_str(&format!(
+                "{{\"id\":{id},\"prev_hash\":\"{prev}\",\"row_hash\":\"{h}\",\"outcome_hash\":{outcome_hash},"
+            ));
+            json.push_str(&row_json[1..]);
             prev = h;
         }
-        touched.extend(ids.iter().copied());
+        json.push(']');
         Spi::run_with_args(
-            "UPDATE agent_guard.audit_log a SET prev_hash = u.p, row_hash = u.h \
-             FROM unnest($1::bigint[], $2::text[], $3::text[]) AS u(id, p, h) WHERE a.id = u.id",
-            &[ids.into(), prevs.into(), hashes.into()],
+            &format!(
+                "INSERT INTO agent_guard.audit_log ({COLUMNS}) \
+                 SELECT {COLUMNS} FROM json_populate_recordset(NULL::agent_guard.audit_log, $1::pg_catalog.json)"
+            ),
+            &[json.into()],
         )
-        .expect("agent_guard: cannot chain audit rows");
+        .expect("agent_guard: cannot insert audit rows");
     }
     for e in late {
         let sql = match e["k"].as_str() {
             Some("end") => "UPDATE agent_guard.audit_log SET ended_at = ($1->>'ended_at')::timestamptz, \
                  rows_affected = ($1->>'rows')::bigint, outcome = $1->>'out', sqlstate = $1->>'state', \
-                 error_message = $1->>'msg' WHERE event_key = $1->>'key' RETURNING id",
+                 error_message = $1->>'msg' \
+                 WHERE session_key = $1->>'sk' AND statement_no = ($1->>'n')::bigint AND outcome IS NULL \
+                 RETURNING id",
             Some("xact") => "UPDATE agent_guard.audit_log SET transaction_outcome = $1->>'out', \
                  transaction_id = ($1->>'xid')::bigint \
                  WHERE session_key = $1->>'sk' AND local_xact = ($1->>'x')::bigint \
@@ -403,6 +488,7 @@ fn write_batch(events: &[Value]) -> String {
         )
         .expect("agent_guard: cannot seal audit outcomes");
     }
+    PENDING.with(|p| *p.borrow_mut() = Some(pending));
     prev
 }
 

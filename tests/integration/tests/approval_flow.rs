@@ -201,7 +201,10 @@ fn full_flow_refusal_request_approval_retry_expiry() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(events, vec!["ACCESS REQUEST REQUEST", "ACCESS REQUEST APPROVED"]);
+    assert_eq!(
+        events,
+        vec!["ACCESS REQUEST REQUEST", "ACCESS REQUEST APPROVED"]
+    );
     let uses: i64 = a
         .query_one(
             "SELECT count(*) FROM agent_guard.audit_log WHERE grant_id = $1 AND decision = 'allowed'",
@@ -209,7 +212,10 @@ fn full_flow_refusal_request_approval_retry_expiry() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(uses, 2, "both allowed DELETEs name the grant that allowed them");
+    assert_eq!(
+        uses, 2,
+        "both allowed DELETEs name the grant that allowed them"
+    );
     drop((agent, approver, listener));
     cleanup(&c, &[]);
 }
