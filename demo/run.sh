@@ -189,6 +189,31 @@ SELECT count(*) FROM orders;
 SQL
 
 say
+say "${B}The access review.${R} The question is no longer \"who can run psql?\" but \"what does each"
+say "agent do with the rights it inherits?\" agent_guard answers from the catalog and its own trail."
+
+step "Every login role: what kind of actor it is, its sponsor, what it did, its most serious finding" postgres <<'SQL'
+SELECT role, kind, sponsor, sponsor_status, can_login, can_write, statements, refusals,
+       grants_approved AS grants, approved_by, top_severity,
+       jsonb_path_query_array(findings, '$[*].code') AS findings
+FROM agent_guard.access_review();
+SQL
+
+step "What to fix about ci_bot, most serious first: the orphaned agent tops the list" postgres <<'SQL'
+\x on
+SELECT f->>'severity' AS severity, f->>'finding' AS finding, f->>'fix' AS fix
+FROM agent_guard.access_review() r, jsonb_array_elements(r.findings) f
+WHERE r.role = 'ci_bot';
+SQL
+
+report=$(mktemp --suffix=.md -t agent_guard_review.XXXXXX)
+printf '\n%s▶ %s%s  %s(as postgres)%s\n' "$B" "The evidence an auditor files: the access review report (markdown, or 'json')" "$R" "$D" "$R"
+printf '%s\n\n' "${C}\$ psql -At -c \"SELECT agent_guard.access_review_report()\" > review.md${R}"
+admin_sql -d "$db" -At -c 'SELECT agent_guard.access_review_report()' >"$report"
+sed -n '1,32p' "$report"
+say "${D}(the first 32 lines; the whole report: $report)${R}"
+
+say
 say "${B}Done.${R} The demo cluster keeps running:"
 say "  connect:  psql -h 127.0.0.1 -p $port -U postgres $db"
 say "            (or -U alice / -U bob / -U ci_bot)"

@@ -28,6 +28,7 @@ mod identity;
 mod labels;
 mod lexer;
 mod registry;
+mod review;
 mod shmem;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -71,6 +72,22 @@ extension_sql_file!(
         grants::revoke
     ]
 );
+extension_sql_file!(
+    "../sql/review.sql",
+    name = "review",
+    requires = [
+        "schema",
+        "registry",
+        "audit",
+        "grants",
+        review::review_check,
+        review::review_assess,
+        review::review_rank,
+        review::looks_sensitive,
+        review::guard_presence,
+        review::review_markdown
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// True once `_PG_init` ran inside the postmaster's preload step.
@@ -97,6 +114,7 @@ pub extern "C-unwind" fn _PG_init() {
     identity::init();
     labels::register_provider();
     hooks::install();
+    review::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

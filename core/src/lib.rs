@@ -14,6 +14,7 @@ pub mod label;
 pub mod policy;
 pub mod redact;
 pub mod request_id;
+pub mod review;
 pub mod risk;
 
 pub use classify::{classify, classify_function, Classification};
