@@ -101,6 +101,16 @@ pub fn record_and_enforce(
     }
 }
 
+/// Refuse an agent's statement for a reason found outside policy (the
+/// masking backstop), recording the refusal in the trail first.
+pub fn refuse_recorded(facts: &Facts, text: &crate::audit::StatementText, r: Refusal) -> ! {
+    let c = classify(facts);
+    if crate::identity::guard_installed() {
+        let _ = crate::audit::statement_start(&c, &Decision::Deny(r.clone()), text, 0);
+    }
+    refuse(&r)
+}
+
 /// Check a function call of the current agent session (from the object-access hook).
 pub fn check_function(funcid: pg_sys::Oid) {
     let (schema, name) = unsafe {

@@ -77,7 +77,7 @@ unsafe fn selected_columns(
     }
 }
 
-unsafe fn bitmap_members(set: *mut pg_sys::Bitmapset) -> Vec<i32> {
+pub(crate) unsafe fn bitmap_members(set: *mut pg_sys::Bitmapset) -> Vec<i32> {
     let mut out = vec![];
     let mut m = -1;
     loop {

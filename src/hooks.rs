@@ -18,6 +18,9 @@ static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 static mut PREV_OBJECT_ACCESS: pg_sys::object_access_hook_type = None;
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
+static mut PREV_NEEDS_FMGR: pg_sys::needs_fmgr_hook_type = None;
+static mut PREV_POST_PARSE_ANALYZE: pg_sys::post_parse_analyze_hook_type = None;
 
 thread_local! {
     /// Statements currently running (executor runs and utility commands): the nesting level.
@@ -43,6 +46,12 @@ pub fn install() {
         pg_sys::ProcessUtility_hook = Some(process_utility);
         PREV_OBJECT_ACCESS = pg_sys::object_access_hook;
         pg_sys::object_access_hook = Some(object_access);
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
+        PREV_NEEDS_FMGR = pg_sys::needs_fmgr_hook;
+        pg_sys::needs_fmgr_hook = Some(needs_fmgr);
+        PREV_POST_PARSE_ANALYZE = pg_sys::post_parse_analyze_hook;
+        pg_sys::post_parse_analyze_hook = Some(post_parse_analyze);
     }
 }
 
@@ -118,11 +127,11 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
             let mut sec_context = 0;
             pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context);
             let integrity_check = sec_context & pg_sys::SECURITY_NOFORCE_RLS as i32 != 0;
-            let facts = crate::extract::plan_facts(
+            let facts = Facts::Plan(crate::extract::plan_facts(
                 (*query_desc).plannedstmt,
                 &crate::labels::sensitive_columns(),
                 integrity_check,
-            );
+            ));
             let pstmt = (*query_desc).plannedstmt;
             let text = statement_text(
                 (*query_desc).sourceText,
@@ -130,15 +139,17 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
                 (*pstmt).stmt_len,
             );
             let params = crate::audit::params_as_text((*query_desc).params);
-            crate::enforce::record_and_enforce(
-                &Facts::Plan(facts),
-                &crate::audit::StatementText {
-                    text: &text,
-                    params,
-                },
-                query_desc as usize,
-                agent,
-            );
+            let text = crate::audit::StatementText {
+                text: &text,
+                params,
+            };
+            // Masking backstop: a plan reading masked data unmasked is refused.
+            if agent && !integrity_check {
+                if let Some(r) = crate::masking::backstop::unmasked_read(pstmt) {
+                    crate::enforce::refuse_recorded(&facts, &text, r);
+                }
+            }
+            crate::enforce::record_and_enforce(&facts, &text, query_desc as usize, agent);
         }
         match PREV_EXECUTOR_START {
             Some(prev) => pg_guard_ffi_boundary(|| prev(query_desc, eflags)),
@@ -246,6 +257,18 @@ unsafe extern "C-unwind" fn process_utility(
             );
         }
         let changes = changes_registry(node);
+        if !pass_through() {
+            // Masking views that would block an ALTER/DROP step aside (regenerated at its end).
+            crate::masking::sync::before_utility(node);
+        }
+        // An agent's COPY of a masked table runs as COPY (SELECT ...), through
+        // the masks; EXECUTE finds plans made under old masking rules reset.
+        let pstmt = if agent {
+            crate::masking::rules::rules();
+            crate::masking::copy::mask_copy(pstmt)
+        } else {
+            pstmt
+        };
         let (p, q, pa, qe, de, qcp) = (
             pstmt as usize,
             query_string as usize,
@@ -326,5 +349,79 @@ unsafe extern "C-unwind" fn object_access(
         {
             crate::enforce::check_function(object_id);
         }
+    }
+}
+
+/// Whether the statement being planned is a referential-integrity check
+/// (PostgreSQL's RI triggers run as the table owner with this context).
+fn integrity_context() -> bool {
+    let mut user = pg_sys::InvalidOid;
+    let mut sec_context = 0;
+    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context) };
+    sec_context & pg_sys::SECURITY_NOFORCE_RLS as i32 != 0
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: i32,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    unsafe {
+        // Agents' queries read masked relations through their masks.
+        let views = if enforcing() && crate::identity::guard_installed() && !integrity_context() {
+            crate::masking::rewrite::mask_query(parse)
+        } else {
+            vec![]
+        };
+        let stmt = match PREV_PLANNER {
+            Some(prev) => {
+                pg_guard_ffi_boundary(|| prev(parse, query_string, cursor_options, bound_params))
+            }
+            None => pg_sys::standard_planner(parse, query_string, cursor_options, bound_params),
+        };
+        crate::masking::rewrite::add_dependencies(stmt, &views);
+        stmt
+    }
+}
+
+/// In agent sessions, set-returning SQL functions are not inlined into the
+/// calling query (PostgreSQL skips inlining for functions a plugin hooks):
+/// their bodies are planned by themselves and pass the masking planner hook.
+#[pg_guard]
+unsafe extern "C-unwind" fn needs_fmgr(fn_oid: pg_sys::Oid) -> bool {
+    unsafe {
+        if let Some(prev) = PREV_NEEDS_FMGR {
+            if pg_guard_ffi_boundary(|| prev(fn_oid)) {
+                return true;
+            }
+        }
+    }
+    crate::identity::cached_is_agent()
+        && !pass_through()
+        && crate::masking::rewrite::inlinable_sql_srf(fn_oid)
+}
+
+/// A statement is being analysed: in an agent session whose masking rules
+/// changed (or that just became an agent's), cached plans are reset before
+/// `EXECUTE` or a cursor could reuse one made under the old rules. (A plan
+/// reused by a bare Bind of the extended protocol meets the executor backstop.)
+#[pg_guard]
+unsafe extern "C-unwind" fn post_parse_analyze(
+    pstate: *mut pg_sys::ParseState,
+    query: *mut pg_sys::Query,
+    jstate: *mut pg_sys::JumbleState,
+) {
+    unsafe {
+        if let Some(prev) = PREV_POST_PARSE_ANALYZE {
+            pg_guard_ffi_boundary(|| prev(pstate, query, jstate));
+        }
+    }
+    // Only with the statement's own snapshot (catalog reads need one; taking
+    // one here could fix a REPEATABLE READ snapshot too early). Utility
+    // statements (EXECUTE) are covered in ProcessUtility.
+    if unsafe { pg_sys::ActiveSnapshotSet() } && enforcing() && crate::identity::guard_installed() {
+        crate::masking::rules::rules();
     }
 }

@@ -4,7 +4,7 @@
 //! follow the column through renames. Role labels record agent registrations
 //! and may only be written by `agent_guard.register_agent()`.
 
-use agent_guard_core::label::{parse_agent_label, parse_column_label};
+use agent_guard_core::label::parse_agent_label;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -43,10 +43,11 @@ unsafe extern "C-unwind" fn check_relabel(
     };
     if class_id == pg_sys::RelationRelationId && sub_id > 0 {
         if let Some(l) = &label {
-            if let Err(e) = parse_column_label(l) {
-                error!("{e}");
-            }
+            // grammar, mask expression (from its parse tree), relation kind
+            crate::masking::label::check_column_label(object_id, sub_id, l);
         }
+        // Plans reading the relation are made again with the new masks.
+        unsafe { pg_sys::CacheInvalidateRelcacheByRelid(object_id) };
     } else if class_id == pg_sys::AuthIdRelationId {
         if !REGISTRY_WRITE.with(|w| w.get()) {
             ereport!(

@@ -27,6 +27,7 @@ mod hooks;
 mod identity;
 mod labels;
 mod lexer;
+mod masking;
 mod registry;
 mod review;
 mod shmem;
@@ -88,6 +89,19 @@ extension_sql_file!(
         review::review_markdown
     ]
 );
+extension_sql_file!(
+    "../sql/masking.sql",
+    name = "masking",
+    requires = [
+        "schema",
+        api::is_agent_session,
+        masking::functions::masking_changed,
+        masking::functions::hash,
+        masking::label::mask_expression,
+        masking::sync::masking_sync,
+        masking::discover::suggest_sensitive
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 /// True once `_PG_init` ran inside the postmaster's preload step.
@@ -113,6 +127,7 @@ pub extern "C-unwind" fn _PG_init() {
     audit::init();
     identity::init();
     labels::register_provider();
+    masking::init();
     hooks::install();
     review::init();
 }
@@ -169,7 +184,9 @@ mod tests {
         assert_eq!(risk, "read");
     }
 
-    #[pg_test(error = "\"SECRET\" is not a valid agent_guard column label; accepted: 'SENSITIVE'")]
+    #[pg_test(
+        error = "\"SECRET\" is not a valid agent_guard column label; accepted: 'SENSITIVE', 'MASKED WITH FUNCTION schema.function(column, ...)', 'MASKED WITH VALUE NULL' or 'MASKED WITH VALUE <constant>'"
+    )]
     fn unknown_column_labels_are_rejected() {
         Spi::run("CREATE TABLE ag_l(id int, x text)").unwrap();
         Spi::run("SECURITY LABEL FOR agent_guard ON COLUMN ag_l.x IS 'SECRET'").unwrap();

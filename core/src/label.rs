@@ -1,26 +1,40 @@
 //! The grammar of agent_guard's security labels.
 //!
-//! Columns: `SENSITIVE` (the masking work extends this with `MASKED WITH …`).
+//! Columns: `SENSITIVE` (masked with the default mask of the column's type),
+//! `MASKED WITH FUNCTION …` and `MASKED WITH VALUE …` (see [`crate::mask`]).
 //! Roles:   `AGENT SPONSOR <oid> "<sponsor name>" KIND <kind>`, written only by
 //! `agent_guard.register_agent()`. Role labels live in the shared catalog
 //! `pg_shseclabel`, so every database of the cluster sees who is an agent.
 
+use crate::mask::MaskRule;
 use crate::quote_ident;
 
-/// What a column label asks for.
+/// What a column label asks for. Every form makes the column sensitive.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ColumnLabel {
+    /// `SENSITIVE`: the default mask of the column's type.
     Sensitive,
+    /// `MASKED WITH FUNCTION …` / `MASKED WITH VALUE …`.
+    Masked(MaskRule),
 }
 
-/// Parse a column label; the error says what is accepted.
+impl ColumnLabel {
+    /// The masking rule the label asks for.
+    pub fn rule(&self) -> MaskRule {
+        match self {
+            ColumnLabel::Sensitive => MaskRule::Default,
+            ColumnLabel::Masked(r) => r.clone(),
+        }
+    }
+}
+
+/// Parse a column label; the error says what is accepted. (The expression of
+/// a `MASKED WITH …` label is checked from PostgreSQL's parse tree by the
+/// extension, with [`crate::mask::validate_function`] / [`crate::mask::validate_value`].)
 pub fn parse_column_label(label: &str) -> Result<ColumnLabel, String> {
-    let words: Vec<&str> = label.split_whitespace().collect();
-    match words.as_slice() {
-        [w] if w.eq_ignore_ascii_case("sensitive") => Ok(ColumnLabel::Sensitive),
-        _ => Err(format!(
-            "\"{label}\" is not a valid agent_guard column label; accepted: 'SENSITIVE'"
-        )),
+    match crate::mask::parse_rule(label)? {
+        MaskRule::Default => Ok(ColumnLabel::Sensitive),
+        rule => Ok(ColumnLabel::Masked(rule)),
     }
 }
 
@@ -127,6 +141,16 @@ mod tests {
         assert!(parse_column_label("SECRET").is_err());
         assert!(parse_column_label("").is_err());
         assert!(parse_column_label("SENSITIVE please").is_err());
+        assert_eq!(
+            parse_column_label("MASKED WITH VALUE NULL"),
+            Ok(ColumnLabel::Masked(MaskRule::Value("NULL".into())))
+        );
+        assert_eq!(
+            parse_column_label("MASKED WITH FUNCTION agent_guard.email(e)")
+                .unwrap()
+                .rule(),
+            MaskRule::Function("agent_guard.email(e)".into())
+        );
     }
 
     #[test]

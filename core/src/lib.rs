@@ -11,6 +11,7 @@ pub mod classify;
 pub mod facts;
 pub mod grants;
 pub mod label;
+pub mod mask;
 pub mod policy;
 pub mod redact;
 pub mod request_id;

@@ -108,7 +108,8 @@ fn every_kind_of_statement_is_recorded_with_its_outcome() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    // the column is masked for agents: a predicate on the real SSN matches nothing
+    assert_eq!(n, 0);
     c.batch_execute("SELECT 5 /* request_id='ci-4711' */")
         .unwrap();
     c.batch_execute("BEGIN").unwrap();

@@ -1,0 +1,229 @@
+//! The masking rules of this database, cached per backend.
+//!
+//! Read from `agent_guard.masking_rules` (labels, inherited by partitions and
+//! inheritance children, with each relation's masking view) and
+//! `agent_guard.masking_taints` (materialized views built from masked
+//! columns), and re-read only when the shared generation counter moved
+//! (labels, masking views and registrations bump it at commit). A few catalog
+//! columns are masked for agents without any label: the value samples of
+//! planner statistics (`pg_statistic`, `pg_statistic_ext_data`, which
+//! `pg_stats` shows) and agent_guard's own hashing key.
+//!
+//! When the rules of an agent session change, its cached plans are reset so
+//! that prepared statements are planned again with the current masks.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// How one relation is masked.
+#[derive(Clone, Debug, Default)]
+pub struct MaskedRelation {
+    /// The generated masking view (`agent_guard_masked`), for labelled relations.
+    pub view: Option<pg_sys::Oid>,
+    /// Masked columns: attnum and label.
+    pub columns: Vec<(i16, String)>,
+    /// A built-in rule: the masked columns read as NULL, no view.
+    pub builtin: bool,
+}
+
+impl MaskedRelation {
+    pub fn masks(&self, attnum: i16) -> bool {
+        self.columns.iter().any(|(a, _)| *a == attnum)
+    }
+}
+
+/// Every masking rule of the database.
+#[derive(Debug, Default)]
+pub struct Rules {
+    relations: HashMap<u32, MaskedRelation>,
+    /// Materialized views built from masked columns, with no labels of their own.
+    tainted: HashMap<u32, String>,
+    /// TOAST tables of masked relations.
+    toast: HashMap<u32, u32>,
+    /// Relation names, for messages.
+    names: HashMap<u32, String>,
+}
+
+impl Rules {
+    pub fn relation(&self, relid: pg_sys::Oid) -> Option<&MaskedRelation> {
+        self.relations.get(&relid.to_u32())
+    }
+
+    pub fn tainted(&self, relid: pg_sys::Oid) -> Option<&str> {
+        self.tainted.get(&relid.to_u32()).map(String::as_str)
+    }
+
+    /// The masked relation whose TOAST table this is.
+    pub fn toast_owner(&self, relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+        self.toast
+            .get(&relid.to_u32())
+            .map(|o| pg_sys::Oid::from(*o))
+    }
+
+    pub fn label_of(&self, relid: pg_sys::Oid, attnum: i16) -> Option<String> {
+        self.relation(relid)?
+            .columns
+            .iter()
+            .find(|(a, _)| *a == attnum)
+            .map(|(_, l)| l.clone())
+    }
+
+    pub fn name(&self, relid: pg_sys::Oid) -> String {
+        self.names
+            .get(&relid.to_u32())
+            .cloned()
+            .unwrap_or_else(|| crate::extract::relation(relid).qualified())
+    }
+
+    /// Labelled relations and their views (for the sync and the DROP handling).
+    pub fn labelled(&self) -> impl Iterator<Item = (pg_sys::Oid, &MaskedRelation)> {
+        self.relations
+            .iter()
+            .filter(|(_, m)| !m.builtin)
+            .map(|(o, m)| (pg_sys::Oid::from(*o), m))
+    }
+}
+
+thread_local! {
+    static CACHE: RefCell<Option<(u64, Rc<Rules>)>> = const { RefCell::new(None) };
+}
+
+fn builtin(rules: &mut Rules, relid: Option<pg_sys::Oid>, columns: &[&str]) {
+    let Some(relid) = relid else { return };
+    let mut cols = vec![];
+    for c in columns {
+        let name = std::ffi::CString::new(*c).unwrap();
+        let attnum = unsafe { pg_sys::get_attnum(relid, name.as_ptr()) };
+        if attnum > 0 {
+            cols.push((attnum, "MASKED WITH VALUE NULL".to_string()));
+        }
+    }
+    if !cols.is_empty() {
+        rules.relations.insert(
+            relid.to_u32(),
+            MaskedRelation {
+                view: None,
+                columns: cols,
+                builtin: true,
+            },
+        );
+    }
+}
+
+fn load() -> Rules {
+    let mut rules = Rules::default();
+    if unsafe { pg_sys::creating_extension } || !super::guard_installed_here() {
+        return rules;
+    }
+    type Row = (
+        pg_sys::Oid,
+        i16,
+        String,
+        Option<pg_sys::Oid>,
+        String,
+        Option<pg_sys::Oid>,
+    );
+    let (rows, taints): (Vec<Row>, Vec<(pg_sys::Oid, String)>) = crate::identity::internal(|| {
+        super::with_snapshot(|| {
+            Spi::connect(|client| {
+                let rows = client
+                    .select(
+                        "SELECT m.relation::pg_catalog.oid, m.attnum, m.rule, m.masking_view::pg_catalog.oid, \
+                                m.relation::pg_catalog.text, \
+                                NULLIF(c.reltoastrelid, 0::pg_catalog.oid) \
+                         FROM agent_guard.masking_rules m \
+                         JOIN pg_catalog.pg_class c ON c.oid = m.relation",
+                        None,
+                        &[],
+                    )
+                    .expect("agent_guard: cannot read the masking rules")
+                    .filter_map(|r| {
+                        Some((
+                            r.get::<pg_sys::Oid>(1).ok()??,
+                            r.get::<i16>(2).ok()??,
+                            r.get::<String>(3).ok()??,
+                            r.get::<pg_sys::Oid>(4).ok()?,
+                            r.get::<String>(5).ok()??,
+                            r.get::<pg_sys::Oid>(6).ok()?,
+                        ))
+                    })
+                    .collect();
+                let taints = client
+                    .select(
+                        "SELECT t.relation::pg_catalog.oid, \
+                                pg_catalog.array_to_string(t.built_from::pg_catalog.text[], ', ') \
+                         FROM agent_guard.masking_taints t",
+                        None,
+                        &[],
+                    )
+                    .expect("agent_guard: cannot read the masked materialized views")
+                    .filter_map(|r| {
+                        Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??))
+                    })
+                    .collect();
+                (rows, taints)
+            })
+        })
+    });
+    for (relid, attnum, label, view, name, toast) in rows {
+        let m = rules.relations.entry(relid.to_u32()).or_default();
+        m.view = view;
+        m.columns.push((attnum, label));
+        rules.names.insert(relid.to_u32(), name);
+        if let Some(t) = toast {
+            rules.toast.insert(t.to_u32(), relid.to_u32());
+        }
+    }
+    for (relid, from) in taints {
+        rules.tainted.insert(relid.to_u32(), from);
+    }
+    builtin(
+        &mut rules,
+        Some(pg_sys::Oid::from(pg_sys::StatisticRelationId)),
+        &[
+            "stavalues1",
+            "stavalues2",
+            "stavalues3",
+            "stavalues4",
+            "stavalues5",
+        ],
+    );
+    builtin(
+        &mut rules,
+        // pg_statistic_ext_data (StatisticExtDataRelationId)
+        Some(pg_sys::Oid::from(3429u32)),
+        &["stxdmcv", "stxdexpr"],
+    );
+    builtin(
+        &mut rules,
+        super::relation_oid(agent_guard_core::GUARD_SCHEMA, "masking_key"),
+        &["key"],
+    );
+    rules
+}
+
+/// The rules, re-read when the generation moved. Outside a transaction, or
+/// from agent_guard's own SPI, the last rules read are returned.
+pub fn rules() -> Rc<Rules> {
+    let generation = crate::shmem::generation();
+    let cached = CACHE.with(|c| c.borrow().clone());
+    if let Some((g, r)) = &cached {
+        if *g == generation {
+            return r.clone();
+        }
+    }
+    if !unsafe { pg_sys::IsTransactionState() } || crate::identity::in_internal() {
+        return cached.map(|(_, r)| r).unwrap_or_default();
+    }
+    let fresh = Rc::new(load());
+    CACHE.with(|c| *c.borrow_mut() = Some((generation, fresh.clone())));
+    // Plans cached under other rules (or before this session was an agent's)
+    // are planned again; the backstop would refuse them otherwise.
+    if crate::identity::cached_is_agent() {
+        unsafe { pg_sys::ResetPlanCache() };
+    }
+    fresh
+}
