@@ -363,6 +363,46 @@ unsafe fn replace_with_masking_subquery(
                 false,
             ) as *mut c_void);
         }
+        // System columns (ctid, xmin, tableoid, ...) the query reads pass
+        // through as junk columns after the attributes; the query's Vars are
+        // pointed at them.
+        let natts = tlist.len() as i16;
+        let system: Vec<i16> = crate::extract::bitmap_members((*rte).selectedCols)
+            .into_iter()
+            .map(|m| m as i16)
+            .filter(|a| *a < 0)
+            .collect();
+        if !system.is_empty() {
+            // A locked (FOR UPDATE/SHARE) subquery is not flattened into the
+            // query, and its junk columns cannot be read from outside.
+            let locked = PgList::<pg_sys::RowMarkClause>::from_pg((*q).rowMarks)
+                .iter_ptr()
+                .any(|rc| (*rc).rti as i32 == rti);
+            if locked {
+                ereport!(
+                    ERROR,
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "agents cannot read system columns of masked relation {} with FOR UPDATE/SHARE",
+                        crate::extract::relation((*rte).relid).qualified()
+                    )
+                );
+            }
+            let mut map = vec![];
+            for (k, attno) in system.iter().enumerate() {
+                let (typ, name) = system_column(*attno);
+                let resno = natts + 1 + k as i16;
+                let cname = std::ffi::CString::new(name).unwrap_or_default();
+                tlist.push(pg_sys::makeTargetEntry(
+                    pg_sys::makeVar(1, *attno, typ, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr,
+                    resno,
+                    pg_sys::pstrdup(cname.as_ptr()),
+                    true,
+                ) as *mut c_void);
+                map.push((*attno, resno));
+            }
+            remap_system_columns(q, rti, &map);
+        }
         (*sub).targetList = list_of(&tlist);
         (*sub).hasSubLinks = !(*inner).securityQuals.is_null()
             && pg_sys::checkExprHasSubLink((*inner).securityQuals as *mut pg_sys::Node);
@@ -395,6 +435,98 @@ unsafe fn replace_with_masking_subquery(
         (*rte).updatedCols = std::ptr::null_mut();
         (*rte).extraUpdatedCols = std::ptr::null_mut();
         (*rte).securityQuals = std::ptr::null_mut();
+    }
+}
+
+/// Type and name of a system column.
+fn system_column(attno: i16) -> (pg_sys::Oid, &'static str) {
+    match attno {
+        -1 => (pg_sys::TIDOID, "ctid"),
+        -2 => (pg_sys::XIDOID, "xmin"),
+        -3 => (pg_sys::CIDOID, "cmin"),
+        -4 => (pg_sys::XIDOID, "xmax"),
+        -5 => (pg_sys::CIDOID, "cmax"),
+        _ => (pg_sys::OIDOID, "tableoid"),
+    }
+}
+
+struct Remap<'a> {
+    varno: i32,
+    level: u32,
+    map: &'a [(i16, i16)],
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn remap_walker(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        let c = &mut *(ctx as *mut Remap);
+        match (*node).type_ {
+            NodeTag::T_Var => {
+                let v = node as *mut pg_sys::Var;
+                if (*v).varno == c.varno && (*v).varlevelsup == c.level {
+                    if let Some((_, to)) = c.map.iter().find(|(from, _)| *from == (*v).varattno) {
+                        (*v).varattno = *to;
+                        (*v).varattnosyn = *to;
+                    }
+                }
+                false
+            }
+            NodeTag::T_Query => {
+                c.level += 1;
+                pg_sys::query_tree_walker(node as *mut pg_sys::Query, Some(remap_walker), ctx, 0);
+                c.level -= 1;
+                false
+            }
+            _ => pg_sys::expression_tree_walker(node, Some(remap_walker), ctx),
+        }
+    }
+}
+
+/// Point the query's references to system columns of entry `rti` at the
+/// masking subquery's junk columns (not the entry's own row-security quals,
+/// which move into the subquery with it).
+unsafe fn remap_system_columns(q: *mut pg_sys::Query, rti: i32, map: &[(i16, i16)]) {
+    unsafe {
+        let mut ctx = Remap {
+            varno: rti,
+            level: 0,
+            map,
+        };
+        let ctx = &mut ctx as *mut Remap as *mut c_void;
+        for node in [
+            (*q).targetList as *mut pg_sys::Node,
+            (*q).returningList as *mut pg_sys::Node,
+            (*q).jointree as *mut pg_sys::Node,
+            (*q).havingQual,
+            (*q).limitOffset,
+            (*q).limitCount,
+            (*q).onConflict as *mut pg_sys::Node,
+            (*q).mergeActionList as *mut pg_sys::Node,
+            (*q).cteList as *mut pg_sys::Node,
+            (*q).withCheckOptions as *mut pg_sys::Node,
+        ] {
+            remap_walker(node, ctx);
+        }
+        for rte in PgList::<pg_sys::RangeTblEntry>::from_pg((*q).rtable).iter_ptr() {
+            match (*rte).rtekind {
+                pg_sys::RTEKind::RTE_SUBQUERY => {
+                    remap_walker((*rte).subquery as *mut pg_sys::Node, ctx);
+                }
+                pg_sys::RTEKind::RTE_FUNCTION => {
+                    remap_walker((*rte).functions as *mut pg_sys::Node, ctx);
+                }
+                pg_sys::RTEKind::RTE_TABLEFUNC => {
+                    remap_walker((*rte).tablefunc as *mut pg_sys::Node, ctx);
+                }
+                pg_sys::RTEKind::RTE_VALUES => {
+                    remap_walker((*rte).values_lists as *mut pg_sys::Node, ctx);
+                }
+                _ => {}
+            }
+        }
     }
 }
 

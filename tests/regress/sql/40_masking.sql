@@ -91,6 +91,9 @@ SELECT * FROM customer_view ORDER BY id;
 SELECT * FROM customer_view_view ORDER BY id;
 -- the plan shows the masks
 EXPLAIN (VERBOSE, COSTS OFF) SELECT ssn FROM customers WHERE id = 1;
+-- system columns pass through the masking (not with row locks)
+SELECT ctid, tableoid::regclass, ssn FROM customers WHERE ctid = '(0,1)';
+SELECT ctid, ssn FROM customers FOR UPDATE;
 \c - postgres
 ANALYZE customers;
 SELECT attname, histogram_bounds IS NOT NULL AS has_histogram FROM pg_stats
