@@ -118,21 +118,35 @@ GRANT EXECUTE ON FUNCTION agent_guard.rotate_masking_key() TO agent_guard_admin;
 
 -- ---- what is masked ----------------------------------------------------------
 
--- Each masked column: its own label, or the nearest ancestor's for a
--- partition or inheritance child (a child's own label wins), and the
--- relation's generated masking view.
+-- Each masked column: its own label; for a generated column computed from
+-- a labelled column, the default mask (SENSITIVE); for a partition or
+-- inheritance child, the nearest ancestor's (a column's own label wins);
+-- and the relation's generated masking view.
 CREATE VIEW agent_guard.masking_rules AS
-WITH RECURSIVE labelled AS (
-    SELECT l.objoid AS relid, a.attname, l.label
+WITH RECURSIVE own AS (
+    SELECT l.objoid AS relid, a.attname, l.label, NULL::name AS derived_from
     FROM pg_catalog.pg_seclabel l
     JOIN pg_catalog.pg_attribute a ON a.attrelid = l.objoid AND a.attnum = l.objsubid AND NOT a.attisdropped
     WHERE l.provider = 'agent_guard'
       AND l.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
       AND l.objsubid > 0
-), effective (relid, attname, label, source, depth) AS (
-    SELECT relid, attname, label, relid, 0 FROM labelled
+), labelled AS (
+    SELECT * FROM own
     UNION ALL
-    SELECT i.inhrelid, e.attname, e.label, e.source, e.depth + 1
+    SELECT DISTINCT ON (g.attrelid, g.attnum) g.attrelid, g.attname, 'SENSITIVE', o.attname
+    FROM pg_catalog.pg_attribute g
+    JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = g.attrelid AND ad.adnum = g.attnum
+    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
+                               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                               AND d.refobjid = g.attrelid AND d.refobjsubid <> g.attnum
+    JOIN pg_catalog.pg_attribute src ON src.attrelid = g.attrelid AND src.attnum = d.refobjsubid
+    JOIN own o ON o.relid = g.attrelid AND o.attname = src.attname
+    WHERE g.attgenerated <> '' AND NOT g.attisdropped
+      AND NOT EXISTS (SELECT 1 FROM own x WHERE x.relid = g.attrelid AND x.attname = g.attname)
+), effective (relid, attname, label, derived_from, source, depth) AS (
+    SELECT relid, attname, label, derived_from, relid, 0 FROM labelled
+    UNION ALL
+    SELECT i.inhrelid, e.attname, e.label, e.derived_from, e.source, e.depth + 1
     FROM effective e
     JOIN pg_catalog.pg_inherits i ON i.inhparent = e.relid
     WHERE NOT EXISTS (SELECT 1 FROM labelled o WHERE o.relid = i.inhrelid AND o.attname = e.attname)
@@ -144,6 +158,7 @@ SELECT DISTINCT ON (e.relid, a.attnum)
        pg_catalog.format_type(a.atttypid, a.atttypmod)                     AS column_type,
        e.label                                                             AS rule,
        CASE WHEN e.source <> e.relid THEN e.source::pg_catalog.regclass END AS inherited_from,
+       e.derived_from                                                      AS generated_from,
        v.view                                                              AS masking_view
 FROM effective e
 JOIN pg_catalog.pg_class c ON c.oid = e.relid AND c.relkind IN ('r', 'p', 'm', 'f')
@@ -164,7 +179,7 @@ LEFT JOIN LATERAL (
 ORDER BY e.relid, a.attnum, e.depth;
 
 COMMENT ON VIEW agent_guard.masking_rules IS
-    'Masked columns (labelled, or inherited by partitions and children), their rules and masking views';
+    'Masked columns (labelled, generated from labelled columns, or inherited by partitions and children), their rules and masking views';
 GRANT SELECT ON agent_guard.masking_rules TO PUBLIC;
 
 -- Materialized views computed from masked columns with no labels of their

@@ -628,6 +628,36 @@ pub fn classify_function(
             format!("{qualified}() is a server-administration function"),
         ));
     }
+    // Readers of raw pages, WAL records or logical decoding output, in
+    // whatever schema their extension lives: they bypass every column mask.
+    const RAW_DATA_FUNCTIONS: &[&str] = &[
+        "get_raw_page",
+        "heap_page_items",
+        "heap_page_item_attrs",
+        "tuple_data_split",
+        "bt_page_items",
+        "brin_page_items",
+        "gin_leafpage_items",
+        "hash_page_items",
+        "gist_page_items",
+        "gist_page_items_bytea",
+        "pg_get_wal_record_info",
+        "pg_get_wal_records_info",
+        "pg_get_wal_records_info_till_end_of_wal",
+        "pg_logical_slot_get_changes",
+        "pg_logical_slot_peek_changes",
+        "pg_logical_slot_get_binary_changes",
+        "pg_logical_slot_peek_binary_changes",
+    ];
+    if RAW_DATA_FUNCTIONS.contains(&name) {
+        return Some(Classification::new(
+            &format!("SELECT {name}()"),
+            Risk::Admin,
+            format!(
+                "{qualified}() reads raw pages, WAL or decoded changes, past every column mask"
+            ),
+        ));
+    }
     if name.starts_with("dblink") {
         return Some(Classification::new(
             &format!("SELECT {name}()"),
@@ -982,5 +1012,16 @@ mod tests {
             classify_function("public", "pg_read_file", true).is_none(),
             "only the catalog's own"
         );
+        for (schema, f) in [
+            ("public", "heap_page_items"),
+            ("public", "bt_page_items"),
+            ("pg_catalog", "pg_logical_slot_peek_changes"),
+        ] {
+            assert_eq!(
+                classify_function(schema, f, true).unwrap().risk,
+                Risk::Admin,
+                "{f} reads raw data past the masks"
+            );
+        }
     }
 }

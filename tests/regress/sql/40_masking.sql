@@ -47,7 +47,7 @@ SECURITY LABEL FOR agent_guard ON COLUMN customers.email IS 'MASKED WITH FUNCTIO
 SECURITY LABEL FOR agent_guard ON COLUMN customers.birth_date IS 'SENSITIVE';
 SECURITY LABEL FOR agent_guard ON COLUMN customers.salary IS 'MASKED WITH FUNCTION agent_guard.bucket(salary, 10000::numeric)';
 SECURITY LABEL FOR agent_guard ON COLUMN customers.note IS 'MASKED WITH VALUE ''(hidden)''';
-SELECT relation, attnum, column_name, column_type, rule, inherited_from, masking_view
+SELECT relation, attnum, column_name, column_type, rule, inherited_from, generated_from, masking_view
 FROM agent_guard.masking_rules ORDER BY relation::text, attnum;
 -- the generated masking view: what agents read, deparsed by PostgreSQL
 SELECT pg_catalog.pg_get_viewdef('agent_guard_masked.customers'::regclass, true);
@@ -146,6 +146,14 @@ SELECT pg_catalog.pg_get_viewdef('agent_guard_masked.customers'::regclass, true)
 \c - regress_bot
 SELECT * FROM customers ORDER BY id;
 \c - postgres
+-- a generated column computed from a masked column is masked too
+ALTER TABLE customers ADD COLUMN ssn_last4 text GENERATED ALWAYS AS (right(tax_number, 4)) STORED;
+SELECT column_name, rule, generated_from FROM agent_guard.masking_rules
+WHERE relation = 'customers'::regclass AND column_name = 'ssn_last4';
+\c - regress_bot
+SELECT id, tax_number, ssn_last4 FROM customers ORDER BY id;
+\c - postgres
+ALTER TABLE customers DROP COLUMN ssn_last4;
 -- a label removed: the column is no longer masked
 SECURITY LABEL FOR agent_guard ON COLUMN customers.salary IS NULL;
 SELECT column_name FROM agent_guard.masking_rules WHERE relation = 'customers'::regclass ORDER BY attnum;
