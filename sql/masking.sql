@@ -161,7 +161,7 @@ SELECT DISTINCT ON (e.relid, a.attnum)
        e.derived_from                                                      AS generated_from,
        v.view                                                              AS masking_view
 FROM effective e
-JOIN pg_catalog.pg_class c ON c.oid = e.relid AND c.relkind IN ('r', 'p', 'm', 'f')
+JOIN pg_catalog.pg_class c ON c.oid = e.relid AND c.relkind IN ('r', 'p', 'm', 'f') AND c.relpersistence <> 't'
 JOIN pg_catalog.pg_attribute a ON a.attrelid = e.relid AND a.attname = e.attname
                               AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN LATERAL (

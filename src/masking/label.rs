@@ -395,6 +395,13 @@ pub fn check_column_label(relid: pg_sys::Oid, attnum: i32, label: &str) {
     };
     unsafe {
         let kind = pg_sys::get_rel_relkind(relid) as u8;
+        if pg_sys::get_rel_persistence(relid) as u8 == b't' {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                "agent_guard masks columns of permanent relations, not of temporary tables"
+            );
+        }
         if !matches!(kind, b'r' | b'p' | b'm' | b'f') {
             ereport!(
                 ERROR,

@@ -300,6 +300,13 @@ fn masking_sync(affected: Option<Vec<pg_sys::Oid>>, warn: bool) {
 }
 
 fn sync(affected: Option<&[pg_sys::Oid]>, warn: bool) {
+    // Temporary tables are never masked: a command that touched only those has nothing to sync.
+    let temporary = |o: &pg_sys::Oid| unsafe {
+        pg_sys::get_rel_relkind(*o) != 0 && pg_sys::get_rel_persistence(*o) as u8 == b't'
+    };
+    if affected.is_some_and(|a| !a.is_empty() && a.iter().all(temporary)) {
+        return;
+    }
     let targets = masked_relations();
     let mut changed = false;
     let wanted: HashSet<u32> = targets.keys().copied().collect();

@@ -40,6 +40,8 @@ ALTER VIEW customer_view OWNER TO regress_owner;
 CREATE VIEW customer_view_view AS SELECT ssn, id FROM customer_view;
 GRANT SELECT ON customer_view, customer_view_view TO regress_bot;
 SECURITY LABEL FOR agent_guard ON COLUMN customer_view.ssn IS 'SENSITIVE';
+CREATE TEMP TABLE scratch_tmp (ssn text);
+SECURITY LABEL FOR agent_guard ON COLUMN scratch_tmp.ssn IS 'SENSITIVE';
 -- accepted forms
 SECURITY LABEL FOR agent_guard ON COLUMN customers.ssn IS 'MASKED WITH FUNCTION agent_guard.partial(ssn, 0, ''***-**-'', 4)';
 SECURITY LABEL FOR agent_guard ON COLUMN customers.card_number IS 'masked with function agent_guard.card_number(card_number)';
