@@ -325,6 +325,24 @@ unsafe fn list_of(items: &[*mut c_void]) -> *mut pg_sys::List {
     list
 }
 
+/// A parent read with its partitions whose own labels it lacks: its rows
+/// would arrive with the parent's masks only.
+unsafe fn refuse_if_children_mask_more(rte: *mut pg_sys::RangeTblEntry, w: &Walk) {
+    unsafe {
+        if (*rte).inh && w.rules.children_mask_more((*rte).relid) {
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "agents cannot read {} as a whole: some of its partitions or child tables mask columns it does not",
+                    crate::extract::relation((*rte).relid).qualified()
+                ),
+                "Label those columns on the parent too, or read the partitions themselves."
+            );
+        }
+    }
+}
+
 /// Turn entry `rti` of `q` into `SELECT <masks> FROM <copy of the entry>`.
 unsafe fn replace_with_masking_subquery(
     q: *mut pg_sys::Query,
@@ -334,6 +352,7 @@ unsafe fn replace_with_masking_subquery(
     w: &mut Walk,
 ) {
     unsafe {
+        refuse_if_children_mask_more(rte, w);
         let exprs = column_expressions((*rte).relid, m, w);
         let inner = pg_sys::copyObjectImpl(rte as *const c_void) as *mut pg_sys::RangeTblEntry;
         (*inner).security_barrier = true;
@@ -614,6 +633,7 @@ unsafe fn mask_result_relation(
     w: &mut Walk,
 ) {
     unsafe {
+        refuse_if_children_mask_more(rte, w);
         let relid = (*rte).relid;
         match (*q).commandType {
             pg_sys::CmdType::CMD_UPDATE => check_assignments((*q).targetList, rti, m, relid),

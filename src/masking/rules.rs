@@ -43,6 +43,9 @@ pub struct Rules {
     tainted: HashMap<u32, String>,
     /// TOAST tables of masked relations.
     toast: HashMap<u32, u32>,
+    /// Relations whose partitions or inheritance children mask columns the
+    /// relation itself does not (reads through it cannot apply those masks).
+    children_mask_more: std::collections::HashSet<u32>,
     /// Relation names, for messages.
     names: HashMap<u32, String>,
 }
@@ -61,6 +64,11 @@ impl Rules {
         self.toast
             .get(&relid.to_u32())
             .map(|o| pg_sys::Oid::from(*o))
+    }
+
+    /// Partitions or children of `relid` mask columns that `relid` does not.
+    pub fn children_mask_more(&self, relid: pg_sys::Oid) -> bool {
+        self.children_mask_more.contains(&relid.to_u32())
     }
 
     pub fn label_of(&self, relid: pg_sys::Oid, attnum: i16) -> Option<String> {
@@ -126,10 +134,12 @@ fn load() -> Rules {
         String,
         Option<pg_sys::Oid>,
     );
-    let (rows, taints): (Vec<Row>, Vec<(pg_sys::Oid, String)>) = crate::identity::internal(|| {
-        super::with_snapshot(|| {
-            Spi::connect(|client| {
-                let rows = client
+    #[allow(clippy::type_complexity)]
+    let (rows, taints, mask_more): (Vec<Row>, Vec<(pg_sys::Oid, String)>, Vec<pg_sys::Oid>) =
+        crate::identity::internal(|| {
+            super::with_snapshot(|| {
+                Spi::connect(|client| {
+                    let rows = client
                     .select(
                         "SELECT m.relation::pg_catalog.oid, m.attnum, m.rule, m.masking_view::pg_catalog.oid, \
                                 m.relation::pg_catalog.text, \
@@ -151,23 +161,39 @@ fn load() -> Rules {
                         ))
                     })
                     .collect();
-                let taints = client
-                    .select(
-                        "SELECT t.relation::pg_catalog.oid, \
+                    let taints = client
+                        .select(
+                            "SELECT t.relation::pg_catalog.oid, \
                                 pg_catalog.array_to_string(t.built_from::pg_catalog.text[], ', ') \
                          FROM agent_guard.masking_taints t",
+                            None,
+                            &[],
+                        )
+                        .expect("agent_guard: cannot read the masked materialized views")
+                        .filter_map(|r| {
+                            Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??))
+                        })
+                        .collect();
+                    let mask_more = client
+                    .select(
+                        "WITH RECURSIVE tree(root, relid) AS ( \
+                             SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i \
+                             UNION SELECT t.root, i.inhrelid FROM tree t \
+                                   JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid) \
+                         SELECT DISTINCT t.root FROM tree t \
+                         JOIN agent_guard.masking_rules d ON d.relation = t.relid \
+                         WHERE NOT EXISTS (SELECT 1 FROM agent_guard.masking_rules p \
+                                           WHERE p.relation = t.root AND p.column_name = d.column_name)",
                         None,
                         &[],
                     )
-                    .expect("agent_guard: cannot read the masked materialized views")
-                    .filter_map(|r| {
-                        Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??))
-                    })
+                    .expect("agent_guard: cannot read the masked partitions")
+                    .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
                     .collect();
-                (rows, taints)
+                    (rows, taints, mask_more)
+                })
             })
-        })
-    });
+        });
     for (relid, attnum, label, view, name, toast) in rows {
         let m = rules.relations.entry(relid.to_u32()).or_default();
         m.view = view;
@@ -180,6 +206,7 @@ fn load() -> Rules {
     for (relid, from) in taints {
         rules.tainted.insert(relid.to_u32(), from);
     }
+    rules.children_mask_more = mask_more.into_iter().map(|o| o.to_u32()).collect();
     builtin(
         &mut rules,
         Some(pg_sys::Oid::from(pg_sys::StatisticRelationId)),

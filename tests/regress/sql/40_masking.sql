@@ -124,6 +124,14 @@ FROM agent_guard.masking_rules WHERE relation::text LIKE 'payments%' ORDER BY 1;
 SELECT * FROM payments ORDER BY id;
 SELECT * FROM payments_2;
 \c - postgres
+-- a partition that masks more than its parent cannot be read through the parent
+SECURITY LABEL FOR agent_guard ON COLUMN payments_2.amount IS 'MASKED WITH VALUE 0';
+\c - regress_bot
+SELECT * FROM payments ORDER BY id;
+SELECT id FROM payments ORDER BY id;
+SELECT * FROM payments_2;
+\c - postgres
+SECURITY LABEL FOR agent_guard ON COLUMN payments_2.amount IS NULL;
 
 -- ---- materialized views built from masked columns ----
 CREATE MATERIALIZED VIEW customer_cards AS SELECT id, card_number FROM customers;
