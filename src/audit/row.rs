@@ -270,3 +270,41 @@ pub const COLUMNS: &str = "id, prev_hash, row_hash, outcome_hash, event_key, ses
     application_name, client_addr, backend_pid, database_name, request_id, traceparent, command, risk, \
     objects, decision, reason, grant_id, statement_text, parameters, ended_at, rows_affected, outcome, \
     sqlstate, error_message, transaction_id, transaction_outcome";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_utc(0), "2000-01-01 00:00:00.000000+00");
+        assert_eq!(
+            iso_utc(817_948_800_123_456),
+            "2025-12-02 00:00:00.123456+00"
+        );
+    }
+
+    #[test]
+    fn json_text_matches_postgres_escaping() {
+        let mut out = String::new();
+        pg_json(&json!(["a\"b\\c\n\u{1}é", null, 5, []]), &mut out);
+        assert_eq!(out, "[\"a\\\"b\\\\c\\n\\u0001é\", null, 5, []]");
+    }
+
+    #[test]
+    fn complete_records_split_back() {
+        let event = json!({"k": "stmt", "sk": "1-2", "n": 3, "x": 0, "sx": 1, "ts": 10, "dec": "allowed",
+                           "text": "SELECT 1", "end": {"ts": 20, "rows": 1, "out": "ok"},
+                           "xo": {"out": "committed", "xid": null}});
+        let rec = complete_record(&event);
+        let (tail, outcome, row) = split_complete_record(&rec).unwrap();
+        assert!(tail.starts_with("[\"1-2:3\", \"1-2\", 3, 0, 1"), "{tail}");
+        assert_eq!(
+            outcome,
+            "[946684800000020, 1, \"ok\", null, null, null, \"committed\"]"
+        );
+        let row: Value = serde_json::from_str(row).unwrap();
+        assert_eq!(row["transaction_outcome"], "committed");
+        assert_eq!(content_with_id(7, tail), format!("[7, {}", &tail[1..]));
+    }
+}

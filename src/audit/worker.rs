@@ -491,18 +491,3 @@ fn write_batch(payloads: &[Vec<u8>], recheck: bool) -> String {
     PENDING.with(|p| *p.borrow_mut() = Some(pending));
     prev
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn iso_dates() {
-        assert_eq!(
-            crate::audit::row::iso_utc(0),
-            "2000-01-01 00:00:00.000000+00"
-        );
-        assert_eq!(
-            crate::audit::row::iso_utc(817_948_800_123_456),
-            "2025-12-02 00:00:00.123456+00"
-        );
-    }
-}
