@@ -409,6 +409,24 @@ pub fn card_number_into(value: &str, out: &mut impl Sink) {
     if digits < 8 {
         return redact_into(value, out);
     }
+    if value.is_ascii() {
+        let mut hidden = digits - 4;
+        for &c in b {
+            out.push_ascii(if c.is_ascii_digit() {
+                if hidden > 0 {
+                    hidden -= 1;
+                    b'*'
+                } else {
+                    c
+                }
+            } else if c.is_ascii_alphanumeric() {
+                b'*'
+            } else {
+                c
+            });
+        }
+        return;
+    }
     // the byte where the last four digits begin
     let mut seen = 0;
     let mut keep_from = b.len();
@@ -811,6 +829,15 @@ mod tests {
         assert_eq!(card_number("4111 1111 1111 1111"), "**** **** **** 1111");
         assert_eq!(card_number("3782-822463-10005"), "****-******-*0005");
         assert_eq!(card_number("12"), "**");
+        assert_eq!(
+            card_number("4111-1111-1111-111X"),
+            "****-****-***1-111*",
+            "the last four digits"
+        );
+        assert_eq!(
+            card_number("Kärtchen 4111 1111 1111 1111"),
+            "******** **** **** **** 1111"
+        );
         let a = keyed_hash(b"key", b"214-13-5506");
         assert_eq!(a, keyed_hash(b"key", b"214-13-5506"), "deterministic");
         assert_ne!(a, keyed_hash(b"other key", b"214-13-5506"), "keyed");
