@@ -120,7 +120,8 @@ fn every_kind_of_statement_is_recorded_with_its_outcome() {
     c.batch_execute(&format!("SELECT id FROM {t} WHERE ssn = '987-65-4329'"))
         .unwrap();
 
-    let rows = rows_of(&mut admin, pid, 20);
+    // every statement above, the nested one of the DO block and pg_backend_pid() included
+    let rows = rows_of(&mut admin, pid, 22);
 
     let read = find(&rows, &format!("SELECT count(*) FROM {t}"));
     assert_eq!(
