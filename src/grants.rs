@@ -21,6 +21,7 @@
 //!   row locks so that exactly one concurrent decision wins, and a
 //!   `NOTIFY agent_guard` for each.
 
+use crate::identity::is_member_of;
 use crate::identity::{self, AgentRecord};
 use agent_guard_core::grants::{self as core_grants, Grant, Need, Suggestion, Token};
 use agent_guard_core::policy::{Actor, GrantSource, GrantUse, NotCovered};
@@ -857,13 +858,6 @@ fn human_decider(action: &str) -> (pg_sys::Oid, pg_sys::Oid) {
         );
     }
     unsafe { (pg_sys::GetOuterUserId(), pg_sys::GetSessionUserId()) }
-}
-
-fn is_member_of(role: pg_sys::Oid, group: &CStr) -> bool {
-    unsafe {
-        let g = pg_sys::get_role_oid(group.as_ptr(), true);
-        g != pg_sys::InvalidOid && pg_sys::is_member_of_role(role, g)
-    }
 }
 
 fn is_approver(role: pg_sys::Oid) -> bool {

@@ -237,6 +237,20 @@ pub fn is_agent_session() -> bool {
     current_agent().is_some()
 }
 
+/// Whether `role` is a member of the role named `group` (superusers are members of every role).
+pub fn is_member_of(role: pg_sys::Oid, group: &CStr) -> bool {
+    unsafe {
+        let g = pg_sys::get_role_oid(group.as_ptr(), true);
+        pg_sys::superuser_arg(role)
+            || (g != pg_sys::InvalidOid && pg_sys::is_member_of_role(role, g))
+    }
+}
+
+/// A superuser or a member of agent_guard_admin (who may manage the registry and run the review).
+pub fn is_guard_admin(role: pg_sys::Oid) -> bool {
+    is_member_of(role, c"agent_guard_admin")
+}
+
 /// Can `sponsor` still log in? Looked up in the role syscache (no SPI).
 pub fn sponsor_status(sponsor: pg_sys::Oid) -> SponsorStatus {
     unsafe {

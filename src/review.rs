@@ -33,10 +33,7 @@ fn review_check(what: &str) -> bool {
         );
     }
     unsafe {
-        let caller = pg_sys::GetOuterUserId();
-        let admin = pg_sys::get_role_oid(c"agent_guard_admin".as_ptr(), true);
-        let allowed = pg_sys::superuser_arg(caller)
-            || (admin != pg_sys::InvalidOid && pg_sys::is_member_of_role(caller, admin));
+        let allowed = crate::identity::is_guard_admin(pg_sys::GetOuterUserId());
         if !allowed {
             ereport!(
                 ERROR,
