@@ -95,8 +95,42 @@ for r in $(seq 1 "$rounds"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
 mh=$(median "${human[@]}"); ma=$(median "${agent[@]}")
+
+# Server CPU per SELECT: the backend's user+system time (/proc/PID/stat) over
+# 20 executions in one session, read while the session sleeps before and
+# after them. Unlike latency, it does not count time spent waiting for a
+# busy CPU or for the client, so it is steadier on a shared machine.
+cpu_run() { # role -> server CPU ms per SELECT
+  local role=$1 app="mask_bench_cpu_$1_$$" pid="" t0="" t1="" q i
+  q=$(mktemp)
+  for i in $(seq 1 20); do echo "SELECT * FROM customers;"; done >"$q"
+  PGAPPNAME=$app "$bindir/psql" -X -q -At -h 127.0.0.1 -p "$port" -U "$role" -d mask_bench \
+    -c "SELECT pg_sleep(1.5)" -f "$q" -c "SELECT pg_sleep(1.6)" >/dev/null &
+  local client=$!
+  for i in $(seq 1 1200); do
+    read -r pid query < <(psql_ -U postgres -d mask_bench -At -F ' ' -c \
+      "SELECT pid, query FROM pg_stat_activity WHERE application_name = '$app'")
+    if [ -z "$t0" ] && [ "$query" = "SELECT pg_sleep(1.5)" ]; then
+      t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    elif [ -n "$t0" ] && [ "$query" = "SELECT pg_sleep(1.6)" ]; then
+      t1=$(awk '{print $14 + $15}' "/proc/$pid/stat"); break
+    fi
+    sleep 0.1
+  done
+  wait "$client"; rm -f "$q"
+  [ -n "$t1" ] || { echo "nan"; return; }
+  echo "($t1 - $t0) * 1000 / $(getconf CLK_TCK) / 20" | bc -l
+}
+ch=() ca=()
+for r in $(seq 1 5); do
+  ch+=("$(cpu_run bench_human)"); ca+=("$(cpu_run bench_agent)")
+  printf 'cpu round %d: human %.1f ms, agent %.1f ms\n' "$r" "${ch[-1]}" "${ca[-1]}"
+done
+mch=$(median "${ch[@]}"); mca=$(median "${ca[@]}")
+
 echo
 echo "SELECT * FROM customers ($rows rows, 12 columns, 3 masked), pgbench -T $seconds x $rounds rounds, interleaved"
-printf 'median latency: human %s ms, agent %s ms, ratio agent/human %.2f\n' "$mh" "$ma" "$(echo "$ma / $mh" | bc -l)"
+printf 'median latency:    human %s ms, agent %s ms, ratio agent/human %.2f\n' "$mh" "$ma" "$(echo "$ma / $mh" | bc -l)"
+printf 'median server CPU: human %.1f ms, agent %.1f ms per SELECT, ratio agent/human %.2f\n' "$mch" "$mca" "$(echo "$mca / $mch" | bc -l)"
 echo "host: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')"
 ag_cluster_stop "$datadir" fast >/dev/null

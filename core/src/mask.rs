@@ -312,6 +312,12 @@ pub trait Sink {
     fn push_ascii(&mut self, b: u8) {
         self.push(b as char)
     }
+    /// `n` times the ASCII byte `b`.
+    fn push_repeat(&mut self, b: u8, n: usize) {
+        for _ in 0..n {
+            self.push_ascii(b);
+        }
+    }
 }
 
 impl Sink for String {
@@ -350,8 +356,8 @@ pub fn redact(value: &str) -> String {
 }
 
 /// Byte offset of the `n`-th character of `value` (its length when `n` is past the end).
-fn char_offset(value: &str, n: usize) -> usize {
-    if value.is_ascii() {
+fn char_offset(value: &str, ascii: bool, n: usize) -> usize {
+    if ascii {
         return n.min(value.len());
     }
     value.char_indices().nth(n).map_or(value.len(), |(i, _)| i)
@@ -360,7 +366,8 @@ fn char_offset(value: &str, n: usize) -> usize {
 /// The first `prefix` and last `suffix` characters, `padding` in between. A
 /// value too short to hide anything between them becomes just `padding`.
 pub fn partial_into(value: &str, prefix: i32, padding: &str, suffix: i32, out: &mut impl Sink) {
-    let len = if value.is_ascii() {
+    let ascii = value.is_ascii();
+    let len = if ascii {
         value.len()
     } else {
         value.chars().count()
@@ -371,9 +378,9 @@ pub fn partial_into(value: &str, prefix: i32, padding: &str, suffix: i32, out: &
         out.push_str(padding);
         return;
     }
-    out.push_str(&value[..char_offset(value, prefix)]);
+    out.push_str(&value[..char_offset(value, ascii, prefix)]);
     out.push_str(padding);
-    out.push_str(&value[char_offset(value, len - suffix)..]);
+    out.push_str(&value[char_offset(value, ascii, len - suffix)..]);
 }
 
 /// See [`partial_into`].
@@ -408,6 +415,12 @@ pub fn card_number_into(value: &str, out: &mut impl Sink) {
     let digits = b.iter().filter(|c| c.is_ascii_digit()).count();
     if digits < 8 {
         return redact_into(value, out);
+    }
+    if digits == b.len() {
+        // digits only, the usual case: stars, then the last four
+        out.push_repeat(b'*', digits - 4);
+        out.push_str(&value[digits - 4..]);
+        return;
     }
     if value.is_ascii() {
         let mut hidden = digits - 4;

@@ -45,6 +45,12 @@ impl mask::Sink for TextOut {
             self.len += 1;
         }
     }
+    #[inline]
+    fn push_repeat(&mut self, b: u8, n: usize) {
+        let n = n.min(self.cap - self.len);
+        unsafe { std::ptr::write_bytes(self.data.add(self.len), b, n) };
+        self.len += n;
+    }
 }
 
 /// PostgreSQL functions called directly (pg_sys's bindings wrap every call
@@ -94,6 +100,7 @@ static mut UTF8_DATABASE: u8 = 0;
 
 /// Text of a UTF-8 database is valid UTF-8 (PostgreSQL checks it on input);
 /// other encodings are read leniently.
+#[inline]
 fn as_str(b: &[u8]) -> std::borrow::Cow<'_, str> {
     let utf8 = unsafe {
         if UTF8_DATABASE == 0 {
