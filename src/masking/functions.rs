@@ -65,6 +65,7 @@ mod raw {
 }
 
 /// Argument `n` (a text) as bytes, detoasted only when compressed or stored out of line.
+#[inline(always)]
 unsafe fn bytes_arg<'a>(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> &'a [u8] {
     use pgrx::varlena::{varatt_is_1b_e, varatt_is_4b_c};
     unsafe {
@@ -81,6 +82,7 @@ unsafe fn int_arg(fcinfo: pg_sys::FunctionCallInfo, n: usize) -> i32 {
 }
 
 /// A new text of `cap` bytes, filled by `f`.
+#[inline(always)]
 unsafe fn masked(cap: usize, f: impl FnOnce(&mut TextOut)) -> pg_sys::Datum {
     unsafe {
         let text = raw::palloc(pg_sys::VARHDRSZ + cap) as *mut pg_sys::varlena;
@@ -100,7 +102,7 @@ static mut UTF8_DATABASE: u8 = 0;
 
 /// Text of a UTF-8 database is valid UTF-8 (PostgreSQL checks it on input);
 /// other encodings are read leniently.
-#[inline]
+#[inline(always)]
 fn as_str(b: &[u8]) -> std::borrow::Cow<'_, str> {
     let utf8 = unsafe {
         if UTF8_DATABASE == 0 {
