@@ -21,8 +21,8 @@
 //!   row locks so that exactly one concurrent decision wins, and a
 //!   `NOTIFY agent_guard` for each.
 
-use crate::identity::is_member_of;
 use crate::identity::{self, AgentRecord};
+use crate::identity::{is_member_of, role_name};
 use agent_guard_core::grants::{self as core_grants, Grant, Need, Suggestion, Token};
 use agent_guard_core::policy::{Actor, GrantSource, GrantUse, NotCovered};
 use agent_guard_core::{Classification, Risk};
@@ -32,7 +32,7 @@ use pgrx::prelude::*;
 use pgrx::{FromDatum, IntoDatum, PgLogLevel, PgSqlErrorCode};
 use std::cell::RefCell;
 use std::collections::HashSet;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 
 // ---- errors --------------------------------------------------------------------
 
@@ -46,17 +46,6 @@ fn fail(code: PgSqlErrorCode, message: String, detail: Option<String>, hint: Opt
     }
     r.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
-}
-
-fn role_name(oid: pg_sys::Oid) -> String {
-    unsafe {
-        let p = pg_sys::GetUserNameFromId(oid, true);
-        if p.is_null() {
-            format!("(role {})", oid.to_u32())
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    }
 }
 
 // ---- the top-level statement ------------------------------------------------------

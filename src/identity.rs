@@ -59,12 +59,18 @@ pub fn cached_agent() -> Option<AgentRecord> {
     CACHE.with(|c| c.borrow().agent.clone())
 }
 
+/// Whether `CREATE EXTENSION agent_guard` has been run in this database (a catalog lookup).
+pub fn extension_installed() -> bool {
+    unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
 /// Whether this backend last knew itself to be an agent session (no catalog access).
 pub fn cached_is_agent() -> bool {
     CACHE.with(|c| c.borrow().agent.is_some())
 }
 
-fn role_name(oid: pg_sys::Oid) -> String {
+/// A role's name, or `(role N)` when it no longer exists.
+pub fn role_name(oid: pg_sys::Oid) -> String {
     unsafe {
         let p = pg_sys::GetUserNameFromId(oid, true);
         if p.is_null() {
@@ -139,8 +145,7 @@ fn refresh(generation: u64) {
             None
         }
     });
-    let guard_installed =
-        unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
+    let guard_installed = extension_installed();
     let (agent, agent_is_login) = match found {
         Some(((oid, label), is_login)) => (
             Some(AgentRecord {

@@ -89,8 +89,7 @@ impl SensitiveColumns {
 }
 
 fn load() -> SensitiveColumns {
-    let installed =
-        unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid };
+    let installed = crate::identity::extension_installed();
     let mut by_rel: HashMap<u32, Vec<(i16, String)>> = HashMap::new();
     if !installed {
         return SensitiveColumns { by_rel };
