@@ -100,10 +100,10 @@ mh=$(median "${human[@]}"); ma=$(median "${agent[@]}")
 # 20 executions in one session, read while the session sleeps before and
 # after them. Unlike latency, it does not count time spent waiting for a
 # busy CPU or for the client, so it is steadier on a shared machine.
-cpu_run() { # role -> server CPU ms per SELECT
-  local role=$1 app="mask_bench_cpu_$1_$$" pid="" t0="" t1="" q i
+cpu_run() { # role [sql] -> server CPU ms per execution
+  local role=$1 sql=${2:-"SELECT * FROM customers;"} app="mask_bench_cpu_$1_$$" pid="" t0="" t1="" q i
   q=$(mktemp)
-  for i in $(seq 1 20); do echo "SELECT * FROM customers;"; done >"$q"
+  for i in $(seq 1 20); do echo "$sql"; done >"$q"
   PGAPPNAME=$app "$bindir/psql" -X -q -At -h 127.0.0.1 -p "$port" -U "$role" -d mask_bench \
     -c "SELECT pg_sleep(1.5)" -f "$q" -c "SELECT pg_sleep(1.6)" >/dev/null &
   local client=$!
@@ -121,16 +121,20 @@ cpu_run() { # role -> server CPU ms per SELECT
   [ -n "$t1" ] || { echo "nan"; return; }
   echo "($t1 - $t0) * 1000 / $(getconf CLK_TCK) / 20" | bc -l
 }
-ch=() ca=()
+# a reference point: the human applying PostgreSQL's own upper() to the same three columns
+upper="SELECT id, name, upper(email), phone, upper(ssn), upper(card_number), street, city, postal_code, country, status, created_at FROM customers;"
+ch=() ca=() cu=()
 for r in $(seq 1 5); do
-  ch+=("$(cpu_run bench_human)"); ca+=("$(cpu_run bench_agent)")
-  printf 'cpu round %d: human %.1f ms, agent %.1f ms\n' "$r" "${ch[-1]}" "${ca[-1]}"
+  ch+=("$(cpu_run bench_human)"); ca+=("$(cpu_run bench_agent)"); cu+=("$(cpu_run bench_human "$upper")")
+  printf 'cpu round %d: human %.1f ms, agent %.1f ms, human with upper() on the three columns %.1f ms\n' \
+    "$r" "${ch[-1]}" "${ca[-1]}" "${cu[-1]}"
 done
-mch=$(median "${ch[@]}"); mca=$(median "${ca[@]}")
+mch=$(median "${ch[@]}"); mca=$(median "${ca[@]}"); mcu=$(median "${cu[@]}")
 
 echo
 echo "SELECT * FROM customers ($rows rows, 12 columns, 3 masked), pgbench -T $seconds x $rounds rounds, interleaved"
 printf 'median latency:    human %s ms, agent %s ms, ratio agent/human %.2f\n' "$mh" "$ma" "$(echo "$ma / $mh" | bc -l)"
 printf 'median server CPU: human %.1f ms, agent %.1f ms per SELECT, ratio agent/human %.2f\n' "$mch" "$mca" "$(echo "$mca / $mch" | bc -l)"
+printf '  (human with upper() on the same three columns: %.1f ms, ratio %.2f)\n' "$mcu" "$(echo "$mcu / $mch" | bc -l)"
 echo "host: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), PostgreSQL $("$bindir/postgres" --version | awk '{print $3}')"
 ag_cluster_stop "$datadir" fast >/dev/null

@@ -121,8 +121,3 @@ pub(crate) fn relation_owner(relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
         Some(owner)
     }
 }
-
-/// Whether agent_guard is installed in this database.
-pub(crate) fn guard_installed_here() -> bool {
-    unsafe { pg_sys::get_extension_oid(c"agent_guard".as_ptr(), true) != pg_sys::InvalidOid }
-}

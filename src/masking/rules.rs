@@ -123,7 +123,7 @@ fn builtin(rules: &mut Rules, relid: Option<pg_sys::Oid>, columns: &[&str]) {
 
 fn load() -> Rules {
     let mut rules = Rules::default();
-    if unsafe { pg_sys::creating_extension } || !super::guard_installed_here() {
+    if unsafe { pg_sys::creating_extension } || !crate::identity::extension_installed() {
         return rules;
     }
     type Row = (

@@ -444,7 +444,7 @@ pub unsafe fn before_utility(node: *mut pg_sys::Node) {
             NodeTag::T_AlterTableStmt | NodeTag::T_DropStmt | NodeTag::T_DropOwnedStmt
         ) || !pg_sys::IsTransactionState()
             || pg_sys::creating_extension
-            || !super::guard_installed_here()
+            || !crate::identity::extension_installed()
         {
             return;
         }
