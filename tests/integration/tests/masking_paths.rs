@@ -508,7 +508,9 @@ fn materialized_views_of_masked_columns_are_refused_until_labelled() {
         agent = s.agent
     ))
     .unwrap();
+    let log_from = server_log_len();
     let mut c = connect(&s.agent);
+    let agent_pid = pid(&mut c);
     for mv in [format!("{t}_mv"), format!("{t}_mv2")] {
         let e = c
             .batch_execute(&format!("SELECT * FROM {mv}"))
@@ -529,6 +531,15 @@ fn materialized_views_of_masked_columns_are_refused_until_labelled() {
     let out = ok(&mut c, &format!("SELECT * FROM {t}_mv ORDER BY id"));
     s.assert_clean("labelled materialized view", &out);
     assert!(out.contains(&s.masked_ssn(0)), "{out}");
+    drop(c);
+    s.assert_clean("agent_guard.audit_log", &audit_texts(&mut a, agent_pid, 6));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = server_log_since(log_from);
+    assert!(
+        log.contains("built from masked columns"),
+        "the refusals are logged"
+    );
+    s.assert_clean("server log", &log);
 }
 
 #[test]
@@ -568,6 +579,7 @@ fn a_session_that_becomes_an_agent_reads_masked_values_from_then_on() {
     a.batch_execute(&format!("GRANT SELECT ON {t} TO {other}"))
         .unwrap();
     let mut c = connect(&other);
+    let other_pid = pid(&mut c);
     c.batch_execute(&format!("PREPARE p AS SELECT ssn FROM {t} ORDER BY id"))
         .unwrap();
     assert!(
@@ -582,4 +594,6 @@ fn a_session_that_becomes_an_agent_reads_masked_values_from_then_on() {
     let out = ok(&mut c, "EXECUTE p");
     s.assert_clean("after registration", &out);
     assert!(out.contains(&s.masked_ssn(0)), "{out}");
+    drop(c);
+    s.assert_clean("agent_guard.audit_log", &audit_texts(&mut a, other_pid, 1));
 }
