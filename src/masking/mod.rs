@@ -28,6 +28,15 @@
 //! the masking subquery keeps the original entry's permission checks and
 //! row-level security, and mask functions are plain functions of trusted
 //! schemas, executed as whoever runs the query.
+//!
+//! Post-parse analysis still has a part: it is where an agent session notices
+//! that the masking rules moved (or that it just became an agent's) before
+//! `EXECUTE` or a cursor reuses a plan made under the old rules; the rules
+//! cache then resets the backend's plan cache. Label changes also invalidate
+//! the labelled relation's relcache entry, so every backend replans.
+//!
+//! Errors that quote row values (constraint violations) lose their DETAIL in
+//! agent sessions (errors.rs); sensitive-data discovery is discover.rs.
 
 pub mod backstop;
 pub mod copy;
