@@ -168,10 +168,15 @@ unsafe fn mask_level(q: *mut pg_sys::Query, w: &mut Walk) {
                 .collect();
         for (i, rte) in entries.into_iter().enumerate() {
             let rti = i as i32 + 1;
+            if rti == excluded {
+                // ON CONFLICT's EXCLUDED (a relation entry of relkind 'c'): the
+                // row the statement itself proposes
+                (*rte).security_barrier = true;
+                continue;
+            }
             if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION
                 || is_marked(rte)
                 || !maskable_kind(rte)
-                || rti == excluded
             {
                 continue;
             }

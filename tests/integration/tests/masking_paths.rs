@@ -435,6 +435,18 @@ fn granted_writes_keep_real_data_and_return_masked_values() {
         let e = c.batch_execute(&sql).expect_err(&sql);
         assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
     }
+    // ON CONFLICT (with EXCLUDED), DELETE ... USING, UPDATE ... FROM the same
+    // table and a writable CTE return masked values
+    for sql in [
+        format!("INSERT INTO {t} (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.name WHERE {t}.ssn <> '' RETURNING *"),
+        format!("BEGIN; DELETE FROM {t} c USING {t} d WHERE d.id = c.id AND c.id = 2 RETURNING c.*, d.ssn; ROLLBACK"),
+        format!("UPDATE {t} SET note = 'n' FROM {t} o WHERE o.id = {t}.id AND o.ssn = {t}.ssn RETURNING {t}.ssn, o.card_number"),
+        format!("WITH w AS (UPDATE {t} SET note = 'w' WHERE id = 2 RETURNING *) SELECT ssn, email, card_number FROM w"),
+    ] {
+        let out = ok(&mut c, &sql);
+        s.assert_clean(&sql, &out);
+        assert!(out.contains("***-**-"), "{sql}: {out}");
+    }
     // predicates of writes see masked values too
     let none = ok(
         &mut c,
