@@ -206,14 +206,14 @@ WITH RECURSIVE reads (relid, source) AS (
     JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.rulename = '_RETURN' AND r.ev_class <> reads.relid
 )
 SELECT reads.relid::pg_catalog.regclass                               AS relation,
-       pg_catalog.array_agg(DISTINCT reads.source::pg_catalog.regclass) AS built_from
+       pg_catalog.array_agg(DISTINCT reads.source::pg_catalog.regclass) AS built_from,
+       EXISTS (SELECT 1 FROM agent_guard.masking_rules m WHERE m.relation = reads.relid) AS labelled
 FROM reads
 JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'm'
-WHERE NOT EXISTS (SELECT 1 FROM agent_guard.masking_rules m WHERE m.relation = reads.relid)
 GROUP BY reads.relid;
 
 COMMENT ON VIEW agent_guard.masking_taints IS
-    'Materialized views built from masked columns without labels of their own: agents may not read them';
+    'Materialized views built from masked columns: agents may not read those without labels of their own, nor refresh any';
 GRANT SELECT ON agent_guard.masking_taints TO PUBLIC;
 
 CREATE FUNCTION agent_guard.mask_expression(relation regclass, column_name name) RETURNS text

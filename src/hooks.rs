@@ -244,17 +244,18 @@ unsafe extern "C-unwind" fn process_utility(
         let agent = enforcing();
         let audited = agent || auditing_humans();
         if audited {
-            let facts = crate::extract::utility_facts(node);
+            let facts = Facts::Utility(crate::extract::utility_facts(node));
             let text = statement_text(query_string, (*pstmt).stmt_location, (*pstmt).stmt_len);
-            crate::enforce::record_and_enforce(
-                &Facts::Utility(facts),
-                &crate::audit::StatementText {
-                    text: &text,
-                    params: None,
-                },
-                0,
-                agent,
-            );
+            let text = crate::audit::StatementText {
+                text: &text,
+                params: None,
+            };
+            if agent {
+                if let Some(r) = crate::masking::refresh::refusal(node) {
+                    crate::enforce::refuse_recorded(&facts, &text, r);
+                }
+            }
+            crate::enforce::record_and_enforce(&facts, &text, 0, agent);
         }
         let changes = changes_registry(node);
         if !pass_through() {

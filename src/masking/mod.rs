@@ -44,6 +44,7 @@ pub mod discover;
 pub mod errors;
 pub mod functions;
 pub mod label;
+pub mod refresh;
 pub mod rewrite;
 pub mod rules;
 pub mod sync;

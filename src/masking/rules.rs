@@ -41,6 +41,8 @@ pub struct Rules {
     relations: HashMap<u32, MaskedRelation>,
     /// Materialized views built from masked columns, with no labels of their own.
     tainted: HashMap<u32, String>,
+    /// Every materialized view built from masked columns (labelled or not).
+    built_from_masked: HashMap<u32, String>,
     /// TOAST tables of masked relations.
     toast: HashMap<u32, u32>,
     /// Relations whose partitions or inheritance children mask columns the
@@ -57,6 +59,13 @@ impl Rules {
 
     pub fn tainted(&self, relid: pg_sys::Oid) -> Option<&str> {
         self.tainted.get(&relid.to_u32()).map(String::as_str)
+    }
+
+    /// The masked columns a materialized view is computed from, if any.
+    pub fn built_from_masked(&self, relid: pg_sys::Oid) -> Option<&str> {
+        self.built_from_masked
+            .get(&relid.to_u32())
+            .map(String::as_str)
     }
 
     /// The masked relation whose TOAST table this is.
@@ -135,11 +144,14 @@ fn load() -> Rules {
         Option<pg_sys::Oid>,
     );
     #[allow(clippy::type_complexity)]
-    let (rows, taints, mask_more): (Vec<Row>, Vec<(pg_sys::Oid, String)>, Vec<pg_sys::Oid>) =
-        crate::identity::internal(|| {
-            super::with_snapshot(|| {
-                Spi::connect(|client| {
-                    let rows = client
+    let (rows, taints, mask_more): (
+        Vec<Row>,
+        Vec<(pg_sys::Oid, String, bool)>,
+        Vec<pg_sys::Oid>,
+    ) = crate::identity::internal(|| {
+        super::with_snapshot(|| {
+            Spi::connect(|client| {
+                let rows = client
                     .select(
                         "SELECT m.relation::pg_catalog.oid, m.attnum, m.rule, m.masking_view::pg_catalog.oid, \
                                 m.relation::pg_catalog.text, \
@@ -161,20 +173,25 @@ fn load() -> Rules {
                         ))
                     })
                     .collect();
-                    let taints = client
-                        .select(
-                            "SELECT t.relation::pg_catalog.oid, \
-                                pg_catalog.array_to_string(t.built_from::pg_catalog.text[], ', ') \
+                let taints = client
+                    .select(
+                        "SELECT t.relation::pg_catalog.oid, \
+                                pg_catalog.array_to_string(t.built_from::pg_catalog.text[], ', '), \
+                                t.labelled \
                          FROM agent_guard.masking_taints t",
-                            None,
-                            &[],
-                        )
-                        .expect("agent_guard: cannot read the masked materialized views")
-                        .filter_map(|r| {
-                            Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??))
-                        })
-                        .collect();
-                    let mask_more = client
+                        None,
+                        &[],
+                    )
+                    .expect("agent_guard: cannot read the masked materialized views")
+                    .filter_map(|r| {
+                        Some((
+                            r.get::<pg_sys::Oid>(1).ok()??,
+                            r.get::<String>(2).ok()??,
+                            r.get::<bool>(3).ok()??,
+                        ))
+                    })
+                    .collect();
+                let mask_more = client
                     .select(
                         "WITH RECURSIVE tree(root, relid) AS ( \
                              SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i \
@@ -190,10 +207,10 @@ fn load() -> Rules {
                     .expect("agent_guard: cannot read the masked partitions")
                     .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
                     .collect();
-                    (rows, taints, mask_more)
-                })
+                (rows, taints, mask_more)
             })
-        });
+        })
+    });
     for (relid, attnum, label, view, name, toast) in rows {
         let m = rules.relations.entry(relid.to_u32()).or_default();
         m.view = view;
@@ -203,8 +220,11 @@ fn load() -> Rules {
             rules.toast.insert(t.to_u32(), relid.to_u32());
         }
     }
-    for (relid, from) in taints {
-        rules.tainted.insert(relid.to_u32(), from);
+    for (relid, from, labelled) in taints {
+        if !labelled {
+            rules.tainted.insert(relid.to_u32(), from.clone());
+        }
+        rules.built_from_masked.insert(relid.to_u32(), from);
     }
     rules.children_mask_more = mask_more.into_iter().map(|o| o.to_u32()).collect();
     builtin(
