@@ -298,7 +298,7 @@ unsafe fn column_expressions(
             let expr = (*tles[k]).expr as *mut pg_sys::Node;
             k += 1;
             let masked = m.masks(attnum);
-            let mut want = (base, if masked { attnum } else { attnum });
+            let mut want = (base, attnum);
             let in_sync = pg_sys::exprType(expr) == a.type_oid
                 && !only_vars_of(expr, &mut want as *mut (i32, i16) as *mut c_void)
                 && (masked != is_var(expr, base, attnum));
@@ -640,9 +640,8 @@ unsafe fn mask_result_relation(
     unsafe {
         refuse_if_children_mask_more(rte, w);
         let relid = (*rte).relid;
-        match (*q).commandType {
-            pg_sys::CmdType::CMD_UPDATE => check_assignments((*q).targetList, rti, m, relid),
-            _ => {}
+        if (*q).commandType == pg_sys::CmdType::CMD_UPDATE {
+            check_assignments((*q).targetList, rti, m, relid);
         }
         if !(*q).onConflict.is_null() {
             check_assignments((*(*q).onConflict).onConflictSet, rti, m, relid);

@@ -229,7 +229,7 @@ fn load() -> Rules {
     rules.children_mask_more = mask_more.into_iter().map(|o| o.to_u32()).collect();
     builtin(
         &mut rules,
-        Some(pg_sys::Oid::from(pg_sys::StatisticRelationId)),
+        Some(pg_sys::StatisticRelationId),
         &[
             "stavalues1",
             "stavalues2",
