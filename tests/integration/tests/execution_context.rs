@@ -32,7 +32,7 @@ fn request_id_from_comment_and_from_set_local() {
     assert_eq!(ctx["agent"], agent.as_str());
     assert_eq!(ctx["sponsor"], sponsor.as_str());
     assert_eq!(ctx["agent_kind"], "ci-job");
-    assert_eq!(ctx["application_name"], "agent_guard_it");
+    assert_eq!(ctx["application_name"], "integration tests");
     assert_eq!(ctx["client_addr"], "127.0.0.1");
     assert_eq!(ctx["nesting_level"], 0);
 
