@@ -71,72 +71,24 @@ COMMENT ON FUNCTION agent_guard.sample_activity() IS
 
 -- ---- sensitive columns not labelled ---------------------------------------------
 
--- Columns that look regulated but carry no agent_guard label: from
--- agent_guard.suggest_sensitive() when such a discovery function exists,
--- else from the column names (agent_guard._looks_sensitive).
+-- Columns that look regulated (by name or by sampled content, as
+-- agent_guard.suggest_sensitive() finds them) but carry no agent_guard label.
 CREATE FUNCTION agent_guard._review_unlabelled()
 RETURNS TABLE (rel oid, schema_name name, table_name name, column_name name, reason text)
-LANGUAGE plpgsql VOLATILE
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
-#variable_conflict use_column
-DECLARE
-    suggested jsonb;
-BEGIN
-    IF EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-               WHERE p.proname = 'suggest_sensitive'
-                 AND p.pronamespace = 'agent_guard'::pg_catalog.regnamespace) THEN
-        BEGIN
-            EXECUTE $q$
-                SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(x)), '[]'::jsonb)
-                FROM agent_guard.suggest_sensitive() x
-            $q$ INTO suggested;
-        EXCEPTION WHEN others THEN
-            suggested := NULL;   -- not callable without arguments, or failed: use the names
-        END;
-        IF suggested IS NOT NULL THEN
-            RETURN QUERY
-            WITH s AS (SELECT e.j FROM pg_catalog.jsonb_array_elements(suggested) AS e(j)),
-            t AS (
-                SELECT coalesce(
-                           pg_catalog.to_regclass(coalesce(s.j->>'relation', s.j->>'regclass')),
-                           pg_catalog.to_regclass(
-                               pg_catalog.quote_ident(coalesce(s.j->>'schema', s.j->>'schema_name', s.j->>'nspname', 'public'))
-                               || '.' || pg_catalog.quote_ident(coalesce(s.j->>'table', s.j->>'table_name', s.j->>'relname', ''))),
-                           pg_catalog.to_regclass(s.j->>'table'))::oid AS rel,
-                       coalesce(s.j->>'column', s.j->>'column_name', s.j->>'attname') AS col,
-                       coalesce(s.j->>'reason', s.j->>'why', s.j->>'category', s.j->>'kind',
-                                           'suggested by agent_guard.suggest_sensitive()') AS reason
-                FROM s
-            )
-            SELECT DISTINCT c.oid, n.nspname, c.relname, a.attname, t.reason
-            FROM t
-            JOIN pg_catalog.pg_class c ON c.oid = t.rel
-            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-            JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col
-                                          AND a.attnum > 0 AND NOT a.attisdropped
-            WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_seclabel l
-                              WHERE l.provider = 'agent_guard'
-                                AND l.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                                AND l.objoid = c.oid AND l.objsubid = a.attnum);
-            RETURN;
-        END IF;
-    END IF;
-    RETURN QUERY
-    SELECT c.oid, n.nspname, c.relname, a.attname, agent_guard._looks_sensitive(a.attname::text)
-    FROM pg_catalog.pg_class c
-    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-    WHERE c.relkind IN ('r', 'p', 'f', 'm')
-      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-      AND n.nspname !~ '^(pg_(toast|temp)|agent_guard$|agent_guard_)'
-      AND agent_guard._looks_sensitive(a.attname::text) IS NOT NULL
-      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_seclabel l
-                      WHERE l.provider = 'agent_guard'
-                        AND l.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                        AND l.objoid = c.oid AND l.objsubid = a.attnum)
-    ORDER BY 2, 3, 4;
-END
+SELECT DISTINCT c.oid, n.nspname, c.relname, s.column_name, s.reason
+FROM agent_guard.suggest_sensitive() s
+JOIN pg_catalog.pg_class c ON c.oid = s.relation
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = s.column_name
+                              AND a.attnum > 0 AND NOT a.attisdropped
+WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_seclabel l
+                  WHERE l.provider = 'agent_guard'
+                    AND l.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
+                    AND l.objoid = c.oid AND l.objsubid = a.attnum)
+ORDER BY 2, 3, 4
 $$;
 
 -- ---- the facts ---------------------------------------------------------------------

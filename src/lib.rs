@@ -81,10 +81,10 @@ extension_sql_file!(
         "registry",
         "audit",
         "grants",
+        "masking",
         review::review_check,
         review::review_assess,
         review::review_rank,
-        review::looks_sensitive,
         review::guard_presence,
         review::review_markdown
     ]

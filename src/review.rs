@@ -203,12 +203,6 @@ fn review_rank(severity: &str, code: &str) -> i32 {
     rank(Severity::parse(severity).unwrap_or(Severity::Info), code)
 }
 
-/// Why a column name suggests regulated data (NULL if it does not).
-#[pg_extern(immutable, parallel_safe, name = "_looks_sensitive")]
-fn looks_sensitive(column: &str) -> Option<&'static str> {
-    core_review::looks_sensitive(column)
-}
-
 // ---- is agent_guard installed in the other databases? -----------------------------
 
 const PROBE_UNKNOWN: u32 = 0;

@@ -1050,93 +1050,6 @@ pub fn assess(f: &RoleFacts) -> Assessment {
     }
 }
 
-// ---- discovery of sensitive columns by name -------------------------------------
-
-/// Why a column's name suggests regulated data, if it does.
-pub fn looks_sensitive(column: &str) -> Option<&'static str> {
-    let toks = tokens(&split_camel(column));
-    let compact: String = toks.concat();
-    let has = |w: &str| toks.iter().any(|t| t == w);
-    let has_pair = |a: &str, b: &str| toks.windows(2).any(|p| p[0] == a && p[1] == b);
-    if has("ssn")
-        || compact.contains("socialsecurity")
-        || has("sin") && toks.len() == 1
-        || compact.contains("nationalid")
-        || compact.contains("taxid")
-        || has("tin") && toks.len() == 1
-        || compact.contains("passport")
-        || compact.contains("driverslicense")
-        || compact.contains("driverlicense")
-    {
-        return Some("government identifier");
-    }
-    if compact.contains("creditcard")
-        || compact.contains("cardnumber")
-        || compact.contains("cardno")
-        || has("pan") && toks.len() == 1
-        || has("cvv")
-        || has("cvc")
-        || has("iban")
-        || compact.contains("accountnumber")
-        || compact.contains("routingnumber")
-        || has_pair("cc", "number")
-        || has_pair("cc", "num")
-    {
-        return Some("payment data");
-    }
-    if has("email") || compact.contains("emailaddress") || has_pair("e", "mail") {
-        return Some("e-mail address");
-    }
-    if has("phone")
-        || has("mobile")
-        || compact.contains("phonenumber")
-        || compact.contains("telephone")
-        || has("msisdn")
-    {
-        return Some("phone number");
-    }
-    if has("dob")
-        || compact.contains("dateofbirth")
-        || compact.contains("birthdate")
-        || compact.contains("birthday")
-    {
-        return Some("date of birth");
-    }
-    if has("password")
-        || has("passwd")
-        || has("pwd")
-        || compact.contains("passwordhash")
-        || has("secret")
-        || compact.contains("apikey")
-        || compact.contains("accesstoken")
-        || compact.contains("refreshtoken")
-        || has("token") && toks.len() <= 2
-        || compact.contains("privatekey")
-    {
-        return Some("credential");
-    }
-    if has("salary") || has("income") || compact.contains("bankaccount") {
-        return Some("financial data");
-    }
-    if has("diagnosis") || compact.contains("medicalrecord") || has("icd10") {
-        return Some("health data");
-    }
-    None
-}
-
-fn split_camel(s: &str) -> String {
-    let mut out = String::new();
-    let mut prev_lower = false;
-    for c in s.chars() {
-        if c.is_uppercase() && prev_lower {
-            out.push('_');
-        }
-        prev_lower = c.is_lowercase() || c.is_ascii_digit();
-        out.push(c);
-    }
-    out
-}
-
 // ---- markdown ---------------------------------------------------------------------
 
 /// Text safe inside a markdown table cell: one line, pipes escaped.
@@ -1503,28 +1416,6 @@ mod tests {
         assert!(unused_rights(&f)
             .unwrap()
             .contains(&"write on 8 of 8 tables in schema s".to_string()));
-    }
-
-    #[test]
-    fn sensitive_names() {
-        assert_eq!(looks_sensitive("ssn"), Some("government identifier"));
-        assert_eq!(
-            looks_sensitive("customer_ssn"),
-            Some("government identifier")
-        );
-        assert_eq!(looks_sensitive("cardNumber"), Some("payment data"));
-        assert_eq!(looks_sensitive("card_number"), Some("payment data"));
-        assert_eq!(looks_sensitive("email"), Some("e-mail address"));
-        assert_eq!(looks_sensitive("contact_email"), Some("e-mail address"));
-        assert_eq!(looks_sensitive("phone"), Some("phone number"));
-        assert_eq!(looks_sensitive("date_of_birth"), Some("date of birth"));
-        assert_eq!(looks_sensitive("password_hash"), Some("credential"));
-        assert_eq!(looks_sensitive("api_key"), Some("credential"));
-        assert_eq!(looks_sensitive("iban"), Some("payment data"));
-        assert_eq!(looks_sensitive("name"), None);
-        assert_eq!(looks_sensitive("amount"), None);
-        assert_eq!(looks_sensitive("business"), None);
-        assert_eq!(looks_sensitive("token_count_total_x"), None);
     }
 
     #[test]
