@@ -211,16 +211,23 @@ fn check(e: &Expr, column: Option<&str>) -> Result<(), String> {
             type_schema,
             type_name,
         } => {
-            if type_schema != "pg_catalog" {
-                return Err(format!(
-                    "a mask may cast only to built-in types, not to {}.{}",
-                    quote_ident(type_schema),
-                    quote_ident(type_name)
-                ));
-            }
+            builtin_type(type_schema, type_name)?;
             check(arg, column)
         }
         Expr::Other(kind) => Err(format!("{kind} is not allowed in a mask expression")),
+    }
+}
+
+/// Masks may cast only to built-in types.
+fn builtin_type(type_schema: &str, type_name: &str) -> Result<(), String> {
+    if type_schema == "pg_catalog" {
+        Ok(())
+    } else {
+        Err(format!(
+            "a mask may cast only to built-in types, not to {}.{}",
+            quote_ident(type_schema),
+            quote_ident(type_name)
+        ))
     }
 }
 
@@ -249,13 +256,7 @@ pub fn validate_value(e: &Expr) -> Result<(), String> {
             type_schema,
             type_name,
         } => {
-            if type_schema != "pg_catalog" {
-                return Err(format!(
-                    "a mask may cast only to built-in types, not to {}.{}",
-                    quote_ident(type_schema),
-                    quote_ident(type_name)
-                ));
-            }
+            builtin_type(type_schema, type_name)?;
             validate_value(arg)
         }
         Expr::Call { .. } | Expr::Column(_) => Err(
