@@ -317,15 +317,23 @@ pub fn session_state() -> SessionState {
     }
 }
 
+/// This session's database name (a database cannot be renamed while anyone is connected to it).
 pub fn database_name() -> String {
-    unsafe {
+    thread_local! {
+        static NAME: RefCell<Option<String>> = const { RefCell::new(None) };
+    }
+    if let Some(n) = NAME.with(|c| c.borrow().clone()) {
+        return n;
+    }
+    let name = unsafe {
         let p = pg_sys::get_database_name(pg_sys::MyDatabaseId);
         if p.is_null() {
-            String::new()
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
+            return String::new();
         }
-    }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    NAME.with(|c| *c.borrow_mut() = Some(name.clone()));
+    name
 }
 
 /// The request id: a sqlcommenter comment in the top-level statement wins,

@@ -17,7 +17,13 @@ pub fn link(prev_hash: &str, content: &str) -> String {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[(b >> 4) as usize] as char);
+        out.push(DIGITS[(b & 15) as usize] as char);
+    }
+    out
 }
 
 /// The hash the chain starts from.
@@ -110,6 +116,11 @@ mod tests {
         c.remove(1);
         let r: Vec<_> = rows(&c);
         assert_eq!(first_break(r, GENESIS).map(|b| b.0), Some(2));
+    }
+
+    #[test]
+    fn hex_is_lowercase_two_digits_per_byte() {
+        assert_eq!(hex(&[0x0f, 0xa0, 0x00, 0xff]), "0fa000ff");
     }
 
     #[test]

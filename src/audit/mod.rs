@@ -10,6 +10,7 @@
 //! reads may go asynchronously. If the trail cannot be written, the agent's
 //! statement is refused.
 
+pub mod insert;
 pub mod queue;
 pub mod row;
 pub mod worker;
@@ -26,16 +27,16 @@ struct Open {
     n: u64,
     query_desc: usize,
     subxact: u32,
-    /// The statement's event when it was not sent yet (asynchronous records
+    /// The statement when it was not sent yet (asynchronous records
     /// travel once, complete, at statement or transaction end).
-    event: Option<Value>,
+    event: Option<row::Stmt>,
 }
 
 /// A finished statement whose record has not been queued yet.
 struct Finished {
     subxact: u32,
     n: u64,
-    event: Value,
+    event: row::Stmt,
 }
 
 /// How many finished asynchronous records a backend holds before queueing them.
@@ -124,6 +125,11 @@ fn send(event: &Value, durable: bool) -> Result<(), Unavailable> {
     send_bytes(event.to_string().into_bytes(), durable)
 }
 
+/// Queue a statement event; with `durable`, wait until the writer committed it.
+fn send_stmt(stmt: &row::Stmt, durable: bool) -> Result<(), Unavailable> {
+    send_bytes(stmt.event_json(), durable)
+}
+
 fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
     if !queue::attached() {
         return Err(Unavailable::NoSlot);
@@ -134,9 +140,9 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
     ensure_worker(i);
     let seq = loop {
         let pushed = queue::with_slot(i, |s, buf| {
-            let r = queue::push(s, buf, db, &payload, now_us());
+            let r = queue::push(s, buf, db, &payload, durable, now_us());
             match r {
-                Ok(_) => queue::wake(s),
+                Ok(_) => queue::wake(s, buf.len()),
                 Err(queue::Full::NoSpace) => s.waits += 1,
                 Err(queue::Full::Reassigned) => {}
             }
@@ -258,27 +264,41 @@ pub fn statement_start(
         ),
         None => (None, None),
     };
-    let app = cstr(unsafe { pg_sys::application_name });
-    let event = json!({
-        "k": "stmt", "sk": sk, "n": n, "x": x, "sx": subxact, "parent": parent, "lvl": level,
-        "ts": now_us(),
-        "su": role_name(unsafe { pg_sys::GetSessionUserId() }),
-        "cu": role_name(unsafe { pg_sys::GetUserId() }),
-        "agent": agent.as_ref().map(|a| a.agent_name.clone()),
-        "login": login, "sponsor": sponsor, "app": app,
-        "addr": crate::identity::client_address_cached(),
-        "pid": unsafe { pg_sys::MyProcPid },
-        "db": crate::identity::database_name(),
-        "rid": request_id, "tp": traceparent,
-        "cmd": c.command, "risk": c.risk.as_str(), "obj": c.objects,
-        "dec": decision, "why": reason, "grant": grant,
-        "text": statement_text, "params": params,
-    });
+    let event = row::Stmt {
+        sk,
+        n,
+        x,
+        sx: subxact,
+        parent,
+        lvl: level,
+        ts: now_us(),
+        su: role_name(unsafe { pg_sys::GetSessionUserId() }),
+        cu: role_name(unsafe { pg_sys::GetUserId() }),
+        agent: agent.as_ref().map(|a| a.agent_name.clone()),
+        login,
+        sponsor,
+        app: cstr(unsafe { pg_sys::application_name }),
+        addr: crate::identity::client_address_cached(),
+        pid: unsafe { pg_sys::MyProcPid },
+        db: Some(crate::identity::database_name()),
+        rid: request_id,
+        tp: traceparent,
+        cmd: Some(c.command.clone()),
+        risk: Some(c.risk.as_str().to_string()),
+        obj: c.objects.clone(),
+        dec: decision.to_string(),
+        why: Some(reason),
+        grant,
+        text: Some(statement_text),
+        params,
+        end: None,
+        xo: None,
+    };
     let durable = matches!(d, Decision::Deny(_))
         || c.risk > Risk::SensitiveRead
         || crate::gucs::audit_durability_sync();
     if durable {
-        send(&event, true)?;
+        send_stmt(&event, true)?;
         STATE.with(|s| s.borrow_mut().xact_sent = true);
     }
     if !matches!(d, Decision::Deny(_)) {
@@ -295,12 +315,27 @@ pub fn statement_start(
     Ok(())
 }
 
-fn end_event(n: u64, rows: Option<u64>, error: Option<&(String, String)>) -> Value {
+fn end_of(rows: Option<u64>, error: Option<&(String, String)>) -> row::End {
+    row::End {
+        ts: now_us(),
+        rows,
+        out: if error.is_some() { "error" } else { "ok" }.into(),
+        state: error.map(|e| e.0.clone()),
+        msg: error.map(|e| {
+            agent_guard_core::redact::redact(
+                &e.1,
+                &agent_guard_core::redact::scan_literals(&e.1),
+                false,
+            )
+        }),
+    }
+}
+
+/// The end of statement `n` as an event of its own (for a statement already queued).
+fn end_event(n: u64, end: &row::End) -> Value {
     json!({
-        "k": "end", "sk": session_key(), "n": n, "ts": now_us(), "rows": rows,
-        "out": if error.is_some() { "error" } else { "ok" },
-        "state": error.map(|e| e.0.clone()),
-        "msg": error.map(|e| agent_guard_core::redact::redact(&e.1, &agent_guard_core::redact::scan_literals(&e.1), false)),
+        "k": "end", "sk": session_key(), "n": n, "ts": end.ts, "rows": end.rows,
+        "out": end.out, "state": end.state, "msg": end.msg,
     })
 }
 
@@ -319,13 +354,13 @@ pub fn statement_end(query_desc: usize, rows: Option<u64>) {
 /// A statement ended: a queued record gets an end event; a deferred one
 /// carries its end and waits for the transaction's.
 fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
-    let end = end_event(o.n, rows, error);
+    let end = end_of(rows, error);
     match o.event {
         None => {
-            let _ = send(&end, false);
+            let _ = send(&end_event(o.n, &end), false);
         }
         Some(mut event) => {
-            event["end"] = end;
+            event.end = Some(end);
             let flush = STATE.with(|s| {
                 let mut s = s.borrow_mut();
                 s.finished.push(Finished {
@@ -343,7 +378,7 @@ fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
 }
 
 /// Queue the finished records, with the transaction's outcome when it is known.
-fn flush_finished(outcome: Option<&Value>) {
+fn flush_finished(outcome: Option<&row::XactEnd>) {
     let finished = STATE.with(|s| std::mem::take(&mut s.borrow_mut().finished));
     if finished.is_empty() {
         return;
@@ -353,9 +388,7 @@ fn flush_finished(outcome: Option<&Value>) {
     }
     for mut f in finished {
         if let Some(o) = outcome {
-            if f.event.get("xo").is_none() {
-                f.event["xo"] = o.clone();
-            }
+            f.event.set_transaction(o);
         }
         let _ = send_bytes(row::complete_record(&f.event), false);
     }
@@ -398,23 +431,27 @@ fn record_orphan_error() {
         &agent_guard_core::redact::scan_literals(&text),
         false,
     );
-    let event = json!({
-        "k": "stmt", "sk": sk, "n": n, "x": x, "sx": unsafe { pg_sys::GetCurrentSubTransactionId() },
-        "parent": parent, "lvl": crate::hooks::nesting_level(), "ts": ts,
-        "su": Value::Null, "cu": Value::Null,
-        "agent": agent.as_ref().map(|a| a.agent_name.clone()),
-        "login": agent.as_ref().map(|a| a.login_name.clone()),
-        "sponsor": agent.as_ref().map(|a| a.label.sponsor_name.clone()),
-        "app": cstr(unsafe { pg_sys::application_name }),
-        "addr": crate::identity::client_address_cached(),
-        "pid": unsafe { pg_sys::MyProcPid },
-        "db": Value::Null, "rid": Value::Null, "tp": Value::Null,
-        "cmd": Value::Null, "risk": Value::Null, "obj": [],
-        "dec": "allowed", "why": "failed before execution (parse analysis or planning)",
-        "grant": Value::Null, "text": redacted, "params": Value::Null,
-    });
-    let _ = send(&event, false);
-    let _ = send(&end_event(n, None, Some(&(state, msg))), false);
+    let event = row::Stmt {
+        sk,
+        n,
+        x,
+        sx: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        parent,
+        lvl: crate::hooks::nesting_level(),
+        ts,
+        agent: agent.as_ref().map(|a| a.agent_name.clone()),
+        login: agent.as_ref().map(|a| a.login_name.clone()),
+        sponsor: agent.as_ref().map(|a| a.label.sponsor_name.clone()),
+        app: cstr(unsafe { pg_sys::application_name }),
+        addr: crate::identity::client_address_cached(),
+        pid: unsafe { pg_sys::MyProcPid },
+        dec: "allowed".into(),
+        why: Some("failed before execution (parse analysis or planning)".into()),
+        text: Some(redacted),
+        ..Default::default()
+    };
+    let _ = send_stmt(&event, false);
+    let _ = send(&end_event(n, &end_of(None, Some(&(state, msg)))), false);
     STATE.with(|s| s.borrow_mut().xact_sent = true);
 }
 
@@ -439,14 +476,21 @@ fn transaction_end(committed: bool) {
         finish(o, None, if committed { None } else { Some(&err) });
     }
     let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() }.into_inner();
-    let outcome = json!({"out": if committed { "committed" } else { "rolled back" },
-                         "xid": if xid == 0 { None } else { Some(xid) }});
+    let outcome = row::XactEnd {
+        out: if committed {
+            "committed"
+        } else {
+            "rolled back"
+        }
+        .into(),
+        xid: (xid != 0).then_some(xid as u64),
+    };
     flush_finished(Some(&outcome));
     let sent = STATE.with(|s| std::mem::replace(&mut s.borrow_mut().xact_sent, false));
     if sent {
         let _ = send(
             &json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
-                    "out": outcome["out"], "xid": outcome["xid"]}),
+                    "out": outcome.out, "xid": outcome.xid}),
             false,
         );
     }
@@ -477,8 +521,11 @@ fn subtransaction_abort(subxact: u32) {
     // deferred records of the rolled-back savepoint say so themselves
     STATE.with(|s| {
         for f in s.borrow_mut().finished.iter_mut() {
-            if f.subxact >= subxact && f.n <= upto && f.event.get("xo").is_none() {
-                f.event["xo"] = json!({"out": "rolled back to savepoint", "xid": Value::Null});
+            if f.subxact >= subxact && f.n <= upto && f.event.xo.is_none() {
+                f.event.xo = Some(row::XactEnd {
+                    out: "rolled back to savepoint".into(),
+                    xid: None,
+                });
             }
         }
     });

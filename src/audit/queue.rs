@@ -38,6 +38,12 @@ pub struct Slot {
     pub worker_state: u32,
     pub worker_latch: *mut pg_sys::Latch,
     pub start_requested_at: i64,
+    /// Sequence of the newest record a backend waits for (its batch is
+    /// committed with a WAL flush; others are not).
+    pub sync_upto: u64,
+    /// The writer found the queue empty and sleeps until woken; otherwise it
+    /// is collecting a batch and only urgent records wake it early.
+    pub writer_idle: bool,
     pub durable_cv: pg_sys::ConditionVariable,
     pub space_cv: pg_sys::ConditionVariable,
 }
@@ -177,12 +183,14 @@ pub enum Full {
     Reassigned,
 }
 
-/// Append a record; returns its sequence number.
+/// Append a record; returns its sequence number. A `durable` record is one
+/// its sender will wait for.
 pub fn push(
     slot: &mut Slot,
     buf: &mut [u8],
     db: pg_sys::Oid,
     payload: &[u8],
+    durable: bool,
     now: i64,
 ) -> Result<u64, Full> {
     if slot.dboid != db {
@@ -201,6 +209,9 @@ pub fn push(
     ring_write(buf, slot.head, &rec);
     slot.head += need;
     slot.enqueued = seq;
+    if durable {
+        slot.sync_upto = seq;
+    }
     if slot.oldest_ts == 0 {
         slot.oldest_ts = now;
     }
@@ -251,11 +262,19 @@ pub fn header_capacity() -> u64 {
     }
 }
 
-/// Wake slot `i`'s writer.
-pub fn wake(slot: &Slot) {
-    if !slot.worker_latch.is_null() {
+/// Wake slot `i`'s writer if it sleeps on an empty queue, or if the newest
+/// record cannot wait for the batch being collected: someone waits for it,
+/// or the queue is half full.
+pub fn wake(slot: &Slot, capacity: usize) {
+    let urgent = slot.sync_upto > slot.durable || slot.head - slot.tail > capacity as u64 / 2;
+    if (slot.writer_idle || urgent) && !slot.worker_latch.is_null() {
         unsafe { pg_sys::SetLatch(slot.worker_latch) };
     }
+}
+
+/// Whether a record someone waits for is queued and not yet durable.
+pub fn sync_pending(slot: &Slot) -> bool {
+    slot.sync_upto > slot.durable
 }
 
 pub fn cv_ptr(i: usize, durable: bool) -> *mut pg_sys::ConditionVariable {

@@ -2,7 +2,8 @@
 //! hashes cover. Shared by backends (which send finished asynchronous
 //! statements as complete rows) and the writer.
 
-use serde_json::{json, Map, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 /// PostgreSQL-epoch microseconds as an ISO timestamp in UTC.
 pub fn iso_utc(pg_us: i64) -> String {
@@ -38,238 +39,268 @@ pub fn key(sk: &Value, n: &Value) -> String {
     format!("{}:{}", sk.as_str().unwrap_or(""), n)
 }
 
-/// Put an end event into a row.
-pub fn outcome_of(row: &mut Map<String, Value>, e: &Value) {
-    row.insert("ended_at".into(), ts(&e["ts"]));
-    row.insert("_ended_us".into(), e["ts"].clone());
-    row.insert("rows_affected".into(), e["rows"].clone());
-    row.insert("outcome".into(), e["out"].clone());
-    row.insert("sqlstate".into(), e["state"].clone());
-    row.insert("error_message".into(), e["msg"].clone());
+/// How a statement ended.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct End {
+    /// End time, PostgreSQL-epoch microseconds.
+    pub ts: i64,
+    pub rows: Option<u64>,
+    /// `ok`, `error` or (for refusals) `denied`.
+    pub out: String,
+    pub state: Option<String>,
+    pub msg: Option<String>,
 }
 
-/// Put a transaction's outcome into a row.
-pub fn transaction_of(row: &mut Map<String, Value>, xo: &Value) {
-    if !row.contains_key("transaction_outcome") {
-        row.insert("transaction_outcome".into(), xo["out"].clone());
-    }
-    row.insert("transaction_id".into(), xo["xid"].clone());
+/// How a statement's transaction ended.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct XactEnd {
+    /// `committed`, `rolled back` or `rolled back to savepoint`.
+    pub out: String,
+    pub xid: Option<u64>,
 }
 
-/// The row of a statement event (and of its end and transaction, when it carries them).
-pub fn stmt_row(e: &Value) -> Map<String, Value> {
-    let mut r = Map::new();
-    let fields = [
-        ("session_key", "sk"),
-        ("statement_no", "n"),
-        ("local_xact", "x"),
-        ("subxact", "sx"),
-        ("parent_statement", "parent"),
-        ("nesting_level", "lvl"),
-        ("session_user_name", "su"),
-        ("current_user_name", "cu"),
-        ("agent", "agent"),
-        ("login_role", "login"),
-        ("sponsor", "sponsor"),
-        ("application_name", "app"),
-        ("client_addr", "addr"),
-        ("backend_pid", "pid"),
-        ("database_name", "db"),
-        ("request_id", "rid"),
-        ("traceparent", "tp"),
-        ("command", "cmd"),
-        ("risk", "risk"),
-        ("objects", "obj"),
-        ("decision", "dec"),
-        ("reason", "why"),
-        ("grant_id", "grant"),
-        ("statement_text", "text"),
-        ("parameters", "params"),
-    ];
-    r.insert("event_key".into(), json!(key(&e["sk"], &e["n"])));
-    for (column, field) in fields {
-        r.insert(column.into(), e[field].clone());
-    }
-    r.insert("started_at".into(), ts(&e["ts"]));
-    r.insert("_started_us".into(), e["ts"].clone());
-    if e["dec"] == "denied" {
-        r.insert("ended_at".into(), ts(&e["ts"]));
-        r.insert("_ended_us".into(), e["ts"].clone());
-        r.insert("outcome".into(), json!("denied"));
-        r.insert("sqlstate".into(), json!("42501"));
-    }
-    r
+/// One audited statement: what the backend knows when it starts, plus its
+/// end and its transaction's end once known. Serialized with short keys, as
+/// the statement events of the queue carry it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default)]
+pub struct Stmt {
+    pub sk: String,
+    pub n: u64,
+    pub x: u64,
+    pub sx: u32,
+    pub parent: Option<u64>,
+    pub lvl: i32,
+    /// Start time, PostgreSQL-epoch microseconds.
+    pub ts: i64,
+    pub su: Option<String>,
+    pub cu: Option<String>,
+    pub agent: Option<String>,
+    pub login: Option<String>,
+    pub sponsor: Option<String>,
+    pub app: Option<String>,
+    pub addr: Option<String>,
+    pub pid: i32,
+    pub db: Option<String>,
+    pub rid: Option<String>,
+    pub tp: Option<String>,
+    pub cmd: Option<String>,
+    pub risk: Option<String>,
+    pub obj: Vec<String>,
+    pub dec: String,
+    pub why: Option<String>,
+    pub grant: Option<i64>,
+    pub text: Option<String>,
+    pub params: Option<Vec<Option<String>>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<End>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xo: Option<XactEnd>,
 }
 
-/// PostgreSQL's jsonb text of a JSON value (as `jsonb_build_array(...)::text` prints it).
-fn pg_json(v: &Value, out: &mut String) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => out.push_str(&n.to_string()),
-        Value::String(s) => {
-            out.push('"');
-            for c in s.chars() {
-                match c {
-                    '\u{8}' => out.push_str("\\b"),
-                    '\u{c}' => out.push_str("\\f"),
-                    '\n' => out.push_str("\\n"),
-                    '\r' => out.push_str("\\r"),
-                    '\t' => out.push_str("\\t"),
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => out.push(c),
-                }
+impl Stmt {
+    /// Unique per statement: session key and statement number.
+    pub fn event_key(&self) -> String {
+        format!("{}:{}", self.sk, self.n)
+    }
+
+    /// How the statement ended: its end event, or for a refusal the refusal itself.
+    pub fn outcome(&self) -> Option<std::borrow::Cow<'_, End>> {
+        match &self.end {
+            Some(e) => Some(std::borrow::Cow::Borrowed(e)),
+            None if self.dec == "denied" => Some(std::borrow::Cow::Owned(End {
+                ts: self.ts,
+                rows: None,
+                out: "denied".into(),
+                state: Some("42501".into()),
+                msg: None,
+            })),
+            None => None,
+        }
+    }
+
+    /// Record the transaction's end (a savepoint rollback already recorded stays).
+    pub fn set_transaction(&mut self, xo: &XactEnd) {
+        match &mut self.xo {
+            Some(mine) => mine.xid = xo.xid,
+            None => self.xo = Some(xo.clone()),
+        }
+    }
+
+    /// The statement event as the queue carries it (`{"k":"stmt",…}`).
+    pub fn event_json(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(self).unwrap_or_else(|_| b"{}".to_vec());
+        let mut out = Vec::with_capacity(body.len() + 11);
+        out.extend_from_slice(b"{\"k\":\"stmt\"");
+        if body.len() > 2 {
+            out.push(b',');
+        }
+        out.extend_from_slice(&body[1..]);
+        out
+    }
+}
+
+/// PostgreSQL's jsonb text of a string (as `jsonb_build_array(...)::text` prints it).
+fn pg_json_str(s: &str, out: &mut String) {
+    out.push('"');
+    let bytes = s.as_bytes();
+    let mut plain = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let escape: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            b if b < 0x20 => "",
+            _ => continue,
+        };
+        // only ASCII bytes are escaped, so slicing here keeps characters whole
+        out.push_str(&s[plain..i]);
+        if escape.is_empty() {
+            use std::fmt::Write;
+            let _ = write!(out, "\\u{b:04x}");
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
+    out.push('"');
+}
+
+/// A JSON array as PostgreSQL's jsonb prints it: `[a, b, …]`.
+struct PgArray {
+    out: String,
+    first: bool,
+}
+
+impl PgArray {
+    fn new(capacity: usize) -> Self {
+        let mut out = String::with_capacity(capacity);
+        out.push('[');
+        PgArray { out, first: true }
+    }
+    fn sep(&mut self) -> &mut String {
+        if !std::mem::replace(&mut self.first, false) {
+            self.out.push_str(", ");
+        }
+        &mut self.out
+    }
+    fn str(&mut self, v: Option<&str>) {
+        let out = self.sep();
+        match v {
+            Some(s) => pg_json_str(s, out),
+            None => out.push_str("null"),
+        }
+    }
+    fn num(&mut self, v: Option<impl std::fmt::Display>) {
+        use std::fmt::Write;
+        let out = self.sep();
+        match v {
+            Some(n) => {
+                let _ = write!(out, "{n}");
             }
-            out.push('"');
+            None => out.push_str("null"),
         }
-        Value::Array(items) => {
-            out.push('[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
+    }
+    fn strs<'a>(&mut self, v: Option<impl IntoIterator<Item = Option<&'a str>>>) {
+        let out = self.sep();
+        match v {
+            None => out.push_str("null"),
+            Some(items) => {
+                out.push('[');
+                for (i, item) in items.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    match item {
+                        Some(s) => pg_json_str(s, out),
+                        None => out.push_str("null"),
+                    }
                 }
-                pg_json(item, out);
+                out.push(']');
             }
-            out.push(']');
         }
-        Value::Object(_) => out.push_str(&v.to_string()),
+    }
+    fn finish(mut self) -> String {
+        self.out.push(']');
+        self.out
     }
 }
 
-/// A JSON array of the row's `fields`, as PostgreSQL prints it; `_unix` fields
-/// are the PostgreSQL-epoch microsecond fields of the same name turned into
-/// Unix microseconds (as `EXTRACT(epoch …) * 1e6` gives them).
-fn pg_json_array(row: &Map<String, Value>, fields: &[&str]) -> String {
-    let mut out = String::from("[");
-    for (i, f) in fields.iter().enumerate() {
-        if i > 0 {
-            out.push_str(", ");
-        }
-        match f.strip_suffix("_unix") {
-            Some(base) => {
-                let v = row.get(&format!("{base}_us")).and_then(Value::as_i64);
-                match v {
-                    Some(t) => out.push_str(&(t + 946_684_800_000_000).to_string()),
-                    None => out.push_str("null"),
-                }
-            }
-            None => pg_json(row.get(*f).unwrap_or(&Value::Null), &mut out),
-        }
-    }
-    out.push(']');
-    out
-}
-
-const CONTENT_FIELDS: &[&str] = &[
-    "event_key",
-    "session_key",
-    "statement_no",
-    "local_xact",
-    "subxact",
-    "parent_statement",
-    "nesting_level",
-    "_started_unix",
-    "session_user_name",
-    "current_user_name",
-    "agent",
-    "login_role",
-    "sponsor",
-    "application_name",
-    "client_addr",
-    "backend_pid",
-    "database_name",
-    "request_id",
-    "traceparent",
-    "command",
-    "risk",
-    "objects",
-    "decision",
-    "reason",
-    "grant_id",
-    "statement_text",
-    "parameters",
-];
-
-/// The hashed content of a row without its id: `[event_key, …]`.
-pub fn content_tail(row: &Map<String, Value>) -> String {
-    pg_json_array(row, CONTENT_FIELDS)
+/// Unix microseconds of a PostgreSQL-epoch timestamp (as `EXTRACT(epoch …) * 1e6` gives them).
+fn unix_us(pg_us: i64) -> i64 {
+    pg_us + 946_684_800_000_000
 }
 
 /// The hashed content of row `id`; equals SQL `agent_guard._row_content(row)`.
-pub fn content_with_id(id: i64, tail: &str) -> String {
-    format!("[{id}, {}", &tail[1..])
+pub fn row_content(id: i64, s: &Stmt) -> String {
+    let mut a = PgArray::new(256 + s.text.as_ref().map_or(0, String::len));
+    a.num(Some(id));
+    a.str(Some(&s.event_key()));
+    a.str(Some(&s.sk));
+    a.num(Some(s.n));
+    a.num(Some(s.x));
+    a.num(Some(s.sx));
+    a.num(s.parent);
+    a.num(Some(s.lvl));
+    a.num(Some(unix_us(s.ts)));
+    for v in [
+        &s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr,
+    ] {
+        a.str(v.as_deref());
+    }
+    a.num(Some(s.pid));
+    for v in [&s.db, &s.rid, &s.tp, &s.cmd, &s.risk] {
+        a.str(v.as_deref());
+    }
+    a.strs(Some(s.obj.iter().map(|o| Some(o.as_str()))));
+    a.str(Some(&s.dec));
+    a.str(s.why.as_deref());
+    a.num(s.grant);
+    a.str(s.text.as_deref());
+    a.strs(s.params.as_ref().map(|ps| ps.iter().map(|p| p.as_deref())));
+    a.finish()
 }
 
 /// Whether the row already knows how it ended (then its outcome is sealed at insert).
-pub fn has_outcome(row: &Map<String, Value>) -> bool {
-    row.contains_key("outcome") || row.contains_key("transaction_outcome")
+pub fn has_outcome(s: &Stmt) -> bool {
+    s.outcome().is_some() || s.xo.is_some()
 }
 
 /// The hashed outcome of a row; equals SQL `agent_guard._outcome_content(row)`.
-pub fn outcome_content(row: &Map<String, Value>) -> String {
-    pg_json_array(
-        row,
-        &[
-            "_ended_unix",
-            "rows_affected",
-            "outcome",
-            "sqlstate",
-            "error_message",
-            "transaction_id",
-            "transaction_outcome",
-        ],
-    )
+pub fn outcome_content(s: &Stmt) -> String {
+    let end = s.outcome();
+    let end = end.as_deref();
+    let mut a = PgArray::new(128);
+    a.num(end.map(|e| unix_us(e.ts)));
+    a.num(end.and_then(|e| e.rows));
+    a.str(end.map(|e| e.out.as_str()));
+    a.str(end.and_then(|e| e.state.as_deref()));
+    a.str(end.and_then(|e| e.msg.as_deref()));
+    a.num(s.xo.as_ref().and_then(|x| x.xid));
+    a.str(s.xo.as_ref().map(|x| x.out.as_str()));
+    a.finish()
 }
 
-/// A finished statement as one queue record: `R`, the content tail, the
-/// outcome content and the row's JSON, so the writer neither parses nor
-/// rebuilds it.
-pub fn complete_record(event: &Value) -> Vec<u8> {
-    let mut row = stmt_row(event);
-    if event["end"].is_object() {
-        outcome_of(&mut row, &event["end"]);
-    }
-    if event["xo"].is_object() {
-        transaction_of(&mut row, &event["xo"]);
-    }
-    let tail = content_tail(&row);
-    let outcome = if has_outcome(&row) {
-        outcome_content(&row)
-    } else {
-        String::new()
-    };
-    let json = Value::Object(row).to_string();
-    let mut out = Vec::with_capacity(9 + tail.len() + outcome.len() + json.len());
+/// A finished statement as one queue record: `R` and the statement with its
+/// end and transaction end.
+pub fn complete_record(s: &Stmt) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
     out.push(b'R');
-    out.extend_from_slice(&(tail.len() as u32).to_le_bytes());
-    out.extend_from_slice(tail.as_bytes());
-    out.extend_from_slice(&(outcome.len() as u32).to_le_bytes());
-    out.extend_from_slice(outcome.as_bytes());
-    out.extend_from_slice(json.as_bytes());
+    let _ = serde_json::to_writer(&mut out, s);
     out
 }
 
-/// The parts of a complete record: (content tail, outcome content or empty, row JSON).
-pub fn split_complete_record(p: &[u8]) -> Option<(&str, &str, &str)> {
+/// The statement of a complete record.
+pub fn parse_complete_record(p: &[u8]) -> Option<Stmt> {
     if p.first() != Some(&b'R') {
         return None;
     }
-    let n1 = u32::from_le_bytes(p.get(1..5)?.try_into().ok()?) as usize;
-    let tail = std::str::from_utf8(p.get(5..5 + n1)?).ok()?;
-    let o = 5 + n1;
-    let n2 = u32::from_le_bytes(p.get(o..o + 4)?.try_into().ok()?) as usize;
-    let outcome = std::str::from_utf8(p.get(o + 4..o + 4 + n2)?).ok()?;
-    let json = std::str::from_utf8(p.get(o + 4 + n2..)?).ok()?;
-    Some((tail, outcome, json))
+    serde_json::from_slice(&p[1..]).ok()
 }
-
-pub const COLUMNS: &str = "id, prev_hash, row_hash, outcome_hash, event_key, session_key, statement_no, local_xact, subxact, parent_statement, \
-    nesting_level, started_at, session_user_name, current_user_name, agent, login_role, sponsor, \
-    application_name, client_addr, backend_pid, database_name, request_id, traceparent, command, risk, \
-    objects, decision, reason, grant_id, statement_text, parameters, ended_at, rows_affected, outcome, \
-    sqlstate, error_message, transaction_id, transaction_outcome";
 
 #[cfg(test)]
 mod tests {
@@ -286,25 +317,74 @@ mod tests {
 
     #[test]
     fn json_text_matches_postgres_escaping() {
-        let mut out = String::new();
-        pg_json(&json!(["a\"b\\c\n\u{1}é", null, 5, []]), &mut out);
-        assert_eq!(out, "[\"a\\\"b\\\\c\\n\\u0001é\", null, 5, []]");
+        let mut a = PgArray::new(8);
+        a.str(Some("a\"b\\c\n\u{1}é"));
+        a.str(None);
+        a.num(Some(5));
+        a.strs(Some(std::iter::empty()));
+        assert_eq!(a.finish(), "[\"a\\\"b\\\\c\\n\\u0001é\", null, 5, []]");
+    }
+
+    fn sample() -> Stmt {
+        Stmt {
+            sk: "1-2".into(),
+            n: 3,
+            sx: 1,
+            ts: 10,
+            dec: "allowed".into(),
+            text: Some("SELECT 1".into()),
+            end: Some(End {
+                ts: 20,
+                rows: Some(1),
+                out: "ok".into(),
+                state: None,
+                msg: None,
+            }),
+            xo: Some(XactEnd {
+                out: "committed".into(),
+                xid: None,
+            }),
+            ..Default::default()
+        }
     }
 
     #[test]
-    fn complete_records_split_back() {
-        let event = json!({"k": "stmt", "sk": "1-2", "n": 3, "x": 0, "sx": 1, "ts": 10, "dec": "allowed",
-                           "text": "SELECT 1", "end": {"ts": 20, "rows": 1, "out": "ok"},
-                           "xo": {"out": "committed", "xid": null}});
-        let rec = complete_record(&event);
-        let (tail, outcome, row) = split_complete_record(&rec).unwrap();
-        assert!(tail.starts_with("[\"1-2:3\", \"1-2\", 3, 0, 1"), "{tail}");
+    fn complete_records_parse_back() {
+        let s = sample();
+        let back = parse_complete_record(&complete_record(&s)).unwrap();
+        assert_eq!(row_content(7, &back), row_content(7, &s));
+        assert!(row_content(7, &s)
+            .starts_with("[7, \"1-2:3\", \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
         assert_eq!(
-            outcome,
+            outcome_content(&back),
             "[946684800000020, 1, \"ok\", null, null, null, \"committed\"]"
         );
-        let row: Value = serde_json::from_str(row).unwrap();
-        assert_eq!(row["transaction_outcome"], "committed");
-        assert_eq!(content_with_id(7, tail), format!("[7, {}", &tail[1..]));
+    }
+
+    #[test]
+    fn refusals_end_when_they_start() {
+        let s = Stmt {
+            dec: "denied".into(),
+            ts: 5,
+            ..Default::default()
+        };
+        assert!(has_outcome(&s));
+        assert_eq!(
+            outcome_content(&s),
+            "[946684800000005, null, \"denied\", \"42501\", null, null, null]"
+        );
+        assert!(!has_outcome(&Stmt {
+            dec: "allowed".into(),
+            ..Default::default()
+        }));
+    }
+
+    #[test]
+    fn statement_events_are_tagged() {
+        let v: Value = serde_json::from_slice(&sample().event_json()).unwrap();
+        assert_eq!(v["k"], "stmt");
+        assert_eq!(v["n"], 3);
+        let back: Stmt = serde_json::from_value(v).unwrap();
+        assert_eq!(back.event_key(), "1-2:3");
     }
 }

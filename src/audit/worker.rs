@@ -4,17 +4,17 @@
 //! its queue in batches, one transaction per batch (group commit), chains
 //! the rows' hashes, then advances the queue and wakes waiting backends.
 
+use super::insert;
 use super::queue;
 use super::row::{
-    content_tail, content_with_id, has_outcome, key, outcome_content, outcome_of,
-    split_complete_record, stmt_row, transaction_of, ts, COLUMNS,
+    has_outcome, key, outcome_content, parse_complete_record, row_content, ts, End, Stmt, XactEnd,
 };
 use agent_guard_core::chain;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -22,12 +22,18 @@ use std::time::Duration;
 /// How long a writer with nothing to do stays.
 const IDLE_EXIT: Duration = Duration::from_secs(2);
 
+/// How long a busy writer collects records before its next batch. Records
+/// someone waits for do not wait for it.
+const BATCH_DELAY: Duration = Duration::from_millis(10);
+
 thread_local! {
     static PENDING: RefCell<Option<HashSet<(String, u64)>>> = const { RefCell::new(None) };
     static IS_WRITER: Cell<bool> = const { Cell::new(false) };
     /// Sequence of the last record queued when this writer started.
     static RECHECK_UNTIL: Cell<u64> = const { Cell::new(0) };
     static LAST_HASH: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether the writer's commits currently wait for their WAL flush.
+    static COMMIT_FLUSH: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
 /// True in the audit writer process and while purge_audit() runs.
@@ -112,16 +118,6 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = queue::slot_dboid(i);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
-    // A record some backend waits for is durable only once its commit is
-    // flushed, whatever the server's synchronous_commit says.
-    unsafe {
-        pg_sys::SetConfigOption(
-            c"synchronous_commit".as_ptr(),
-            c"on".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-        );
-    }
     unsafe {
         queue::with_slot(i, |s, _| {
             RECHECK_UNTIL.with(|c| c.set(s.enqueued));
@@ -147,8 +143,11 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         } else if idle_since.elapsed() > IDLE_EXIT && queue::release_if_empty(i) {
             break;
         }
+        // After a batch, collect the next one for a moment (records someone
+        // waits for, or a filling queue, wake the writer at once); on an
+        // empty queue, sleep until a backend wakes it.
         let timeout = if n > 0 {
-            Duration::from_millis(0)
+            BATCH_DELAY
         } else {
             Duration::from_millis(250)
         };
@@ -159,6 +158,24 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
         }
+    }
+}
+
+/// A batch holding a record some backend waits for commits with a WAL flush
+/// (`synchronous_commit = on`, whatever the server's setting); other batches
+/// do not wait for the disk (`off`): their records were asynchronous anyway.
+fn set_commit_flush(flush: bool) {
+    if COMMIT_FLUSH.with(|c| c.replace(Some(flush))) == Some(flush) {
+        return;
+    }
+    let value = if flush { c"on" } else { c"off" };
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"synchronous_commit".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
     }
 }
 
@@ -182,10 +199,15 @@ fn broadcast(i: usize) {
 
 /// Write everything queued now; returns how many events were written.
 fn drain(i: usize) -> usize {
-    let (end, records) = queue::with_slot(i, |s, buf| queue::peek_all(s, buf, 16 << 20));
+    let (end, records, flush) = queue::with_slot(i, |s, buf| {
+        let (end, records) = queue::peek_all(s, buf, 16 << 20);
+        s.writer_idle = records.is_empty();
+        (end, records, queue::sync_pending(s))
+    });
     if records.is_empty() {
         return 0;
     }
+    set_commit_flush(flush);
     let last_seq = records.last().map(|r| r.0).unwrap_or(0);
     // Records queued before this writer started may already be in the table
     // (a predecessor died between its commit and advancing the queue).
@@ -245,43 +267,79 @@ fn pending_xacts() -> HashSet<(String, u64)> {
 ///
 /// Events of one statement and its transaction that arrive in the same
 /// batch are merged into one row, so under load a statement costs one
-/// INSERT; only statements whose end comes in a later batch are updated.
+/// inserted row; only statements whose end comes in a later batch are updated.
 fn write_batch(payloads: &[Vec<u8>], recheck: bool) -> String {
-    // Each payload is a complete row (fast path) or a JSON event to merge.
-    enum Slot<'a> {
-        Complete(&'a str, &'a str, &'a str),
-        Built(usize),
-    }
-    let mut slots: Vec<Slot> = Vec::with_capacity(payloads.len());
-    let mut events: Vec<(usize, Value)> = vec![];
+    // Rows in queue order: complete records as they are, statement events
+    // with the end and transaction events of the same batch merged in.
+    let mut rows: Vec<Stmt> = Vec::with_capacity(payloads.len());
+    let mut by_key: HashMap<String, usize> = HashMap::new();
+    let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
+    let mut pending = pending_xacts();
+    let mut late: Vec<Value> = vec![];
+    let xact_of = |e: &Value| {
+        (
+            e["sk"].as_str().unwrap_or("").to_string(),
+            e["x"].as_u64().unwrap_or(0),
+        )
+    };
     for p in payloads {
-        match split_complete_record(p) {
-            Some((tail, outcome, json)) => slots.push(Slot::Complete(tail, outcome, json)),
-            None => {
-                if let Ok(v) = serde_json::from_slice::<Value>(p) {
-                    events.push((slots.len(), v));
+        if let Some(row) = parse_complete_record(p) {
+            rows.push(row);
+            continue;
+        }
+        let Ok(e) = serde_json::from_slice::<Value>(p) else {
+            continue;
+        };
+        match e["k"].as_str() {
+            Some("stmt") => {
+                let Ok(row) = serde_json::from_value::<Stmt>(e.clone()) else {
+                    continue;
+                };
+                let i = rows.len();
+                by_key.insert(row.event_key(), i);
+                by_xact.entry(xact_of(&e)).or_default().push(i);
+                rows.push(row);
+            }
+            Some("end") => match by_key.get(&key(&e["sk"], &e["n"])) {
+                Some(&i) => rows[i].end = serde_json::from_value::<End>(e.clone()).ok(),
+                None => late.push(e),
+            },
+            Some("xact") => {
+                let x = xact_of(&e);
+                if let Ok(xo) = serde_json::from_value::<XactEnd>(e.clone()) {
+                    for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
+                        rows[i].set_transaction(&xo);
+                    }
+                }
+                if pending.remove(&x) {
+                    late.push(e);
                 }
             }
+            Some("sub") => {
+                let x = xact_of(&e);
+                for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
+                    let r = &mut rows[i];
+                    if Some(r.sx as u64) >= e["sx"].as_u64()
+                        && Some(r.n) <= e["upto"].as_u64()
+                        && r.xo.is_none()
+                    {
+                        r.xo = Some(XactEnd {
+                            out: "rolled back to savepoint".into(),
+                            xid: None,
+                        });
+                    }
+                }
+                if pending.contains(&x) {
+                    late.push(e);
+                }
+            }
+            _ => {}
         }
     }
-    let already: HashSet<String> = if recheck {
-        let mut keys: Vec<String> = events
-            .iter()
-            .filter(|(_, e)| e["k"] == "stmt")
-            .map(|(_, e)| key(&e["sk"], &e["n"]))
-            .collect();
-        for s in &slots {
-            if let Slot::Complete(tail, _, _) = s {
-                // the event key is the first element of the content tail
-                if let Some(k) = serde_json::from_str::<Value>(tail)
-                    .ok()
-                    .and_then(|v| v[0].as_str().map(String::from))
-                {
-                    keys.push(k);
-                }
-            }
-        }
-        Spi::connect(|c| {
+    if recheck {
+        // Records queued before this writer started may already be in the table.
+        let keys: Vec<String> = rows.iter().map(Stmt::event_key).collect();
+        let already: HashSet<String> = Spi::connect(|c| {
             c.select(
                 "SELECT event_key FROM agent_guard.audit_log \
                  WHERE id > (SELECT coalesce(max(id), 0) - 200000 FROM agent_guard.audit_log) \
@@ -294,155 +352,38 @@ fn write_batch(payloads: &[Vec<u8>], recheck: bool) -> String {
                     .collect()
             })
             .unwrap_or_default()
-        })
-    } else {
-        HashSet::new()
-    };
-    let mut rows: Vec<Map<String, Value>> = vec![];
-    let mut by_key: HashMap<String, usize> = HashMap::new();
-    let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
-    let mut pending = pending_xacts();
-    let mut late: Vec<Value> = vec![];
-    let xact_of = |e: &Value| {
-        (
-            e["sk"].as_str().unwrap_or("").to_string(),
-            e["x"].as_u64().unwrap_or(0),
-        )
-    };
-    // JSON stmt events take their place among the complete rows, in queue order
-    let mut order: Vec<(usize, Slot)> = slots.into_iter().enumerate().collect();
-    for (pos, e) in &events {
-        match e["k"].as_str() {
-            Some("stmt") if already.contains(&key(&e["sk"], &e["n"])) => {}
-            Some("stmt") => {
-                let i = rows.len();
-                by_key.insert(key(&e["sk"], &e["n"]), i);
-                by_xact.entry(xact_of(e)).or_default().push(i);
-                let mut r = stmt_row(e);
-                if e["end"].is_object() {
-                    outcome_of(&mut r, &e["end"]);
-                }
-                if e["xo"].is_object() {
-                    transaction_of(&mut r, &e["xo"]);
-                }
-                rows.push(r);
-                order.push((*pos, Slot::Built(i)));
-            }
-            Some("end") => match by_key.get(&key(&e["sk"], &e["n"])) {
-                Some(&i) => outcome_of(&mut rows[i], e),
-                None => late.push(e.clone()),
-            },
-            Some("xact") => {
-                let x = xact_of(e);
-                for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
-                    transaction_of(&mut rows[i], e);
-                }
-                if pending.remove(&x) {
-                    late.push(e.clone());
-                }
-            }
-            Some("sub") => {
-                let x = xact_of(e);
-                for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
-                    let r = &mut rows[i];
-                    if r["subxact"].as_u64() >= e["sx"].as_u64()
-                        && r["statement_no"].as_u64() <= e["upto"].as_u64()
-                        && !r.contains_key("transaction_outcome")
-                    {
-                        r.insert(
-                            "transaction_outcome".into(),
-                            json!("rolled back to savepoint"),
-                        );
-                    }
-                }
-                if pending.contains(&x) {
-                    late.push(e.clone());
-                }
-            }
-            _ => {}
+        });
+        if !already.is_empty() {
+            rows.retain(|r| !already.contains(&r.event_key()));
         }
     }
-    order.sort_by_key(|(pos, _)| *pos);
     for r in &rows {
-        if !r.contains_key("transaction_outcome") {
-            let sk = r["session_key"].as_str().unwrap_or("").to_string();
-            pending.insert((sk, r["local_xact"].as_u64().unwrap_or(0)));
+        if r.xo.is_none() {
+            pending.insert((r.sk.clone(), r.x));
         }
     }
-    // complete rows skipped on a recheck
-    let order: Vec<(usize, Slot)> = order
-        .into_iter()
-        .filter(|(_, s)| match s {
-            Slot::Complete(tail, _, _) => {
-                already.is_empty()
-                    || !serde_json::from_str::<Value>(tail)
-                        .ok()
-                        .and_then(|v| v[0].as_str().map(|k| already.contains(k)))
-                        .unwrap_or(false)
-            }
-            Slot::Built(_) => true,
-        })
-        .collect();
 
     let mut prev = last_hash();
     let mut touched: Vec<i64> = vec![];
-    if !order.is_empty() {
-        // ids first, so each row's hash (which covers its id) is computed before it is written once
-        let ids: Vec<i64> = Spi::connect(|c| {
-            c.select(
-                "SELECT pg_catalog.nextval('agent_guard.audit_log_id_seq'::pg_catalog.regclass) \
-                 FROM pg_catalog.generate_series(1, $1)",
-                None,
-                &[(order.len() as i64).into()],
-            )
-            .map(|t| t.filter_map(|r| r.get::<i64>(1).ok().flatten()).collect())
-            .unwrap_or_default()
-        });
-        if ids.len() != order.len() {
-            error!("agent_guard: cannot number audit rows");
+    if !rows.is_empty() {
+        let table = insert::AuditTable::open();
+        let mut sealed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            // each row's hash covers its id, so ids come first
+            let id = table.next_id();
+            let row_hash = chain::link(&prev, &row_content(id, row));
+            let outcome_hash =
+                has_outcome(row).then(|| chain::link(&row_hash, &outcome_content(row)));
+            sealed.push(insert::Sealed {
+                id,
+                prev_hash: std::mem::replace(&mut prev, row_hash.clone()),
+                row_hash,
+                outcome_hash,
+                row,
+            });
         }
-        let mut json =
-            String::with_capacity(payloads.iter().map(Vec::len).sum::<usize>() + order.len() * 200);
-        json.push('[');
-        for ((_, slot), id) in order.iter().zip(ids) {
-            let built;
-            let (tail, outcome, row_json): (&str, &str, &str) = match slot {
-                Slot::Complete(t, o, j) => (t, o, j),
-                Slot::Built(i) => {
-                    let r = &rows[*i];
-                    let o = if has_outcome(r) {
-                        outcome_content(r)
-                    } else {
-                        String::new()
-                    };
-                    built = (content_tail(r), o, Value::Object(r.clone()).to_string());
-                    (built.0.as_str(), built.1.as_str(), built.2.as_str())
-                }
-            };
-            let h = chain::link(&prev, &content_with_id(id, tail));
-            let outcome_hash = if outcome.is_empty() {
-                "null".to_string()
-            } else {
-                format!("\"{}\"", chain::link(&h, outcome))
-            };
-            if json.len() > 1 {
-                json.push(',');
-            }
-            json.push_str(&format!(
-                "{{\"id\":{id},\"prev_hash\":\"{prev}\",\"row_hash\":\"{h}\",\"outcome_hash\":{outcome_hash},"
-            ));
-            json.push_str(&row_json[1..]);
-            prev = h;
-        }
-        json.push(']');
-        Spi::run_with_args(
-            &format!(
-                "INSERT INTO agent_guard.audit_log ({COLUMNS}) \
-                 SELECT {COLUMNS} FROM json_populate_recordset(NULL::agent_guard.audit_log, $1::pg_catalog.json)"
-            ),
-            &[json.into()],
-        )
-        .expect("agent_guard: cannot insert audit rows");
+        table.insert(&sealed);
+        table.close();
     }
     for e in late {
         let sql = match e["k"].as_str() {

@@ -1,0 +1,335 @@
+//! Writing sealed audit rows straight into `agent_guard.audit_log`'s heap and
+//! indexes, as COPY does: no SQL to parse or plan per batch, no text to
+//! convert back into values. Runs in the audit writer's transaction.
+
+use super::row::Stmt;
+use pgrx::pg_sys;
+use std::ffi::CStr;
+
+/// A row with its place in the hash chain, ready to be written.
+pub struct Sealed<'a> {
+    pub id: i64,
+    pub prev_hash: String,
+    pub row_hash: String,
+    pub outcome_hash: Option<String>,
+    pub row: &'a Stmt,
+}
+
+/// The columns the writer fills, with their types.
+const COLUMNS: &[(&str, pg_sys::Oid)] = &[
+    ("id", pg_sys::INT8OID),
+    ("event_key", pg_sys::TEXTOID),
+    ("session_key", pg_sys::TEXTOID),
+    ("statement_no", pg_sys::INT8OID),
+    ("local_xact", pg_sys::INT8OID),
+    ("subxact", pg_sys::INT4OID),
+    ("parent_statement", pg_sys::INT8OID),
+    ("nesting_level", pg_sys::INT4OID),
+    ("started_at", pg_sys::TIMESTAMPTZOID),
+    ("session_user_name", pg_sys::NAMEOID),
+    ("current_user_name", pg_sys::NAMEOID),
+    ("agent", pg_sys::NAMEOID),
+    ("login_role", pg_sys::NAMEOID),
+    ("sponsor", pg_sys::NAMEOID),
+    ("application_name", pg_sys::TEXTOID),
+    ("client_addr", pg_sys::TEXTOID),
+    ("backend_pid", pg_sys::INT4OID),
+    ("database_name", pg_sys::NAMEOID),
+    ("request_id", pg_sys::TEXTOID),
+    ("traceparent", pg_sys::TEXTOID),
+    ("command", pg_sys::TEXTOID),
+    ("risk", pg_sys::TEXTOID),
+    ("objects", pg_sys::TEXTARRAYOID),
+    ("decision", pg_sys::TEXTOID),
+    ("reason", pg_sys::TEXTOID),
+    ("grant_id", pg_sys::INT8OID),
+    ("statement_text", pg_sys::TEXTOID),
+    ("parameters", pg_sys::TEXTARRAYOID),
+    ("ended_at", pg_sys::TIMESTAMPTZOID),
+    ("rows_affected", pg_sys::INT8OID),
+    ("outcome", pg_sys::TEXTOID),
+    ("sqlstate", pg_sys::TEXTOID),
+    ("error_message", pg_sys::TEXTOID),
+    ("transaction_id", pg_sys::INT8OID),
+    ("transaction_outcome", pg_sys::TEXTOID),
+    ("prev_hash", pg_sys::TEXTOID),
+    ("row_hash", pg_sys::TEXTOID),
+    ("outcome_hash", pg_sys::TEXTOID),
+];
+
+/// How many rows go to the heap in one multi-insert.
+const CHUNK: usize = 1000;
+
+/// `agent_guard.audit_log`, opened for appending.
+pub struct AuditTable {
+    rel: pg_sys::Relation,
+    seq: pg_sys::Oid,
+    /// For each attribute of the table, the index into [`COLUMNS`] (None: left NULL).
+    attrs: Vec<Option<usize>>,
+}
+
+fn relation_oid(namespace: pg_sys::Oid, name: &CStr) -> pg_sys::Oid {
+    let oid = unsafe { pg_sys::get_relname_relid(name.as_ptr(), namespace) };
+    if oid == pg_sys::InvalidOid {
+        pgrx::error!(
+            "agent_guard: agent_guard.{} is missing",
+            name.to_string_lossy()
+        );
+    }
+    oid
+}
+
+impl AuditTable {
+    /// Open the table (RowExclusiveLock) and check that it has the columns
+    /// and types the writer fills; anything else is an error (the batch
+    /// stays queued and agents' risky statements are refused).
+    pub fn open() -> Self {
+        unsafe {
+            let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), false);
+            let relid = relation_oid(ns, c"audit_log");
+            let seq = relation_oid(ns, c"audit_log_id_seq");
+            let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
+            if (*(*rel).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {
+                pgrx::error!("agent_guard: agent_guard.audit_log must be a heap table");
+            }
+            let desc = (*rel).rd_att;
+            let natts = (*desc).natts as usize;
+            let mut attrs = Vec::with_capacity(natts);
+            let mut seen = vec![false; COLUMNS.len()];
+            for a in (*desc).attrs.as_slice(natts) {
+                if a.attisdropped {
+                    attrs.push(None);
+                    continue;
+                }
+                let name = CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
+                let i = COLUMNS.iter().position(|(c, _)| *c == name);
+                if let Some(i) = i {
+                    if COLUMNS[i].1 != a.atttypid {
+                        pgrx::error!(
+                            "agent_guard: agent_guard.audit_log.{name} has an unexpected type"
+                        );
+                    }
+                    seen[i] = true;
+                }
+                attrs.push(i);
+            }
+            if let Some(missing) = seen.iter().position(|s| !s) {
+                pgrx::error!(
+                    "agent_guard: agent_guard.audit_log has no column {}",
+                    COLUMNS[missing].0
+                );
+            }
+            AuditTable { rel, seq, attrs }
+        }
+    }
+
+    /// The next row id from the table's sequence.
+    pub fn next_id(&self) -> i64 {
+        unsafe {
+            pg_sys::OidFunctionCall1Coll(
+                pg_sys::Oid::from(pg_sys::F_NEXTVAL),
+                pg_sys::InvalidOid,
+                pg_sys::Datum::from(self.seq),
+            )
+            .value() as i64
+        }
+    }
+
+    /// Append `rows` to the heap and every index of the table.
+    pub fn insert(&self, rows: &[Sealed]) {
+        unsafe {
+            let desc = (*self.rel).rd_att;
+            let estate = pg_sys::CreateExecutorState();
+            let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+                as *mut pg_sys::ResultRelInfo;
+            pg_sys::InitResultRelInfo(rri, self.rel, 1, std::ptr::null_mut(), 0);
+            pg_sys::ExecOpenIndices(rri, false);
+            let cid = pg_sys::GetCurrentCommandId(true);
+            // values and tuples of one chunk live in a context reset after it
+            let rows_cx = pg_sys::AllocSetContextCreateInternal(
+                pg_sys::CurrentMemoryContext,
+                c"agent_guard audit rows".as_ptr(),
+                0,
+                8 * 1024,
+                8 * 1024 * 1024,
+            );
+            let natts = self.attrs.len();
+            let mut values = vec![pg_sys::Datum::from(0usize); natts];
+            let mut nulls = vec![true; natts];
+            let bistate = pg_sys::GetBulkInsertState();
+            let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(CHUNK))
+                .map(|_| pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple))
+                .collect();
+            for chunk in rows.chunks(CHUNK) {
+                let outer = pg_sys::MemoryContextSwitchTo(rows_cx);
+                for (r, &slot) in chunk.iter().zip(&slots) {
+                    let row = values_of(r);
+                    for (a, col) in self.attrs.iter().enumerate() {
+                        let v = col.and_then(|c| row[c]);
+                        nulls[a] = v.is_none();
+                        values[a] = v.unwrap_or(pg_sys::Datum::from(0usize));
+                    }
+                    let tuple =
+                        pg_sys::heap_form_tuple(desc, values.as_mut_ptr(), nulls.as_mut_ptr());
+                    pg_sys::ExecStoreHeapTuple(tuple, slot, true);
+                }
+                pg_sys::heap_multi_insert(
+                    self.rel,
+                    slots.as_mut_ptr(),
+                    chunk.len() as i32,
+                    cid,
+                    0,
+                    bistate,
+                );
+                for &slot in &slots[..chunk.len()] {
+                    insert_index_tuples(rri, slot, estate);
+                    let econtext = (*estate).es_per_tuple_exprcontext;
+                    if !econtext.is_null() {
+                        pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
+                    }
+                    pg_sys::ExecClearTuple(slot);
+                }
+                pg_sys::MemoryContextSwitchTo(outer);
+                pg_sys::MemoryContextReset(rows_cx);
+            }
+            pg_sys::MemoryContextDelete(rows_cx);
+            for slot in slots.drain(..) {
+                pg_sys::ExecDropSingleTupleTableSlot(slot);
+            }
+            pg_sys::FreeBulkInsertState(bistate);
+            pg_sys::ExecCloseIndices(rri);
+            pg_sys::FreeExecutorState(estate);
+            pg_sys::CommandCounterIncrement();
+        }
+    }
+
+    pub fn close(self) {
+        unsafe { pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE) };
+    }
+}
+
+/// Insert the index entries of the heap tuple in `slot` (its TID set by the heap insert).
+unsafe fn insert_index_tuples(
+    rri: *mut pg_sys::ResultRelInfo,
+    slot: *mut pg_sys::TupleTableSlot,
+    estate: *mut pg_sys::EState,
+) {
+    let (none, no_list) = (std::ptr::null_mut(), std::ptr::null_mut());
+    unsafe {
+        #[cfg(feature = "pg13")]
+        {
+            (*estate).es_result_relation_info = rri;
+            pg_sys::ExecInsertIndexTuples(slot, estate, false, none, no_list);
+        }
+        #[cfg(any(feature = "pg14", feature = "pg15"))]
+        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list);
+        #[cfg(any(feature = "pg16", feature = "pg17"))]
+        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list, false);
+    }
+}
+
+fn text(s: &str) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            s.as_ptr() as *const std::ffi::c_char,
+            s.len() as i32,
+        ))
+    }
+}
+
+/// A `name` datum: at most NAMEDATALEN - 1 bytes, cut at a character boundary.
+fn name(s: &str) -> pg_sys::Datum {
+    let max = pg_sys::NAMEDATALEN as usize - 1;
+    let mut len = s.len().min(max);
+    while !s.is_char_boundary(len) {
+        len -= 1;
+    }
+    unsafe {
+        let p = pg_sys::palloc0(pg_sys::NAMEDATALEN as usize) as *mut u8;
+        std::ptr::copy_nonoverlapping(s.as_ptr(), p, len);
+        pg_sys::Datum::from(p)
+    }
+}
+
+/// A one-dimensional `text[]` datum.
+fn text_array<'a>(items: impl ExactSizeIterator<Item = Option<&'a str>>) -> pg_sys::Datum {
+    let n = items.len();
+    let mut elems = Vec::with_capacity(n);
+    let mut nulls = Vec::with_capacity(n);
+    for item in items {
+        nulls.push(item.is_none());
+        elems.push(item.map_or(pg_sys::Datum::from(0usize), text));
+    }
+    let mut dims = [n as i32];
+    let mut lbs = [1i32];
+    unsafe {
+        pg_sys::Datum::from(pg_sys::construct_md_array(
+            elems.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lbs.as_mut_ptr(),
+            pg_sys::TEXTOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        ))
+    }
+}
+
+fn opt_text(s: &Option<String>) -> Option<pg_sys::Datum> {
+    s.as_deref().map(text)
+}
+
+fn opt_name(s: &Option<String>) -> Option<pg_sys::Datum> {
+    s.as_deref().map(name)
+}
+
+/// The row's values in [`COLUMNS`] order (None = NULL).
+fn values_of(r: &Sealed) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
+    let s = r.row;
+    let end = s.outcome();
+    let end = end.as_deref();
+    [
+        Some(r.id.into()),
+        Some(text(&s.event_key())),
+        Some(text(&s.sk)),
+        Some((s.n as i64).into()),
+        Some((s.x as i64).into()),
+        Some((s.sx as i32).into()),
+        s.parent.map(|p| (p as i64).into()),
+        Some(s.lvl.into()),
+        Some(s.ts.into()),
+        opt_name(&s.su),
+        opt_name(&s.cu),
+        opt_name(&s.agent),
+        opt_name(&s.login),
+        opt_name(&s.sponsor),
+        opt_text(&s.app),
+        opt_text(&s.addr),
+        Some(s.pid.into()),
+        opt_name(&s.db),
+        opt_text(&s.rid),
+        opt_text(&s.tp),
+        opt_text(&s.cmd),
+        opt_text(&s.risk),
+        Some(text_array(s.obj.iter().map(|o| Some(o.as_str())))),
+        Some(text(&s.dec)),
+        opt_text(&s.why),
+        s.grant.map(Into::into),
+        opt_text(&s.text),
+        s.params
+            .as_ref()
+            .map(|ps| text_array(ps.iter().map(|p| p.as_deref()))),
+        end.map(|e| e.ts.into()),
+        end.and_then(|e| e.rows).map(|n| (n as i64).into()),
+        end.map(|e| text(&e.out)),
+        end.and_then(|e| e.state.as_deref()).map(text),
+        end.and_then(|e| e.msg.as_deref()).map(text),
+        s.xo.as_ref().and_then(|x| x.xid).map(|x| (x as i64).into()),
+        s.xo.as_ref().map(|x| text(&x.out)),
+        Some(text(&r.prev_hash)),
+        Some(text(&r.row_hash)),
+        r.outcome_hash.as_deref().map(text),
+    ]
+}
