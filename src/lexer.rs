@@ -22,8 +22,6 @@ pub const PARAM: i32 = 267;
 #[derive(Clone, Debug)]
 pub struct Lexeme {
     pub code: i32,
-    /// Byte offset in the text.
-    pub start: usize,
     /// The token's text as written.
     pub raw: Vec<u8>,
     /// The scanner's value for identifiers, string/bit/float constants and operators.
@@ -32,29 +30,12 @@ pub struct Lexeme {
     pub int_value: Option<i32>,
 }
 
-impl Lexeme {
-    pub fn end(&self) -> usize {
-        self.start + self.raw.len()
-    }
-
-    fn literal(&self) -> Option<String> {
-        match self.code {
-            SCONST | USCONST | BCONST | XCONST | FCONST => self
-                .str_value
-                .as_ref()
-                .map(|v| String::from_utf8_lossy(v).into_owned()),
-            ICONST => self.int_value.map(|v| v.to_string()),
-            _ => None,
-        }
-    }
-}
-
-/// Lex `text` with PostgreSQL's scanner. Raises PostgreSQL's error for
-/// unlexable text (e.g. an unterminated quote) and for NUL bytes.
-pub fn lex(text: &str) -> Vec<Lexeme> {
+/// Run PostgreSQL's scanner over `text`, calling `f(code, start, raw, value)`
+/// for each token. Raises PostgreSQL's error for unlexable text (e.g. an
+/// unterminated quote) and for NUL bytes.
+fn scan(text: &str, mut f: impl FnMut(i32, usize, &[u8], &pg_sys::core_YYSTYPE)) {
     let c = CString::new(text)
         .unwrap_or_else(|_| error!("agent_guard: statement text contains a NUL byte"));
-    let mut out = vec![];
     unsafe {
         let mut extra: pg_sys::core_yy_extra_type = std::mem::zeroed();
         let scanner = pg_sys::scanner_init(
@@ -74,44 +55,60 @@ pub fn lex(text: &str) -> Vec<Lexeme> {
             }
             let start = loc.max(0) as usize;
             // flex leaves a NUL after the current token in scanbuf
-            let raw = CStr::from_ptr(extra.scanbuf.add(start)).to_bytes().to_vec();
-            let str_value = match code {
-                IDENT | UIDENT | FCONST | SCONST | USCONST | BCONST | XCONST | OP
-                    if !val.str_.is_null() =>
-                {
-                    Some(CStr::from_ptr(val.str_).to_bytes().to_vec())
-                }
-                _ => None,
-            };
-            let int_value = matches!(code, ICONST | PARAM).then_some(val.ival);
-            out.push(Lexeme {
-                code,
-                start,
-                raw,
-                str_value,
-                int_value,
-            });
+            let raw = CStr::from_ptr(extra.scanbuf.add(start)).to_bytes();
+            f(code, start, raw, &val);
         }
         pg_sys::scanner_finish(scanner);
     }
+}
+
+/// The scanner's string value of a token, for the codes that have one.
+fn str_value(code: i32, val: &pg_sys::core_YYSTYPE) -> Option<&[u8]> {
+    match code {
+        IDENT | UIDENT | FCONST | SCONST | USCONST | BCONST | XCONST | OP => {
+            let p = unsafe { val.str_ };
+            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_bytes())
+        }
+        _ => None,
+    }
+}
+
+/// Lex `text` with PostgreSQL's scanner. Raises PostgreSQL's error for
+/// unlexable text (e.g. an unterminated quote) and for NUL bytes.
+pub fn lex(text: &str) -> Vec<Lexeme> {
+    let mut out = vec![];
+    scan(text, |code, _start, raw, val| {
+        out.push(Lexeme {
+            code,
+            raw: raw.to_vec(),
+            str_value: str_value(code, val).map(<[u8]>::to_vec),
+            int_value: matches!(code, ICONST | PARAM).then_some(unsafe { val.ival }),
+        })
+    });
     out
 }
 
 /// Literal spans for [`agent_guard_core::redact::redact`]; empty if the text does not lex.
 pub fn literals(text: &str) -> Vec<agent_guard_core::redact::Literal> {
-    let text = text.to_string();
-    pgrx::PgTryBuilder::new(move || {
-        lex(&text)
-            .into_iter()
-            .filter_map(|t| {
-                let value = t.literal()?;
-                Some(agent_guard_core::redact::Literal {
-                    start: t.start,
-                    end: t.end(),
+    pgrx::PgTryBuilder::new(|| {
+        let mut out = vec![];
+        scan(text, |code, start, raw, val| {
+            let value = match code {
+                SCONST | USCONST | BCONST | XCONST | FCONST => {
+                    str_value(code, val).map(|v| String::from_utf8_lossy(v).into_owned())
+                }
+                ICONST => Some(unsafe { val.ival }.to_string()),
+                _ => None,
+            };
+            if let Some(value) = value {
+                out.push(agent_guard_core::redact::Literal {
+                    start,
+                    end: start + raw.len(),
                     value,
-                })
-            })
-            .collect()
+                });
+            }
+        });
+        out
     })
     .catch_others(|_| vec![])
     .execute()

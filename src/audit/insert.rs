@@ -26,15 +26,15 @@ const COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("parent_statement", pg_sys::INT8OID),
     ("nesting_level", pg_sys::INT4OID),
     ("started_at", pg_sys::TIMESTAMPTZOID),
-    ("session_user_name", pg_sys::NAMEOID),
-    ("current_user_name", pg_sys::NAMEOID),
-    ("agent", pg_sys::NAMEOID),
-    ("login_role", pg_sys::NAMEOID),
-    ("sponsor", pg_sys::NAMEOID),
+    ("session_user_name", pg_sys::TEXTOID),
+    ("current_user_name", pg_sys::TEXTOID),
+    ("agent", pg_sys::TEXTOID),
+    ("login_role", pg_sys::TEXTOID),
+    ("sponsor", pg_sys::TEXTOID),
     ("application_name", pg_sys::TEXTOID),
     ("client_addr", pg_sys::TEXTOID),
     ("backend_pid", pg_sys::INT4OID),
-    ("database_name", pg_sys::NAMEOID),
+    ("database_name", pg_sys::TEXTOID),
     ("request_id", pg_sys::TEXTOID),
     ("traceparent", pg_sys::TEXTOID),
     ("command", pg_sys::TEXTOID),
@@ -157,8 +157,11 @@ impl AuditTable {
             let mut values = vec![pg_sys::Datum::from(0usize); natts];
             let mut nulls = vec![true; natts];
             let bistate = pg_sys::GetBulkInsertState();
+            // slots over an unpinned copy of the descriptor: pinning the
+            // relation's own once per slot costs a resource-owner entry each
+            let slot_desc = pg_sys::CreateTupleDescCopy(desc);
             let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(CHUNK))
-                .map(|_| pg_sys::MakeSingleTupleTableSlot(desc, &pg_sys::TTSOpsHeapTuple))
+                .map(|_| pg_sys::MakeSingleTupleTableSlot(slot_desc, &pg_sys::TTSOpsHeapTuple))
                 .collect();
             for chunk in rows.chunks(CHUNK) {
                 let outer = pg_sys::MemoryContextSwitchTo(rows_cx);
@@ -237,20 +240,6 @@ fn text(s: &str) -> pg_sys::Datum {
     }
 }
 
-/// A `name` datum: at most NAMEDATALEN - 1 bytes, cut at a character boundary.
-fn name(s: &str) -> pg_sys::Datum {
-    let max = pg_sys::NAMEDATALEN as usize - 1;
-    let mut len = s.len().min(max);
-    while !s.is_char_boundary(len) {
-        len -= 1;
-    }
-    unsafe {
-        let p = pg_sys::palloc0(pg_sys::NAMEDATALEN as usize) as *mut u8;
-        std::ptr::copy_nonoverlapping(s.as_ptr(), p, len);
-        pg_sys::Datum::from(p)
-    }
-}
-
 /// A one-dimensional `text[]` datum.
 fn text_array<'a>(items: impl ExactSizeIterator<Item = Option<&'a str>>) -> pg_sys::Datum {
     let n = items.len();
@@ -281,10 +270,6 @@ fn opt_text(s: &Option<String>) -> Option<pg_sys::Datum> {
     s.as_deref().map(text)
 }
 
-fn opt_name(s: &Option<String>) -> Option<pg_sys::Datum> {
-    s.as_deref().map(name)
-}
-
 /// The row's values in [`COLUMNS`] order (None = NULL).
 fn values_of(r: &Sealed) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
     let s = r.row;
@@ -300,15 +285,15 @@ fn values_of(r: &Sealed) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
         s.parent.map(|p| (p as i64).into()),
         Some(s.lvl.into()),
         Some(s.ts.into()),
-        opt_name(&s.su),
-        opt_name(&s.cu),
-        opt_name(&s.agent),
-        opt_name(&s.login),
-        opt_name(&s.sponsor),
+        opt_text(&s.su),
+        opt_text(&s.cu),
+        opt_text(&s.agent),
+        opt_text(&s.login),
+        opt_text(&s.sponsor),
         opt_text(&s.app),
         opt_text(&s.addr),
         Some(s.pid.into()),
-        opt_name(&s.db),
+        opt_text(&s.db),
         opt_text(&s.rid),
         opt_text(&s.tp),
         opt_text(&s.cmd),

@@ -100,23 +100,31 @@ fn timeout_ms() -> i64 {
     crate::gucs::audit_wait_timeout_ms() as i64
 }
 
+/// Whether the caller should start slot `s`'s writer: none runs and no
+/// start was requested in the last two seconds (then it is marked starting).
+fn claim_start(s: &mut queue::Slot) -> bool {
+    if s.worker_state == queue::WORKER_RUNNING && s.worker_pid != 0 {
+        return false;
+    }
+    let now = now_us();
+    if s.worker_state == queue::WORKER_STARTING && now - s.start_requested_at < 2_000_000 {
+        return false;
+    }
+    s.worker_state = queue::WORKER_STARTING;
+    s.start_requested_at = now;
+    true
+}
+
+fn start_worker(i: usize) {
+    if !worker::start(i) {
+        queue::with_slot(i, |s, _| s.worker_state = queue::WORKER_NONE);
+    }
+}
+
 /// Start this database's writer if none runs (rate-limited).
 fn ensure_worker(i: usize) {
-    let start = queue::with_slot(i, |s, _| {
-        let now = now_us();
-        let alive = s.worker_state == queue::WORKER_RUNNING && s.worker_pid != 0;
-        let starting =
-            s.worker_state == queue::WORKER_STARTING && now - s.start_requested_at < 2_000_000;
-        if alive || starting {
-            false
-        } else {
-            s.worker_state = queue::WORKER_STARTING;
-            s.start_requested_at = now;
-            true
-        }
-    });
-    if start && !worker::start(i) {
-        queue::with_slot(i, |s, _| s.worker_state = queue::WORKER_NONE);
+    if queue::with_slot(i, |s, _| claim_start(s)) {
+        start_worker(i);
     }
 }
 
@@ -135,31 +143,36 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
         return Err(Unavailable::NoSlot);
     }
     let db = unsafe { pg_sys::MyDatabaseId };
-    let deadline = now_us() + timeout_ms() * 1000;
+    // the clock is read only once waiting starts
+    let mut deadline = None;
+    let mut expired = || {
+        let now = now_us();
+        now > *deadline.get_or_insert(now + timeout_ms() * 1000)
+    };
     let mut i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
-    ensure_worker(i);
     let seq = loop {
-        let pushed = queue::with_slot(i, |s, buf| {
-            let r = queue::push(s, buf, db, &payload, durable, now_us());
+        let (pushed, start) = queue::with_slot(i, |s, buf| {
+            let r = queue::push(s, buf, db, &payload, durable);
             match r {
                 Ok(_) => queue::wake(s, buf.len()),
                 Err(queue::Full::NoSpace) => s.waits += 1,
-                Err(queue::Full::Reassigned) => {}
+                Err(queue::Full::Reassigned) => return (r, false),
             }
-            r
+            (r, claim_start(s))
         });
+        if start {
+            start_worker(i);
+        }
         match pushed {
             Ok(seq) => break seq,
             Err(queue::Full::Reassigned) => {
                 i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
-                ensure_worker(i);
             }
             Err(queue::Full::NoSpace) => {
-                if now_us() > deadline {
+                if expired() {
                     queue::with_slot(i, |s, _| s.dropped += 1);
                     return Err(Unavailable::Full);
                 }
-                ensure_worker(i);
                 wait_on(i, false, 100);
             }
         }
@@ -168,7 +181,7 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
         return Ok(());
     }
     while queue::durable_seq(i) < seq {
-        if now_us() > deadline {
+        if expired() {
             return Err(Unavailable::NotDurable);
         }
         ensure_worker(i);

@@ -191,7 +191,6 @@ pub fn push(
     db: pg_sys::Oid,
     payload: &[u8],
     durable: bool,
-    now: i64,
 ) -> Result<u64, Full> {
     if slot.dboid != db {
         return Err(Full::Reassigned);
@@ -202,18 +201,18 @@ pub fn push(
         return Err(Full::NoSpace);
     }
     let seq = slot.enqueued + 1;
-    let mut rec = Vec::with_capacity(need as usize);
-    rec.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    rec.extend_from_slice(&seq.to_le_bytes());
-    rec.extend_from_slice(payload);
-    ring_write(buf, slot.head, &rec);
+    let mut header = [0u8; HEADER_BYTES];
+    header[..4].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    header[4..].copy_from_slice(&seq.to_le_bytes());
+    ring_write(buf, slot.head, &header);
+    ring_write(buf, slot.head + HEADER_BYTES as u64, payload);
     slot.head += need;
     slot.enqueued = seq;
     if durable {
         slot.sync_upto = seq;
     }
     if slot.oldest_ts == 0 {
-        slot.oldest_ts = now;
+        slot.oldest_ts = unsafe { pg_sys::GetCurrentTimestamp() };
     }
     Ok(seq)
 }

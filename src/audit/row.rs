@@ -286,20 +286,189 @@ pub fn outcome_content(s: &Stmt) -> String {
 }
 
 /// A finished statement as one queue record: `R` and the statement with its
-/// end and transaction end.
+/// end and transaction end in a compact binary form (fields in a fixed
+/// order, strings length-prefixed; backends and writer are the same build).
 pub fn complete_record(s: &Stmt) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1024);
-    out.push(b'R');
-    let _ = serde_json::to_writer(&mut out, s);
-    out
+    let mut w = Wire(Vec::with_capacity(
+        256 + s.text.as_ref().map_or(0, String::len),
+    ));
+    w.0.push(b'R');
+    w.str(Some(&s.sk));
+    for n in [s.n, s.x, s.sx as u64] {
+        w.u64(n);
+    }
+    w.opt_u64(s.parent);
+    w.u64(s.lvl as i64 as u64);
+    w.u64(s.ts as u64);
+    for v in [
+        &s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr,
+    ] {
+        w.str(v.as_deref());
+    }
+    w.u64(s.pid as i64 as u64);
+    for v in [&s.db, &s.rid, &s.tp, &s.cmd, &s.risk] {
+        w.str(v.as_deref());
+    }
+    w.u64(s.obj.len() as u64);
+    for o in &s.obj {
+        w.str(Some(o));
+    }
+    w.str(Some(&s.dec));
+    w.str(s.why.as_deref());
+    w.opt_u64(s.grant.map(|g| g as u64));
+    w.str(s.text.as_deref());
+    match &s.params {
+        None => w.opt_u64(None),
+        Some(ps) => {
+            w.opt_u64(Some(ps.len() as u64));
+            for p in ps {
+                w.str(p.as_deref());
+            }
+        }
+    }
+    match &s.end {
+        None => w.0.push(0),
+        Some(e) => {
+            w.0.push(1);
+            w.u64(e.ts as u64);
+            w.opt_u64(e.rows);
+            w.str(Some(&e.out));
+            w.str(e.state.as_deref());
+            w.str(e.msg.as_deref());
+        }
+    }
+    match &s.xo {
+        None => w.0.push(0),
+        Some(x) => {
+            w.0.push(1);
+            w.str(Some(&x.out));
+            w.opt_u64(x.xid);
+        }
+    }
+    w.0
 }
 
-/// The statement of a complete record.
+/// The statement of a complete record (None if it is not one, or is malformed).
 pub fn parse_complete_record(p: &[u8]) -> Option<Stmt> {
     if p.first() != Some(&b'R') {
         return None;
     }
-    serde_json::from_slice(&p[1..]).ok()
+    let mut r = Reader { buf: p, pos: 1 };
+    let mut s = Stmt {
+        sk: r.str()??,
+        n: r.u64()?,
+        x: r.u64()?,
+        sx: r.u64()? as u32,
+        parent: r.opt_u64()?,
+        lvl: r.u64()? as i64 as i32,
+        ts: r.u64()? as i64,
+        ..Default::default()
+    };
+    for v in [
+        &mut s.su,
+        &mut s.cu,
+        &mut s.agent,
+        &mut s.login,
+        &mut s.sponsor,
+        &mut s.app,
+        &mut s.addr,
+    ] {
+        *v = r.str()?;
+    }
+    s.pid = r.u64()? as i64 as i32;
+    for v in [&mut s.db, &mut s.rid, &mut s.tp, &mut s.cmd, &mut s.risk] {
+        *v = r.str()?;
+    }
+    let n = r.u64()? as usize;
+    s.obj = (0..n)
+        .map(|_| r.str().flatten())
+        .collect::<Option<Vec<_>>>()?;
+    s.dec = r.str()??;
+    s.why = r.str()?;
+    s.grant = r.opt_u64()?.map(|g| g as i64);
+    s.text = r.str()?;
+    s.params = match r.opt_u64()? {
+        None => None,
+        Some(n) => Some((0..n).map(|_| r.str()).collect::<Option<Vec<_>>>()?),
+    };
+    if r.byte()? == 1 {
+        s.end = Some(End {
+            ts: r.u64()? as i64,
+            rows: r.opt_u64()?,
+            out: r.str()??,
+            state: r.str()?,
+            msg: r.str()?,
+        });
+    }
+    if r.byte()? == 1 {
+        s.xo = Some(XactEnd {
+            out: r.str()??,
+            xid: r.opt_u64()?,
+        });
+    }
+    (r.pos == p.len()).then_some(s)
+}
+
+struct Wire(Vec<u8>);
+
+impl Wire {
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn opt_u64(&mut self, v: Option<u64>) {
+        match v {
+            None => self.0.push(0),
+            Some(v) => {
+                self.0.push(1);
+                self.u64(v);
+            }
+        }
+    }
+    /// A string as its byte length plus one (0 = NULL) and its bytes.
+    fn str(&mut self, v: Option<&str>) {
+        match v {
+            None => self.0.extend_from_slice(&0u32.to_le_bytes()),
+            Some(s) => {
+                self.0
+                    .extend_from_slice(&(s.len() as u32 + 1).to_le_bytes());
+                self.0.extend_from_slice(s.as_bytes());
+            }
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let b = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(b)
+    }
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn opt_u64(&mut self) -> Option<Option<u64>> {
+        match self.byte()? {
+            0 => Some(None),
+            _ => Some(Some(self.u64()?)),
+        }
+    }
+    /// Outer None: malformed; inner None: NULL.
+    fn str(&mut self) -> Option<Option<String>> {
+        let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
+        if n == 0 {
+            return Some(None);
+        }
+        let b = self.take(n - 1)?;
+        Some(Some(String::from_utf8(b.to_vec()).ok()?))
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +528,36 @@ mod tests {
             outcome_content(&back),
             "[946684800000020, 1, \"ok\", null, null, null, \"committed\"]"
         );
+    }
+
+    #[test]
+    fn complete_records_keep_every_field() {
+        let s = Stmt {
+            parent: Some(2),
+            lvl: -1,
+            su: Some("ü".into()),
+            obj: vec!["public.t".into(), String::new()],
+            why: None,
+            grant: Some(-5),
+            params: Some(vec![None, Some("x".into())]),
+            end: Some(End {
+                ts: -3,
+                rows: None,
+                out: "error".into(),
+                state: Some("22012".into()),
+                msg: Some("m".into()),
+            }),
+            xo: Some(XactEnd {
+                out: "rolled back".into(),
+                xid: Some(9),
+            }),
+            ..sample()
+        };
+        let rec = complete_record(&s);
+        let back = parse_complete_record(&rec).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+        assert!(parse_complete_record(&rec[..rec.len() - 1]).is_none());
+        assert!(parse_complete_record(b"{}").is_none());
     }
 
     #[test]
