@@ -17,7 +17,9 @@ CREATE TABLE agent_guard.audit_log (
     started_at          timestamptz NOT NULL,
     session_user_name   text,
     current_user_name   text,
-    agent               text,
+    -- byte order (as role names have): every row goes into the (agent,
+    -- started_at) index, which stays cheap whatever the database's locale
+    agent               text COLLATE "C",
     login_role          text,
     sponsor             text,
     application_name    text,
