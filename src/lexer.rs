@@ -116,5 +116,8 @@ pub fn literals(text: &str) -> Vec<agent_guard_core::redact::Literal> {
 
 /// The statement text with regulated (or, with `hide_all`, every) literal hidden.
 pub fn redact(text: &str, hide_all: bool) -> String {
+    if !hide_all && !agent_guard_core::redact::may_hold_regulated(text) {
+        return text.to_string();
+    }
     agent_guard_core::redact::redact(text, &literals(text), hide_all)
 }

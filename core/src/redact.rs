@@ -83,6 +83,28 @@ pub fn looks_regulated(v: &str) -> bool {
     looks_like_ssn(v) || looks_like_card_number(v) || looks_like_email(v)
 }
 
+/// Whether any literal of `text` could look regulated. A literal's value is
+/// made of the text's characters or of escapes, so with no `@`, no escape
+/// (`\`, `U&` with `UESCAPE`) and fewer than nine ASCII digits in the whole
+/// text, none can be an SSN, a card number or an e-mail address: redaction
+/// then has nothing to hide and the text need not be lexed.
+pub fn may_hold_regulated(text: &str) -> bool {
+    let mut digits = 0;
+    for b in text.bytes() {
+        match b {
+            b'@' | b'\\' | b'&' => return true,
+            b'0'..=b'9' => {
+                digits += 1;
+                if digits >= 9 {
+                    return true;
+                }
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Replace the literals that must not be stored.
 pub fn redact(text: &str, literals: &[Literal], hide_all: bool) -> String {
     let mut out = String::with_capacity(text.len());
@@ -115,6 +137,26 @@ mod tests {
             start,
             end: start + needle.len(),
             value: needle.trim_matches('\'').to_string(),
+        }
+    }
+
+    #[test]
+    fn texts_that_cannot_hold_regulated_literals() {
+        assert!(!may_hold_regulated(
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 523145;"
+        ));
+        assert!(may_hold_regulated(
+            "SELECT * FROM t WHERE ssn = '123-45-6789'"
+        ));
+        // split over adjacent string constants, still nine digits in the text
+        assert!(may_hold_regulated("SELECT '12345'\n'6789'"));
+        assert!(may_hold_regulated("SELECT 'a@b.c'"));
+        // escapes can spell digits or '@' without writing them
+        assert!(may_hold_regulated("SELECT E'\\x40'"));
+        assert!(may_hold_regulated("SELECT U&'!0031' UESCAPE '!'"));
+        // a card number is longer than nine digits, an SSN exactly nine
+        for v in ["4111 1111 1111 1111", "123456789", "x@y.org"] {
+            assert!(looks_regulated(v) && may_hold_regulated(v), "{v}");
         }
     }
 
