@@ -235,19 +235,74 @@ fn ring_read(buf: &[u8], pos: u64, len: usize) -> Vec<u8> {
     out
 }
 
-/// Copy out every queued record (without consuming them): (end position, [(seq, payload)]).
-pub fn peek_all(slot: &Slot, buf: &[u8], max_bytes: u64) -> (u64, Vec<(u64, Vec<u8>)>) {
-    let mut pos = slot.tail;
-    let mut out = vec![];
-    while pos < slot.head && pos - slot.tail < max_bytes {
-        let hdr = ring_read(buf, pos, HEADER_BYTES);
-        let len = u32::from_le_bytes(hdr[..4].try_into().unwrap()) as usize;
-        let seq = u64::from_le_bytes(hdr[4..12].try_into().unwrap());
-        let payload = ring_read(buf, pos + HEADER_BYTES as u64, len);
-        out.push((seq, payload));
-        pos += (HEADER_BYTES + len) as u64;
+/// Queued records copied out for the writer, not consumed yet.
+pub struct Batch {
+    /// Queue position after the last record taken.
+    pub end: u64,
+    bytes: Vec<u8>,
+    /// (sequence, payload range in `bytes`)
+    records: Vec<(u64, std::ops::Range<usize>)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.records.len()
     }
-    (pos, out)
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+    pub fn first_seq(&self) -> Option<u64> {
+        self.records.first().map(|r| r.0)
+    }
+    pub fn last_seq(&self) -> Option<u64> {
+        self.records.last().map(|r| r.0)
+    }
+    pub fn payloads(&self) -> impl Iterator<Item = &[u8]> {
+        self.records.iter().map(|(_, r)| &self.bytes[r.clone()])
+    }
+}
+
+/// Take (without consuming) the records of slot `i` queued now, up to about
+/// `max_bytes`. The lock is held only to read the positions: the writer is
+/// the only consumer, and backends write only beyond `head`, never into
+/// `[tail, head)` until the writer advances `tail`. Also returns whether a
+/// record someone waits for is among them (or queued after them), and marks
+/// the writer idle when there is nothing to take.
+pub fn take(i: usize, max_bytes: u64) -> (Batch, bool) {
+    let (tail, head, flush) = with_slot(i, |s, _| {
+        s.writer_idle = s.head == s.tail;
+        (s.tail, s.head, sync_pending(s))
+    });
+    let bytes = unsafe {
+        let h = HEADER;
+        let cap = (*h).capacity as usize;
+        let buf = std::slice::from_raw_parts(
+            (h as *const u8).add(std::mem::size_of::<Header>() + i * cap),
+            cap,
+        );
+        // the LWLock release/acquire above orders the backends' writes before our reads
+        ring_read(buf, tail, (head - tail) as usize)
+    };
+    let mut records = vec![];
+    let mut pos = 0usize;
+    while pos + HEADER_BYTES <= bytes.len() && (pos as u64) < max_bytes {
+        let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        let seq = u64::from_le_bytes(bytes[pos + 4..pos + 12].try_into().unwrap());
+        let start = pos + HEADER_BYTES;
+        if start + len > bytes.len() {
+            break;
+        }
+        records.push((seq, start..start + len));
+        pos = start + len;
+    }
+    (
+        Batch {
+            end: tail + pos as u64,
+            bytes,
+            records,
+        },
+        flush,
+    )
 }
 
 /// Raw access for the writer and stats.

@@ -199,27 +199,22 @@ fn broadcast(i: usize) {
 
 /// Write everything queued now; returns how many events were written.
 fn drain(i: usize) -> usize {
-    let (end, records, flush) = queue::with_slot(i, |s, buf| {
-        let (end, records) = queue::peek_all(s, buf, 16 << 20);
-        s.writer_idle = records.is_empty();
-        (end, records, queue::sync_pending(s))
-    });
-    if records.is_empty() {
+    let (batch, flush) = queue::take(i, 16 << 20);
+    if batch.is_empty() {
         return 0;
     }
     set_commit_flush(flush);
-    let last_seq = records.last().map(|r| r.0).unwrap_or(0);
+    let last_seq = batch.last_seq().unwrap_or(0);
     // Records queued before this writer started may already be in the table
     // (a predecessor died between its commit and advancing the queue).
-    let recheck = records
-        .first()
-        .is_some_and(|r| r.0 <= RECHECK_UNTIL.with(|c| c.get()));
-    let payloads: Vec<Vec<u8>> = records.iter().map(|r| r.1.clone()).collect();
-    let new_last = BackgroundWorker::transaction(move || write_batch(&payloads, recheck));
+    let recheck = batch
+        .first_seq()
+        .is_some_and(|seq| seq <= RECHECK_UNTIL.with(|c| c.get()));
+    let new_last = BackgroundWorker::transaction(|| write_batch(&batch, recheck));
     LAST_HASH.with(|h| *h.borrow_mut() = Some(new_last));
-    let n = records.len();
+    let n = batch.len();
     queue::with_slot(i, |s, _| {
-        s.tail = end;
+        s.tail = batch.end;
         s.durable = last_seq;
         s.written += n as u64;
         s.oldest_ts = if s.tail == s.head {
@@ -268,10 +263,10 @@ fn pending_xacts() -> HashSet<(String, u64)> {
 /// Events of one statement and its transaction that arrive in the same
 /// batch are merged into one row, so under load a statement costs one
 /// inserted row; only statements whose end comes in a later batch are updated.
-fn write_batch(payloads: &[Vec<u8>], recheck: bool) -> String {
+fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
     // Rows in queue order: complete records as they are, statement events
     // with the end and transaction events of the same batch merged in.
-    let mut rows: Vec<Stmt> = Vec::with_capacity(payloads.len());
+    let mut rows: Vec<Stmt> = Vec::with_capacity(batch.len());
     let mut by_key: HashMap<String, usize> = HashMap::new();
     let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
     let mut pending = pending_xacts();
@@ -282,7 +277,7 @@ fn write_batch(payloads: &[Vec<u8>], recheck: bool) -> String {
             e["x"].as_u64().unwrap_or(0),
         )
     };
-    for p in payloads {
+    for p in batch.payloads() {
         if let Some(row) = parse_complete_record(p) {
             rows.push(row);
             continue;
