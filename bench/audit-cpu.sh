@@ -47,16 +47,10 @@ trap 'ag_cluster_stop "$datadir" fast >/dev/null 2>&1 || true' EXIT
 psql_() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" "$@"; }
 psql_ -U postgres -d postgres -c "DROP DATABASE IF EXISTS cpu_bench" -c "CREATE DATABASE cpu_bench"
 "$bindir/pgbench" -h 127.0.0.1 -p "$port" -U postgres -i -s 10 -q cpu_bench >/dev/null 2>&1
+psql_ -U postgres -d cpu_bench -f "$here/roles.sql"
 psql_ -U postgres -d cpu_bench <<'SQL'
 SET client_min_messages = error;
 CREATE EXTENSION agent_guard;
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_human') THEN CREATE ROLE bench_human LOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_agent') THEN CREATE ROLE bench_agent LOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_sponsor') THEN CREATE ROLE bench_sponsor LOGIN; END IF;
-END
-$$;
 GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers TO bench_human, bench_agent;
 SELECT agent_guard.register_agent('bench_agent', 'bench_sponsor');
 SQL

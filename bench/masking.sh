@@ -45,16 +45,10 @@ ag_cluster_start "$datadir" "$port" \
 
 psql_() { "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" "$@"; }
 psql_ -U postgres -d postgres -c "DROP DATABASE IF EXISTS mask_bench" -c "CREATE DATABASE mask_bench"
+psql_ -U postgres -d mask_bench -f "$here/roles.sql"
 psql_ -U postgres -d mask_bench <<SQL
 SET client_min_messages = error;
 CREATE EXTENSION agent_guard;
-DO \$\$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_human') THEN CREATE ROLE bench_human LOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_agent') THEN CREATE ROLE bench_agent LOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_sponsor') THEN CREATE ROLE bench_sponsor LOGIN; END IF;
-END
-\$\$;
 -- a shop's customers: twelve columns, three of them regulated
 CREATE TABLE customers (
   id int PRIMARY KEY, name text, email text, phone text, ssn text, card_number text,
