@@ -391,3 +391,124 @@ fn purge_keeps_the_rest_verifiable() {
     pg.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .unwrap();
 }
+
+/// The writer inserts rows into the heap and maintains the indexes itself:
+/// each index must find exactly the rows a sequential scan finds, including
+/// the partial indexes over rows still waiting for their outcome (a
+/// statement still running, a transaction still open).
+#[test]
+fn every_index_finds_the_rows_the_writer_inserted() {
+    let mut admin = admin();
+    let a = setup(&mut admin, "idx");
+    let agent = &a.agent;
+    let t = &a.table;
+    // every statement of this agent is recorded when it starts, its end later
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {agent} SET agent_guard.audit_durability = 'sync'"
+        ))
+        .unwrap();
+    let mut c = connect(agent);
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    for i in 0..20 {
+        c.batch_execute(&format!("SELECT {i} /* request_id='idx-{pid}' */"))
+            .unwrap();
+    }
+    assert!(c.batch_execute(&format!("DELETE FROM {t}")).is_err());
+    // a transaction left open: its statements' transaction outcome is pending
+    c.batch_execute("BEGIN").unwrap();
+    c.batch_execute("SELECT 'open'").unwrap();
+    // a statement still running: its outcome is pending
+    let sleeper_agent = agent.clone();
+    let sleeper = std::thread::spawn(move || {
+        let mut s = connect(&sleeper_agent);
+        s.batch_execute("SELECT pg_sleep(4)").unwrap();
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleeper_session: String = loop {
+        let found = admin
+            .query_opt(
+                "SELECT session_key FROM agent_guard.audit_log WHERE agent = $1 AND outcome IS NULL \
+                 AND statement_text = 'SELECT pg_sleep(4)'",
+                &[agent],
+            )
+            .unwrap();
+        if let Some(r) = found {
+            break r.get(0);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the running statement was not recorded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let session: String = admin
+        .query_one(
+            "SELECT session_key FROM agent_guard.audit_log WHERE backend_pid = $1 LIMIT 1",
+            &[&pid],
+        )
+        .unwrap()
+        .get(0);
+
+    let count = |admin: &mut Client, index_scan: bool, predicate: &str| -> (i64, String) {
+        let settings = if index_scan {
+            "SET enable_seqscan = off; SET enable_bitmapscan = off"
+        } else {
+            "SET enable_bitmapscan = off; SET enable_indexscan = off; SET enable_indexonlyscan = off"
+        };
+        admin.batch_execute(settings).unwrap();
+        let sql = format!("SELECT count(*) FROM agent_guard.audit_log WHERE {predicate}");
+        let plan: Vec<String> = admin
+            .query(&format!("EXPLAIN {sql}"), &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let n: i64 = admin.query_one(&sql, &[]).unwrap().get(0);
+        admin.batch_execute("RESET ALL").unwrap();
+        (n, plan.join("\n"))
+    };
+    let cases = [
+        // pg_backend_pid(), 20 reads, the refusal, BEGIN, SELECT 'open', the sleeper
+        ("audit_log_agent_time", format!("agent = '{agent}'"), 25),
+        ("audit_log_request_id", format!("request_id = 'idx-{pid}'"), 20),
+        (
+            "audit_log_pkey",
+            format!(
+                "id >= (SELECT min(id) FROM agent_guard.audit_log WHERE backend_pid = {pid}) AND backend_pid = {pid}"
+            ),
+            24,
+        ),
+        (
+            "audit_log_running",
+            format!("outcome IS NULL AND session_key = '{sleeper_session}'"),
+            1,
+        ),
+        (
+            "audit_log_open_xact",
+            format!("transaction_outcome IS NULL AND session_key = '{session}'"),
+            2, // BEGIN and SELECT 'open'
+        ),
+    ];
+    for (index, predicate, expected) in cases {
+        let (by_index, plan) = count(&mut admin, true, &predicate);
+        assert!(
+            plan.contains(index),
+            "{index} not used for {predicate}:\n{plan}"
+        );
+        let (by_scan, plan) = count(&mut admin, false, &predicate);
+        assert!(plan.contains("Seq Scan"), "{plan}");
+        assert_eq!(
+            (by_index, by_scan),
+            (expected, expected),
+            "{index} and a sequential scan for {predicate}"
+        );
+    }
+    c.batch_execute("ROLLBACK").unwrap();
+    sleeper.join().unwrap();
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {agent} RESET agent_guard.audit_durability"
+        ))
+        .unwrap();
+}
