@@ -447,7 +447,6 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
             NodeTag::T_AlterTableStmt => {
                 let s = node as *mut pg_sys::AlterTableStmt;
                 add_range_var(&mut u, (*s).relation);
-                #[allow(non_upper_case_globals)]
                 use pg_sys::AlterTableType::*;
                 for cmd in PgList::<pg_sys::AlterTableCmd>::from_pg((*s).cmds).iter_ptr() {
                     if matches!(

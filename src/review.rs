@@ -313,7 +313,7 @@ pub extern "C-unwind" fn agent_guard_review_probe(arg: pg_sys::Datum) {
     let cell = unsafe { pg_sys::dsm_segment_address(seg) as *mut u32 };
     let db = pg_sys::Oid::from(unsafe { cell.read_volatile() });
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
-    let installed = BackgroundWorker::transaction(|| crate::identity::extension_installed());
+    let installed = BackgroundWorker::transaction(crate::identity::extension_installed);
     unsafe {
         cell.add(1).write_volatile(if installed {
             PROBE_PRESENT

@@ -61,7 +61,7 @@ pub fn looks_like_card_number(v: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// `local@domain.tld` without spaces.

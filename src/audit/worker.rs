@@ -127,7 +127,7 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         });
         pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(i));
     }
-    let installed = BackgroundWorker::transaction(|| crate::identity::extension_installed());
+    let installed = BackgroundWorker::transaction(crate::identity::extension_installed);
     if !installed {
         // Nothing can be written here; backends refuse agents in such databases anyway.
         discard_all(i);
