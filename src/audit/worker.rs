@@ -2,7 +2,10 @@
 //! by the first backend that queues an event there (so a new
 //! `CREATE EXTENSION agent_guard` is served without a restart). It drains
 //! its queue in batches, one transaction per batch (group commit), chains
-//! the rows' hashes, then advances the queue and wakes waiting backends.
+//! the rows' hashes, writes the rows straight into the table ([`super::insert`]),
+//! then advances the queue and wakes waiting backends. A busy writer collects
+//! a batch for a moment; only batches that hold a record some backend waits
+//! for wait for their WAL flush.
 
 use super::insert;
 use super::queue;
