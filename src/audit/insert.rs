@@ -103,13 +103,16 @@ impl AuditTable {
                 }
                 let name = CStr::from_ptr(a.attname.data.as_ptr()).to_string_lossy();
                 let i = COLUMNS.iter().position(|(c, _)| *c == name);
-                if let Some(i) = i {
-                    if COLUMNS[i].1 != a.atttypid {
-                        pgrx::error!(
-                            "agent_guard: agent_guard.audit_log.{name} has an unexpected type"
-                        );
+                match i {
+                    Some(i) if COLUMNS[i].1 != a.atttypid => {
+                        pgrx::error!("agent_guard: agent_guard.audit_log.{name} has an unexpected type")
                     }
-                    seen[i] = true;
+                    Some(i) => seen[i] = true,
+                    // a column added by someone else is left NULL (no defaults, no triggers)
+                    None if a.attnotnull => pgrx::error!(
+                        "agent_guard: agent_guard.audit_log.{name} is NOT NULL but agent_guard does not write it"
+                    ),
+                    None => {}
                 }
                 attrs.push(i);
             }
