@@ -213,13 +213,17 @@ fn drain(i: usize) -> usize {
     let recheck = batch
         .first_seq()
         .is_some_and(|seq| seq <= RECHECK_UNTIL.with(|c| c.get()));
-    let new_last = BackgroundWorker::transaction(|| write_batch(&batch, recheck));
+    let (new_last, undecodable) = BackgroundWorker::transaction(|| write_batch(&batch, recheck));
     LAST_HASH.with(|h| *h.borrow_mut() = Some(new_last));
     let n = batch.len();
+    if undecodable > 0 {
+        warning!("agent_guard: {undecodable} audit records could not be decoded and are counted as dropped");
+    }
     queue::with_slot(i, |s, _| {
         s.tail = batch.end;
         s.durable = last_seq;
-        s.written += n as u64;
+        s.written += (n - undecodable) as u64;
+        s.dropped += undecodable as u64;
         s.oldest_ts = if s.tail == s.head {
             0
         } else {
@@ -261,12 +265,14 @@ fn pending_xacts() -> HashSet<(String, u64)> {
     })
 }
 
-/// Insert and update one batch in the current transaction; returns the new chain head.
+/// Insert and update one batch in the current transaction; returns the new
+/// chain head and how many records could not be decoded (never silently lost:
+/// the caller counts them as dropped).
 ///
 /// Events of one statement and its transaction that arrive in the same
 /// batch are merged into one row, so under load a statement costs one
 /// inserted row; only statements whose end comes in a later batch are updated.
-fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
+fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     // Rows in queue order: complete records as they are, statement events
     // with the end and transaction events of the same batch merged in.
     let mut rows: Vec<Stmt> = Vec::with_capacity(batch.len());
@@ -274,6 +280,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
     let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
     let mut pending = pending_xacts();
     let mut late: Vec<Value> = vec![];
+    let mut undecodable = 0;
     let xact_of = |e: &Value| {
         (
             e["sk"].as_str().unwrap_or("").to_string(),
@@ -286,11 +293,13 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
             continue;
         }
         let Ok(e) = serde_json::from_slice::<Value>(p) else {
+            undecodable += 1;
             continue;
         };
         match e["k"].as_str() {
             Some("stmt") => {
                 let Ok(row) = serde_json::from_value::<Stmt>(e.clone()) else {
+                    undecodable += 1;
                     continue;
                 };
                 let i = rows.len();
@@ -299,15 +308,21 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
                 rows.push(row);
             }
             Some("end") => match by_key.get(&key(&e["sk"], &e["n"])) {
-                Some(&i) => rows[i].end = serde_json::from_value::<End>(e.clone()).ok(),
+                Some(&i) => match serde_json::from_value::<End>(e.clone()) {
+                    Ok(end) => rows[i].end = Some(end),
+                    Err(_) => undecodable += 1,
+                },
                 None => late.push(e),
             },
             Some("xact") => {
                 let x = xact_of(&e);
-                if let Ok(xo) = serde_json::from_value::<XactEnd>(e.clone()) {
-                    for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
-                        rows[i].set_transaction(&xo);
+                match serde_json::from_value::<XactEnd>(e.clone()) {
+                    Ok(xo) => {
+                        for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
+                            rows[i].set_transaction(&xo);
+                        }
                     }
+                    Err(_) => undecodable += 1,
                 }
                 if pending.remove(&x) {
                     late.push(e);
@@ -331,7 +346,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
                     late.push(e);
                 }
             }
-            _ => {}
+            _ => undecodable += 1,
         }
     }
     if recheck {
@@ -421,5 +436,5 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> String {
         .expect("agent_guard: cannot seal audit outcomes");
     }
     PENDING.with(|p| *p.borrow_mut() = Some(pending));
-    prev
+    (prev, undecodable)
 }
