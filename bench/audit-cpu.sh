@@ -52,7 +52,7 @@ psql_ -U postgres -d cpu_bench <<'SQL'
 SET client_min_messages = error;
 CREATE EXTENSION agent_guard;
 GRANT SELECT ON pgbench_accounts, pgbench_branches, pgbench_tellers TO bench_human, bench_agent;
-SELECT agent_guard.register_agent('bench_agent', 'bench_sponsor');
+SELECT agent_guard.register_agent('bench_agent', 'bench_sponsor') \g /dev/null
 SQL
 
 # user + system clock ticks of a process (0 if it is gone)
