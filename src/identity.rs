@@ -13,6 +13,7 @@ use pgrx::prelude::*;
 use pgrx::PgTryBuilder;
 use std::cell::{Cell, RefCell};
 use std::ffi::CStr;
+use std::rc::Rc;
 
 /// A registered agent, as this backend last read it.
 #[derive(Clone, Debug)]
@@ -29,7 +30,7 @@ struct Cache {
     valid: bool,
     generation: u64,
     session_user: pg_sys::Oid,
-    agent: Option<AgentRecord>,
+    agent: Option<Rc<AgentRecord>>,
     /// The login role itself is the agent (not a superuser impersonating one).
     agent_is_login: bool,
     guard_installed: bool,
@@ -55,7 +56,7 @@ pub fn in_internal() -> bool {
 }
 
 /// The agent as this backend last knew it (no catalog access).
-pub fn cached_agent() -> Option<AgentRecord> {
+pub fn cached_agent() -> Option<Rc<AgentRecord>> {
     CACHE.with(|c| c.borrow().agent.clone())
 }
 
@@ -163,7 +164,7 @@ fn refresh(generation: u64) {
             valid: true,
             generation,
             session_user: session,
-            agent,
+            agent: agent.map(Rc::new),
             agent_is_login,
             guard_installed,
         }
@@ -172,7 +173,7 @@ fn refresh(generation: u64) {
 
 /// The session's agent, re-reading the registry only when it changed.
 /// Cost when nothing changed: one atomic load and one comparison.
-pub fn current_agent() -> Option<AgentRecord> {
+pub fn current_agent() -> Option<Rc<AgentRecord>> {
     let generation = crate::shmem::generation();
     let session = unsafe { pg_sys::GetSessionUserId() };
     let fresh = CACHE.with(|c| {
@@ -341,11 +342,9 @@ pub fn database_name() -> String {
 pub fn correlation() -> (Option<String>, Option<String>) {
     let text = unsafe {
         if pg_sys::debug_query_string.is_null() {
-            String::new()
+            std::borrow::Cow::Borrowed("")
         } else {
-            CStr::from_ptr(pg_sys::debug_query_string)
-                .to_string_lossy()
-                .into_owned()
+            CStr::from_ptr(pg_sys::debug_query_string).to_string_lossy()
         }
     };
     let c = agent_guard_core::request_id::from_comments(&text);

@@ -9,21 +9,40 @@ use sha2::{Digest, Sha256};
 
 /// Hex SHA-256 of `prev_hash` and `content`, separated unambiguously.
 pub fn link(prev_hash: &str, content: &str) -> String {
+    link_hex(prev_hash, content).as_str().to_string()
+}
+
+/// [`link`] without allocating.
+pub fn link_hex(prev_hash: &str, content: &str) -> Hex {
     let mut h = Sha256::new();
     h.update((prev_hash.len() as u64).to_be_bytes());
     h.update(prev_hash.as_bytes());
     h.update(content.as_bytes());
-    hex(&h.finalize())
+    let digest = h.finalize();
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 64];
+    for (i, b) in digest.iter().enumerate() {
+        out[2 * i] = DIGITS[(b >> 4) as usize];
+        out[2 * i + 1] = DIGITS[(b & 15) as usize];
+    }
+    Hex(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[(b >> 4) as usize] as char);
-        out.push(DIGITS[(b & 15) as usize] as char);
+/// A SHA-256 digest in lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Hex([u8; 64]);
+
+impl Hex {
+    pub fn as_str(&self) -> &str {
+        // only ASCII hex digits are ever stored
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
-    out
+}
+
+impl std::fmt::Debug for Hex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// The hash the chain starts from.
@@ -119,8 +138,16 @@ mod tests {
     }
 
     #[test]
-    fn hex_is_lowercase_two_digits_per_byte() {
-        assert_eq!(hex(&[0x0f, 0xa0, 0x00, 0xff]), "0fa000ff");
+    fn link_is_lowercase_hex_sha256() {
+        // sha256(be64(11) || "agent_guard" || "[1]")
+        assert_eq!(
+            link(GENESIS, "[1]"),
+            "e01aa99518372d135ad4e1639346026aadd7200b668e49f7ba45f656251018e4"
+        );
+        assert_eq!(
+            format!("{:?}", link_hex(GENESIS, "[1]")),
+            link(GENESIS, "[1]")
+        );
     }
 
     #[test]

@@ -2,17 +2,18 @@
 //! indexes, as COPY does: no SQL to parse or plan per batch, no text to
 //! convert back into values. Runs in the audit writer's transaction.
 
-use super::row::Stmt;
+use super::row::Row;
+use agent_guard_core::chain::Hex;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
-/// A row with its place in the hash chain, ready to be written.
-pub struct Sealed<'a> {
+/// A row with its place in the hash chain, ready to be written (its
+/// previous hash is the preceding row's `row_hash`).
+pub struct Sealed<'r, 'a> {
     pub id: i64,
-    pub prev_hash: String,
-    pub row_hash: String,
-    pub outcome_hash: Option<String>,
-    pub row: &'a Stmt,
+    pub row_hash: Hex,
+    pub outcome_hash: Option<Hex>,
+    pub row: &'r Row<'a>,
 }
 
 /// The columns the writer fills, with their types.
@@ -138,8 +139,9 @@ impl AuditTable {
         }
     }
 
-    /// Append `rows` to the heap and every index of the table.
-    pub fn insert(&self, rows: &[Sealed]) {
+    /// Append `rows` to the heap and every index of the table; `first_prev`
+    /// is the chain head before the first of them.
+    pub fn insert(&self, first_prev: &str, rows: &[Sealed]) {
         unsafe {
             let desc = (*self.rel).rd_att;
             let estate = pg_sys::CreateExecutorState();
@@ -166,10 +168,18 @@ impl AuditTable {
             let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(CHUNK))
                 .map(|_| pg_sys::MakeSingleTupleTableSlot(slot_desc, &pg_sys::TTSOpsHeapTuple))
                 .collect();
-            for chunk in rows.chunks(CHUNK) {
+            let mut key = String::with_capacity(64);
+            for (c, chunk) in rows.chunks(CHUNK).enumerate() {
                 let outer = pg_sys::MemoryContextSwitchTo(rows_cx);
-                for (r, &slot) in chunk.iter().zip(&slots) {
-                    let row = values_of(r);
+                for (j, (r, &slot)) in chunk.iter().zip(&slots).enumerate() {
+                    let at = c * CHUNK + j;
+                    let prev = match at {
+                        0 => first_prev,
+                        _ => rows[at - 1].row_hash.as_str(),
+                    };
+                    key.clear();
+                    r.row.write_event_key(&mut key);
+                    let row = values_of(r, prev, &key);
                     for (a, col) in self.attrs.iter().enumerate() {
                         let v = col.and_then(|c| row[c]);
                         nulls[a] = v.is_none();
@@ -269,55 +279,56 @@ fn text_array<'a>(items: impl ExactSizeIterator<Item = Option<&'a str>>) -> pg_s
     }
 }
 
-fn opt_text(s: &Option<String>) -> Option<pg_sys::Datum> {
-    s.as_deref().map(text)
+fn opt_text(s: Option<&str>) -> Option<pg_sys::Datum> {
+    s.map(text)
 }
 
 /// The row's values in [`COLUMNS`] order (None = NULL).
-fn values_of(r: &Sealed) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
+fn values_of(
+    r: &Sealed,
+    prev_hash: &str,
+    event_key: &str,
+) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
     let s = r.row;
     let end = s.outcome();
-    let end = end.as_deref();
     [
         Some(r.id.into()),
-        Some(text(&s.event_key())),
-        Some(text(&s.sk)),
+        Some(text(event_key)),
+        Some(text(s.sk)),
         Some((s.n as i64).into()),
         Some((s.x as i64).into()),
         Some((s.sx as i32).into()),
         s.parent.map(|p| (p as i64).into()),
         Some(s.lvl.into()),
         Some(s.ts.into()),
-        opt_text(&s.su),
-        opt_text(&s.cu),
-        opt_text(&s.agent),
-        opt_text(&s.login),
-        opt_text(&s.sponsor),
-        opt_text(&s.app),
-        opt_text(&s.addr),
+        opt_text(s.su),
+        opt_text(s.cu),
+        opt_text(s.agent),
+        opt_text(s.login),
+        opt_text(s.sponsor),
+        opt_text(s.app),
+        opt_text(s.addr),
         Some(s.pid.into()),
-        opt_text(&s.db),
-        opt_text(&s.rid),
-        opt_text(&s.tp),
-        opt_text(&s.cmd),
-        opt_text(&s.risk),
-        Some(text_array(s.obj.iter().map(|o| Some(o.as_str())))),
-        Some(text(&s.dec)),
-        opt_text(&s.why),
+        opt_text(s.db),
+        opt_text(s.rid),
+        opt_text(s.tp),
+        opt_text(s.cmd),
+        opt_text(s.risk),
+        Some(text_array(s.obj.iter().map(|o| Some(*o)))),
+        Some(text(s.dec)),
+        opt_text(s.why),
         s.grant.map(Into::into),
-        opt_text(&s.text),
-        s.params
-            .as_ref()
-            .map(|ps| text_array(ps.iter().map(|p| p.as_deref()))),
+        opt_text(s.text),
+        s.params.as_ref().map(|ps| text_array(ps.iter().copied())),
         end.map(|e| e.ts.into()),
         end.and_then(|e| e.rows).map(|n| (n as i64).into()),
-        end.map(|e| text(&e.out)),
-        end.and_then(|e| e.state.as_deref()).map(text),
-        end.and_then(|e| e.msg.as_deref()).map(text),
-        s.xo.as_ref().and_then(|x| x.xid).map(|x| (x as i64).into()),
-        s.xo.as_ref().map(|x| text(&x.out)),
-        Some(text(&r.prev_hash)),
-        Some(text(&r.row_hash)),
-        r.outcome_hash.as_deref().map(text),
+        end.map(|e| text(e.out)),
+        end.and_then(|e| e.state).map(text),
+        end.and_then(|e| e.msg).map(text),
+        s.xo.and_then(|x| x.xid).map(|x| (x as i64).into()),
+        s.xo.map(|x| text(x.out)),
+        Some(text(prev_hash)),
+        Some(text(r.row_hash.as_str())),
+        r.outcome_hash.as_ref().map(|h| text(h.as_str())),
     ]
 }

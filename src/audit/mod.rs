@@ -203,8 +203,58 @@ fn cstr(p: *const std::ffi::c_char) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
+/// Role names by oid (None: the role was dropped).
+type RoleNames = Vec<(pg_sys::Oid, Option<String>)>;
+
+thread_local! {
+    /// Names of the roles this backend recorded, forgotten whenever a role
+    /// changes (pg_authid invalidation); None until the callback is registered.
+    static ROLE_NAMES: RefCell<Option<RoleNames>> = const { RefCell::new(None) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_role_names(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    ROLE_NAMES.with(|r| {
+        if let Some(names) = r.borrow_mut().as_mut() {
+            names.clear();
+        }
+    });
+}
+
+/// A role's name as of now (None if it was dropped), without a catalog
+/// lookup per statement.
 fn role_name(oid: pg_sys::Oid) -> Option<String> {
-    cstr(unsafe { pg_sys::GetUserNameFromId(oid, true) })
+    let known = ROLE_NAMES.with(|r| {
+        let mut r = r.borrow_mut();
+        let names = r.get_or_insert_with(|| {
+            unsafe {
+                pg_sys::CacheRegisterSyscacheCallback(
+                    pg_sys::SysCacheIdentifier::AUTHOID as i32,
+                    Some(forget_role_names),
+                    pg_sys::Datum::from(0usize),
+                )
+            };
+            Vec::new()
+        });
+        names
+            .iter()
+            .find(|(o, _)| *o == oid)
+            .map(|(_, n)| n.clone())
+    });
+    if let Some(n) = known {
+        return n;
+    }
+    // looked up outside the borrow: the lookup may run the callback above
+    let name = cstr(unsafe { pg_sys::GetUserNameFromId(oid, true) });
+    ROLE_NAMES.with(|r| {
+        if let Some(names) = r.borrow_mut().as_mut() {
+            if names.len() >= 16 {
+                names.clear();
+            }
+            names.push((oid, name.clone()));
+        }
+    });
+    name
 }
 
 /// What the statement event needs besides the classification and decision.

@@ -103,21 +103,6 @@ impl Stmt {
         format!("{}:{}", self.sk, self.n)
     }
 
-    /// How the statement ended: its end event, or for a refusal the refusal itself.
-    pub fn outcome(&self) -> Option<std::borrow::Cow<'_, End>> {
-        match &self.end {
-            Some(e) => Some(std::borrow::Cow::Borrowed(e)),
-            None if self.dec == "denied" => Some(std::borrow::Cow::Owned(End {
-                ts: self.ts,
-                rows: None,
-                out: "denied".into(),
-                state: Some("42501".into()),
-                msg: None,
-            })),
-            None => None,
-        }
-    }
-
     /// Record the transaction's end (a savepoint rollback already recorded stays).
     pub fn set_transaction(&mut self, xo: &XactEnd) {
         match &mut self.xo {
@@ -137,6 +122,160 @@ impl Stmt {
         out.extend_from_slice(&body[1..]);
         out
     }
+
+    /// The statement as a [`Row`] borrowing from it.
+    pub fn row(&self) -> Row<'_> {
+        Row {
+            sk: &self.sk,
+            n: self.n,
+            x: self.x,
+            sx: self.sx,
+            parent: self.parent,
+            lvl: self.lvl,
+            ts: self.ts,
+            su: self.su.as_deref(),
+            cu: self.cu.as_deref(),
+            agent: self.agent.as_deref(),
+            login: self.login.as_deref(),
+            sponsor: self.sponsor.as_deref(),
+            app: self.app.as_deref(),
+            addr: self.addr.as_deref(),
+            pid: self.pid,
+            db: self.db.as_deref(),
+            rid: self.rid.as_deref(),
+            tp: self.tp.as_deref(),
+            cmd: self.cmd.as_deref(),
+            risk: self.risk.as_deref(),
+            obj: self.obj.iter().map(String::as_str).collect(),
+            dec: &self.dec,
+            why: self.why.as_deref(),
+            grant: self.grant,
+            text: self.text.as_deref(),
+            params: self
+                .params
+                .as_ref()
+                .map(|ps| ps.iter().map(Option::as_deref).collect()),
+            end: self.end.as_ref().map(|e| EndRef {
+                ts: e.ts,
+                rows: e.rows,
+                out: &e.out,
+                state: e.state.as_deref(),
+                msg: e.msg.as_deref(),
+            }),
+            xo: self.xo.as_ref().map(|x| XactRef {
+                out: &x.out,
+                xid: x.xid,
+            }),
+        }
+    }
+}
+
+/// How a statement ended, borrowed (see [`End`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EndRef<'a> {
+    pub ts: i64,
+    pub rows: Option<u64>,
+    pub out: &'a str,
+    pub state: Option<&'a str>,
+    pub msg: Option<&'a str>,
+}
+
+/// How a statement's transaction ended, borrowed (see [`XactEnd`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct XactRef<'a> {
+    pub out: &'a str,
+    pub xid: Option<u64>,
+}
+
+/// One audit row as the writer hashes and inserts it: the fields of a
+/// [`Stmt`], borrowed from a decoded queue record or from a `Stmt`, so a
+/// record costs the writer no copies of its strings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row<'a> {
+    pub sk: &'a str,
+    pub n: u64,
+    pub x: u64,
+    pub sx: u32,
+    pub parent: Option<u64>,
+    pub lvl: i32,
+    pub ts: i64,
+    pub su: Option<&'a str>,
+    pub cu: Option<&'a str>,
+    pub agent: Option<&'a str>,
+    pub login: Option<&'a str>,
+    pub sponsor: Option<&'a str>,
+    pub app: Option<&'a str>,
+    pub addr: Option<&'a str>,
+    pub pid: i32,
+    pub db: Option<&'a str>,
+    pub rid: Option<&'a str>,
+    pub tp: Option<&'a str>,
+    pub cmd: Option<&'a str>,
+    pub risk: Option<&'a str>,
+    pub obj: Vec<&'a str>,
+    pub dec: &'a str,
+    pub why: Option<&'a str>,
+    pub grant: Option<i64>,
+    pub text: Option<&'a str>,
+    pub params: Option<Vec<Option<&'a str>>>,
+    pub end: Option<EndRef<'a>>,
+    pub xo: Option<XactRef<'a>>,
+}
+
+impl<'a> Row<'a> {
+    /// Unique per statement: session key and statement number.
+    pub fn event_key(&self) -> String {
+        let mut out = String::with_capacity(self.sk.len() + 21);
+        self.write_event_key(&mut out);
+        out
+    }
+
+    /// Append the event key to `out`.
+    pub fn write_event_key(&self, out: &mut String) {
+        out.push_str(self.sk);
+        out.push(':');
+        push_int(out, self.n as i128);
+    }
+
+    /// How the statement ended: its end, or for a refusal the refusal itself.
+    pub fn outcome(&self) -> Option<EndRef<'a>> {
+        match self.end {
+            Some(e) => Some(e),
+            None if self.dec == "denied" => Some(EndRef {
+                ts: self.ts,
+                rows: None,
+                out: "denied",
+                state: Some("42501"),
+                msg: None,
+            }),
+            None => None,
+        }
+    }
+
+    /// Whether the row already knows how it ended (then its outcome is sealed at insert).
+    pub fn has_outcome(&self) -> bool {
+        self.outcome().is_some() || self.xo.is_some()
+    }
+}
+
+/// Append the decimal digits of `v` (as `{v}` would print it, without the formatting machinery).
+fn push_int(out: &mut String, v: i128) {
+    let mut buf = [0u8; 40];
+    let mut i = buf.len();
+    let mut u = v.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (u % 10) as u8;
+        u /= 10;
+        if u == 0 {
+            break;
+        }
+    }
+    if v < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    out.push_str(std::str::from_utf8(&buf[i..]).unwrap_or_default());
 }
 
 /// PostgreSQL's jsonb text of a string (as `jsonb_build_array(...)::text` prints it).
@@ -170,15 +309,14 @@ fn pg_json_str(s: &str, out: &mut String) {
     out.push('"');
 }
 
-/// A JSON array as PostgreSQL's jsonb prints it: `[a, b, …]`.
-struct PgArray {
-    out: String,
+/// A JSON array as PostgreSQL's jsonb prints it: `[a, b, …]`, appended to a buffer.
+struct PgArray<'o> {
+    out: &'o mut String,
     first: bool,
 }
 
-impl PgArray {
-    fn new(capacity: usize) -> Self {
-        let mut out = String::with_capacity(capacity);
+impl<'o> PgArray<'o> {
+    fn new(out: &'o mut String) -> Self {
         out.push('[');
         PgArray { out, first: true }
     }
@@ -186,7 +324,7 @@ impl PgArray {
         if !std::mem::replace(&mut self.first, false) {
             self.out.push_str(", ");
         }
-        &mut self.out
+        self.out
     }
     fn str(&mut self, v: Option<&str>) {
         let out = self.sep();
@@ -195,13 +333,10 @@ impl PgArray {
             None => out.push_str("null"),
         }
     }
-    fn num(&mut self, v: Option<impl std::fmt::Display>) {
-        use std::fmt::Write;
+    fn num(&mut self, v: Option<impl Into<i128>>) {
         let out = self.sep();
         match v {
-            Some(n) => {
-                let _ = write!(out, "{n}");
-            }
+            Some(n) => push_int(out, n.into()),
             None => out.push_str("null"),
         }
     }
@@ -224,9 +359,8 @@ impl PgArray {
             }
         }
     }
-    fn finish(mut self) -> String {
+    fn finish(self) {
         self.out.push(']');
-        self.out
     }
 }
 
@@ -235,54 +369,68 @@ fn unix_us(pg_us: i64) -> i64 {
     pg_us + 946_684_800_000_000
 }
 
-/// The hashed content of row `id`; equals SQL `agent_guard._row_content(row)`.
-pub fn row_content(id: i64, s: &Stmt) -> String {
-    let mut a = PgArray::new(256 + s.text.as_ref().map_or(0, String::len));
+/// Append the hashed content of row `id` to `out`; equals SQL `agent_guard._row_content(row)`.
+pub fn write_row_content(id: i64, s: &Row, out: &mut String) {
+    let mut a = PgArray::new(out);
     a.num(Some(id));
-    a.str(Some(&s.event_key()));
-    a.str(Some(&s.sk));
+    // the event key: the session key, ':' and digits (which need no escaping)
+    let key = a.sep();
+    pg_json_str(s.sk, key);
+    key.pop();
+    key.push(':');
+    push_int(key, s.n as i128);
+    key.push('"');
+    a.str(Some(s.sk));
     a.num(Some(s.n));
     a.num(Some(s.x));
     a.num(Some(s.sx));
     a.num(s.parent);
     a.num(Some(s.lvl));
     a.num(Some(unix_us(s.ts)));
-    for v in [
-        &s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr,
-    ] {
-        a.str(v.as_deref());
+    for v in [s.su, s.cu, s.agent, s.login, s.sponsor, s.app, s.addr] {
+        a.str(v);
     }
     a.num(Some(s.pid));
-    for v in [&s.db, &s.rid, &s.tp, &s.cmd, &s.risk] {
-        a.str(v.as_deref());
+    for v in [s.db, s.rid, s.tp, s.cmd, s.risk] {
+        a.str(v);
     }
-    a.strs(Some(s.obj.iter().map(|o| Some(o.as_str()))));
-    a.str(Some(&s.dec));
-    a.str(s.why.as_deref());
+    a.strs(Some(s.obj.iter().map(|o| Some(*o))));
+    a.str(Some(s.dec));
+    a.str(s.why);
     a.num(s.grant);
-    a.str(s.text.as_deref());
-    a.strs(s.params.as_ref().map(|ps| ps.iter().map(|p| p.as_deref())));
-    a.finish()
+    a.str(s.text);
+    a.strs(s.params.as_ref().map(|ps| ps.iter().copied()));
+    a.finish();
 }
 
-/// Whether the row already knows how it ended (then its outcome is sealed at insert).
-pub fn has_outcome(s: &Stmt) -> bool {
-    s.outcome().is_some() || s.xo.is_some()
-}
-
-/// The hashed outcome of a row; equals SQL `agent_guard._outcome_content(row)`.
-pub fn outcome_content(s: &Stmt) -> String {
+/// Append the hashed outcome of a row to `out`; equals SQL `agent_guard._outcome_content(row)`.
+pub fn write_outcome_content(s: &Row, out: &mut String) {
     let end = s.outcome();
-    let end = end.as_deref();
-    let mut a = PgArray::new(128);
+    let mut a = PgArray::new(out);
     a.num(end.map(|e| unix_us(e.ts)));
     a.num(end.and_then(|e| e.rows));
-    a.str(end.map(|e| e.out.as_str()));
-    a.str(end.and_then(|e| e.state.as_deref()));
-    a.str(end.and_then(|e| e.msg.as_deref()));
-    a.num(s.xo.as_ref().and_then(|x| x.xid));
-    a.str(s.xo.as_ref().map(|x| x.out.as_str()));
-    a.finish()
+    a.str(end.map(|e| e.out));
+    a.str(end.and_then(|e| e.state));
+    a.str(end.and_then(|e| e.msg));
+    a.num(s.xo.and_then(|x| x.xid));
+    a.str(s.xo.map(|x| x.out));
+    a.finish();
+}
+
+/// The hashed content of row `id` (see [`write_row_content`]).
+#[cfg(test)]
+fn row_content(id: i64, s: &Row) -> String {
+    let mut out = String::with_capacity(256 + s.text.map_or(0, str::len));
+    write_row_content(id, s, &mut out);
+    out
+}
+
+/// The hashed outcome of a row (see [`write_outcome_content`]).
+#[cfg(test)]
+fn outcome_content(s: &Row) -> String {
+    let mut out = String::with_capacity(128);
+    write_outcome_content(s, &mut out);
+    out
 }
 
 /// A finished statement as one queue record: `R` and the statement with its
@@ -348,65 +496,81 @@ pub fn complete_record(s: &Stmt) -> Vec<u8> {
     w.0
 }
 
-/// The statement of a complete record (None if it is not one, or is malformed).
-pub fn parse_complete_record(p: &[u8]) -> Option<Stmt> {
+/// The row of a complete record, borrowing its strings from `p` (None if it
+/// is not one, or is malformed).
+pub fn parse_complete_record(p: &[u8]) -> Option<Row<'_>> {
     if p.first() != Some(&b'R') {
         return None;
     }
     let mut r = Reader { buf: p, pos: 1 };
-    let mut s = Stmt {
-        sk: r.str()??,
-        n: r.u64()?,
-        x: r.u64()?,
-        sx: r.u64()? as u32,
-        parent: r.opt_u64()?,
-        lvl: r.u64()? as i64 as i32,
-        ts: r.u64()? as i64,
-        ..Default::default()
-    };
-    for v in [
-        &mut s.su,
-        &mut s.cu,
-        &mut s.agent,
-        &mut s.login,
-        &mut s.sponsor,
-        &mut s.app,
-        &mut s.addr,
-    ] {
-        *v = r.str()?;
-    }
-    s.pid = r.u64()? as i64 as i32;
-    for v in [&mut s.db, &mut s.rid, &mut s.tp, &mut s.cmd, &mut s.risk] {
-        *v = r.str()?;
-    }
-    let n = r.u64()? as usize;
-    s.obj = (0..n)
+    let sk = r.str()??;
+    let (n, x, sx) = (r.u64()?, r.u64()?, r.u64()? as u32);
+    let parent = r.opt_u64()?;
+    let lvl = r.u64()? as i64 as i32;
+    let ts = r.u64()? as i64;
+    let (su, cu, agent, login) = (r.str()?, r.str()?, r.str()?, r.str()?);
+    let (sponsor, app, addr) = (r.str()?, r.str()?, r.str()?);
+    let pid = r.u64()? as i64 as i32;
+    let (db, rid, tp, cmd, risk) = (r.str()?, r.str()?, r.str()?, r.str()?, r.str()?);
+    let nobj = r.u64()? as usize;
+    let obj = (0..nobj)
         .map(|_| r.str().flatten())
         .collect::<Option<Vec<_>>>()?;
-    s.dec = r.str()??;
-    s.why = r.str()?;
-    s.grant = r.opt_u64()?.map(|g| g as i64);
-    s.text = r.str()?;
-    s.params = match r.opt_u64()? {
+    let dec = r.str()??;
+    let why = r.str()?;
+    let grant = r.opt_u64()?.map(|g| g as i64);
+    let text = r.str()?;
+    let params = match r.opt_u64()? {
         None => None,
         Some(n) => Some((0..n).map(|_| r.str()).collect::<Option<Vec<_>>>()?),
     };
-    if r.byte()? == 1 {
-        s.end = Some(End {
+    let end = match r.byte()? {
+        1 => Some(EndRef {
             ts: r.u64()? as i64,
             rows: r.opt_u64()?,
             out: r.str()??,
             state: r.str()?,
             msg: r.str()?,
-        });
-    }
-    if r.byte()? == 1 {
-        s.xo = Some(XactEnd {
+        }),
+        _ => None,
+    };
+    let xo = match r.byte()? {
+        1 => Some(XactRef {
             out: r.str()??,
             xid: r.opt_u64()?,
-        });
-    }
-    (r.pos == p.len()).then_some(s)
+        }),
+        _ => None,
+    };
+    (r.pos == p.len()).then_some(Row {
+        sk,
+        n,
+        x,
+        sx,
+        parent,
+        lvl,
+        ts,
+        su,
+        cu,
+        agent,
+        login,
+        sponsor,
+        app,
+        addr,
+        pid,
+        db,
+        rid,
+        tp,
+        cmd,
+        risk,
+        obj,
+        dec,
+        why,
+        grant,
+        text,
+        params,
+        end,
+        xo,
+    })
 }
 
 struct Wire(Vec<u8>);
@@ -442,8 +606,8 @@ struct Reader<'a> {
     pos: usize,
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let b = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
         self.pos += n;
         Some(b)
@@ -461,13 +625,13 @@ impl Reader<'_> {
         }
     }
     /// Outer None: malformed; inner None: NULL.
-    fn str(&mut self) -> Option<Option<String>> {
+    fn str(&mut self) -> Option<Option<&'a str>> {
         let n = u32::from_le_bytes(self.take(4)?.try_into().ok()?) as usize;
         if n == 0 {
             return Some(None);
         }
         let b = self.take(n - 1)?;
-        Some(Some(String::from_utf8(b.to_vec()).ok()?))
+        Some(Some(std::str::from_utf8(b).ok()?))
     }
 }
 
@@ -486,12 +650,35 @@ mod tests {
 
     #[test]
     fn json_text_matches_postgres_escaping() {
-        let mut a = PgArray::new(8);
+        let mut out = String::from("x");
+        let mut a = PgArray::new(&mut out);
         a.str(Some("a\"b\\c\n\u{1}é"));
         a.str(None);
         a.num(Some(5));
+        a.num(Some(-1_234_567_890_123i64));
+        a.num(Some(u64::MAX));
+        a.num(Some(0u32));
+        a.num(None::<i64>);
         a.strs(Some(std::iter::empty()));
-        assert_eq!(a.finish(), "[\"a\\\"b\\\\c\\n\\u0001é\", null, 5, []]");
+        a.finish();
+        assert_eq!(
+            out,
+            "x[\"a\\\"b\\\\c\\n\\u0001é\", null, 5, -1234567890123, 18446744073709551615, 0, null, []]"
+        );
+    }
+
+    #[test]
+    fn event_keys_in_content_match_the_column() {
+        let s = Stmt {
+            sk: "9-\"q\"".into(),
+            n: 42,
+            ..sample()
+        };
+        let row = s.row();
+        assert_eq!(row.event_key(), s.event_key());
+        let mut expected = String::new();
+        pg_json_str(&s.event_key(), &mut expected);
+        assert!(row_content(1, &row).starts_with(&format!("[1, {expected}, ")));
     }
 
     fn sample() -> Stmt {
@@ -520,9 +707,10 @@ mod tests {
     #[test]
     fn complete_records_parse_back() {
         let s = sample();
-        let back = parse_complete_record(&complete_record(&s)).unwrap();
-        assert_eq!(row_content(7, &back), row_content(7, &s));
-        assert!(row_content(7, &s)
+        let rec = complete_record(&s);
+        let back = parse_complete_record(&rec).unwrap();
+        assert_eq!(row_content(7, &back), row_content(7, &s.row()));
+        assert!(row_content(7, &s.row())
             .starts_with("[7, \"1-2:3\", \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
         assert_eq!(
             outcome_content(&back),
@@ -555,7 +743,7 @@ mod tests {
         };
         let rec = complete_record(&s);
         let back = parse_complete_record(&rec).unwrap();
-        assert_eq!(format!("{back:?}"), format!("{s:?}"));
+        assert_eq!(back, s.row());
         assert!(parse_complete_record(&rec[..rec.len() - 1]).is_none());
         assert!(parse_complete_record(b"{}").is_none());
     }
@@ -567,15 +755,17 @@ mod tests {
             ts: 5,
             ..Default::default()
         };
-        assert!(has_outcome(&s));
+        assert!(s.row().has_outcome());
         assert_eq!(
-            outcome_content(&s),
+            outcome_content(&s.row()),
             "[946684800000005, null, \"denied\", \"42501\", null, null, null]"
         );
-        assert!(!has_outcome(&Stmt {
+        assert!(!Stmt {
             dec: "allowed".into(),
             ..Default::default()
-        }));
+        }
+        .row()
+        .has_outcome());
     }
 
     #[test]

@@ -10,7 +10,8 @@
 use super::insert;
 use super::queue;
 use super::row::{
-    has_outcome, key, outcome_content, parse_complete_record, row_content, ts, End, Stmt, XactEnd,
+    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row, Stmt,
+    XactEnd,
 };
 use agent_guard_core::chain;
 use pgrx::bgworkers::{
@@ -273,9 +274,11 @@ fn pending_xacts() -> HashSet<(String, u64)> {
 /// batch are merged into one row, so under load a statement costs one
 /// inserted row; only statements whose end comes in a later batch are updated.
 fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
-    // Rows in queue order: complete records as they are, statement events
-    // with the end and transaction events of the same batch merged in.
-    let mut rows: Vec<Stmt> = Vec::with_capacity(batch.len());
+    // Rows in queue order: complete records as they are (borrowed from the
+    // batch), statement events with the end and transaction events of the
+    // same batch merged in (decoded into `events`).
+    let mut order: Vec<Result<Row, usize>> = Vec::with_capacity(batch.len());
+    let mut events: Vec<Stmt> = vec![];
     let mut by_key: HashMap<String, usize> = HashMap::new();
     let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
     let mut pending = pending_xacts();
@@ -289,7 +292,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     };
     for p in batch.payloads() {
         if let Some(row) = parse_complete_record(p) {
-            rows.push(row);
+            order.push(Ok(row));
             continue;
         }
         let Ok(e) = serde_json::from_slice::<Value>(p) else {
@@ -302,14 +305,15 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
                     undecodable += 1;
                     continue;
                 };
-                let i = rows.len();
+                let i = events.len();
                 by_key.insert(row.event_key(), i);
                 by_xact.entry(xact_of(&e)).or_default().push(i);
-                rows.push(row);
+                events.push(row);
+                order.push(Err(i));
             }
             Some("end") => match by_key.get(&key(&e["sk"], &e["n"])) {
                 Some(&i) => match serde_json::from_value::<End>(e.clone()) {
-                    Ok(end) => rows[i].end = Some(end),
+                    Ok(end) => events[i].end = Some(end),
                     Err(_) => undecodable += 1,
                 },
                 None => late.push(e),
@@ -319,7 +323,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
                 match serde_json::from_value::<XactEnd>(e.clone()) {
                     Ok(xo) => {
                         for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
-                            rows[i].set_transaction(&xo);
+                            events[i].set_transaction(&xo);
                         }
                     }
                     Err(_) => undecodable += 1,
@@ -331,7 +335,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
             Some("sub") => {
                 let x = xact_of(&e);
                 for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
-                    let r = &mut rows[i];
+                    let r = &mut events[i];
                     if Some(r.sx as u64) >= e["sx"].as_u64()
                         && Some(r.n) <= e["upto"].as_u64()
                         && r.xo.is_none()
@@ -349,9 +353,13 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
             _ => undecodable += 1,
         }
     }
+    let mut rows: Vec<Row> = order
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|i| events[i].row()))
+        .collect();
     if recheck {
         // Records queued before this writer started may already be in the table.
-        let keys: Vec<String> = rows.iter().map(Stmt::event_key).collect();
+        let keys: Vec<String> = rows.iter().map(Row::event_key).collect();
         let already: HashSet<String> = Spi::connect(|c| {
             c.select(
                 "SELECT event_key FROM agent_guard.audit_log \
@@ -372,7 +380,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     }
     for r in &rows {
         if r.xo.is_none() {
-            pending.insert((r.sk.clone(), r.x));
+            pending.insert((r.sk.to_string(), r.x));
         }
     }
 
@@ -380,23 +388,32 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     let mut touched: Vec<i64> = vec![];
     if !rows.is_empty() {
         let table = insert::AuditTable::open();
-        let mut sealed = Vec::with_capacity(rows.len());
+        let mut sealed: Vec<insert::Sealed> = Vec::with_capacity(rows.len());
+        let mut content = String::with_capacity(1024);
         for row in &rows {
             // each row's hash covers its id, so ids come first
             let id = table.next_id();
-            let row_hash = chain::link(&prev, &row_content(id, row));
-            let outcome_hash =
-                has_outcome(row).then(|| chain::link(&row_hash, &outcome_content(row)));
+            content.clear();
+            write_row_content(id, row, &mut content);
+            let head = sealed.last().map_or(prev.as_str(), |s| s.row_hash.as_str());
+            let row_hash = chain::link_hex(head, &content);
+            let outcome_hash = row.has_outcome().then(|| {
+                content.clear();
+                write_outcome_content(row, &mut content);
+                chain::link_hex(row_hash.as_str(), &content)
+            });
             sealed.push(insert::Sealed {
                 id,
-                prev_hash: std::mem::replace(&mut prev, row_hash.clone()),
                 row_hash,
                 outcome_hash,
                 row,
             });
         }
-        table.insert(&sealed);
+        table.insert(&prev, &sealed);
         table.close();
+        if let Some(last) = sealed.last() {
+            prev = last.row_hash.as_str().to_string();
+        }
     }
     for e in late {
         let sql = match e["k"].as_str() {

@@ -33,7 +33,7 @@ fn refusal(message: String, detail: String, hint: &str) -> Refusal {
 pub unsafe fn unmasked_read(pstmt: *mut pg_sys::PlannedStmt) -> Option<Refusal> {
     let rules = super::rules::rules();
     let agent = crate::identity::cached_agent()
-        .map(|a| a.login_name)
+        .map(|a| a.login_name.clone())
         .unwrap_or_default();
     unsafe {
         for rte in PgList::<pg_sys::RangeTblEntry>::from_pg((*pstmt).rtable).iter_ptr() {

@@ -512,3 +512,49 @@ fn every_index_finds_the_rows_the_writer_inserted() {
         ))
         .unwrap();
 }
+
+/// A role renamed while an agent session is open is recorded by its new name
+/// (the backend's cache of role names follows pg_authid).
+#[test]
+fn renamed_roles_are_recorded_by_their_new_name() {
+    let mut admin = admin();
+    let a = setup(&mut admin, "rename");
+    let mut c = connect(&a.agent);
+    let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    c.batch_execute("SELECT 'before the rename'").unwrap();
+    let renamed = format!("{}_renamed", a.agent);
+    admin
+        .batch_execute(&format!("ALTER ROLE {} RENAME TO {renamed}", a.agent))
+        .unwrap();
+    c.batch_execute("SELECT 'after the rename'").unwrap();
+    // the session's own request text is not the key here: look at the names
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let names = loop {
+        let rows = admin
+            .query(
+                "SELECT statement_text, session_user_name, current_user_name
+                 FROM agent_guard.audit_log WHERE backend_pid = $1 AND statement_text LIKE 'SELECT ''%rename''' ORDER BY id",
+                &[&pid],
+            )
+            .unwrap();
+        if rows.len() >= 2 || Instant::now() > deadline {
+            break rows
+                .iter()
+                .map(|r| (s(r, 0), s(r, 1), s(r, 2)))
+                .collect::<Vec<_>>();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    admin
+        .batch_execute(&format!("ALTER ROLE {renamed} RENAME TO {}", a.agent))
+        .unwrap();
+    let before = Some("SELECT 'before the rename'".to_string());
+    let after = Some("SELECT 'after the rename'".to_string());
+    assert_eq!(
+        names,
+        vec![
+            (before, Some(a.agent.clone()), Some(a.agent.clone())),
+            (after, Some(renamed.clone()), Some(renamed)),
+        ]
+    );
+}
