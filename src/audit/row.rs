@@ -39,32 +39,35 @@ pub fn key(sk: &Value, n: &Value) -> String {
     format!("{}:{}", sk.as_str().unwrap_or(""), n)
 }
 
-/// How a statement ended.
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
-pub struct End {
+/// How a statement ended; `S` holds its strings (see [`Record`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq)]
+pub struct EndOf<S> {
     /// End time, PostgreSQL-epoch microseconds.
     pub ts: i64,
     pub rows: Option<u64>,
     /// `ok`, `error` or (for refusals) `denied`.
-    pub out: String,
-    pub state: Option<String>,
-    pub msg: Option<String>,
+    pub out: S,
+    pub state: Option<S>,
+    pub msg: Option<S>,
 }
 
-/// How a statement's transaction ended.
-#[derive(Serialize, Deserialize, Clone, Debug)]
-pub struct XactEnd {
+/// How a statement's transaction ended; `S` holds its strings (see [`Record`]).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+pub struct XactEndOf<S> {
     /// `committed`, `rolled back` or `rolled back to savepoint`.
-    pub out: String,
+    pub out: S,
     pub xid: Option<u64>,
 }
 
 /// One audited statement: what the backend knows when it starts, plus its
 /// end and its transaction's end once known. Serialized with short keys, as
-/// the statement events of the queue carry it.
-#[derive(Serialize, Deserialize, Clone, Debug, Default)]
-pub struct Stmt {
-    pub sk: String,
+/// the statement events of the queue carry it. `S` is how it holds its
+/// strings: owned ([`Stmt`]: built by backends, decoded from JSON events)
+/// or borrowed ([`Row`]: decoded from a queue record without copies, or
+/// lent by a `Stmt`), which is what the writer hashes and inserts.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct Record<S> {
+    pub sk: S,
     pub n: u64,
     pub x: u64,
     pub sx: u32,
@@ -72,35 +75,44 @@ pub struct Stmt {
     pub lvl: i32,
     /// Start time, PostgreSQL-epoch microseconds.
     pub ts: i64,
-    pub su: Option<String>,
-    pub cu: Option<String>,
-    pub agent: Option<String>,
-    pub login: Option<String>,
-    pub sponsor: Option<String>,
-    pub app: Option<String>,
-    pub addr: Option<String>,
+    pub su: Option<S>,
+    pub cu: Option<S>,
+    pub agent: Option<S>,
+    pub login: Option<S>,
+    pub sponsor: Option<S>,
+    pub app: Option<S>,
+    pub addr: Option<S>,
     pub pid: i32,
-    pub db: Option<String>,
-    pub rid: Option<String>,
-    pub tp: Option<String>,
-    pub cmd: Option<String>,
-    pub risk: Option<String>,
-    pub obj: Vec<String>,
-    pub dec: String,
-    pub why: Option<String>,
+    pub db: Option<S>,
+    pub rid: Option<S>,
+    pub tp: Option<S>,
+    pub cmd: Option<S>,
+    pub risk: Option<S>,
+    pub obj: Vec<S>,
+    pub dec: S,
+    pub why: Option<S>,
     pub grant: Option<i64>,
-    pub text: Option<String>,
-    pub params: Option<Vec<Option<String>>>,
+    pub text: Option<S>,
+    pub params: Option<Vec<Option<S>>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub end: Option<End>,
+    pub end: Option<EndOf<S>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub xo: Option<XactEnd>,
+    pub xo: Option<XactEndOf<S>>,
+}
+
+pub type End = EndOf<String>;
+pub type XactEnd = XactEndOf<String>;
+pub type Stmt = Record<String>;
+pub type Row<'a> = Record<&'a str>;
+
+fn lend(s: &Option<String>) -> Option<&str> {
+    s.as_deref()
 }
 
 impl Stmt {
     /// Unique per statement: session key and statement number.
     pub fn event_key(&self) -> String {
-        format!("{}:{}", self.sk, self.n)
+        self.row().event_key()
     }
 
     /// Record the transaction's end (a savepoint rollback already recorded stays).
@@ -123,9 +135,9 @@ impl Stmt {
         out
     }
 
-    /// The statement as a [`Row`] borrowing from it.
+    /// The statement as a [`Row`] borrowing its strings.
     pub fn row(&self) -> Row<'_> {
-        Row {
+        Record {
             sk: &self.sk,
             n: self.n,
             x: self.x,
@@ -133,93 +145,41 @@ impl Stmt {
             parent: self.parent,
             lvl: self.lvl,
             ts: self.ts,
-            su: self.su.as_deref(),
-            cu: self.cu.as_deref(),
-            agent: self.agent.as_deref(),
-            login: self.login.as_deref(),
-            sponsor: self.sponsor.as_deref(),
-            app: self.app.as_deref(),
-            addr: self.addr.as_deref(),
+            su: lend(&self.su),
+            cu: lend(&self.cu),
+            agent: lend(&self.agent),
+            login: lend(&self.login),
+            sponsor: lend(&self.sponsor),
+            app: lend(&self.app),
+            addr: lend(&self.addr),
             pid: self.pid,
-            db: self.db.as_deref(),
-            rid: self.rid.as_deref(),
-            tp: self.tp.as_deref(),
-            cmd: self.cmd.as_deref(),
-            risk: self.risk.as_deref(),
+            db: lend(&self.db),
+            rid: lend(&self.rid),
+            tp: lend(&self.tp),
+            cmd: lend(&self.cmd),
+            risk: lend(&self.risk),
             obj: self.obj.iter().map(String::as_str).collect(),
             dec: &self.dec,
-            why: self.why.as_deref(),
+            why: lend(&self.why),
             grant: self.grant,
-            text: self.text.as_deref(),
+            text: lend(&self.text),
             params: self
                 .params
                 .as_ref()
                 .map(|ps| ps.iter().map(Option::as_deref).collect()),
-            end: self.end.as_ref().map(|e| EndRef {
+            end: self.end.as_ref().map(|e| EndOf {
                 ts: e.ts,
                 rows: e.rows,
-                out: &e.out,
-                state: e.state.as_deref(),
-                msg: e.msg.as_deref(),
+                out: e.out.as_str(),
+                state: lend(&e.state),
+                msg: lend(&e.msg),
             }),
-            xo: self.xo.as_ref().map(|x| XactRef {
-                out: &x.out,
+            xo: self.xo.as_ref().map(|x| XactEndOf {
+                out: x.out.as_str(),
                 xid: x.xid,
             }),
         }
     }
-}
-
-/// How a statement ended, borrowed (see [`End`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct EndRef<'a> {
-    pub ts: i64,
-    pub rows: Option<u64>,
-    pub out: &'a str,
-    pub state: Option<&'a str>,
-    pub msg: Option<&'a str>,
-}
-
-/// How a statement's transaction ended, borrowed (see [`XactEnd`]).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct XactRef<'a> {
-    pub out: &'a str,
-    pub xid: Option<u64>,
-}
-
-/// One audit row as the writer hashes and inserts it: the fields of a
-/// [`Stmt`], borrowed from a decoded queue record or from a `Stmt`, so a
-/// record costs the writer no copies of its strings.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Row<'a> {
-    pub sk: &'a str,
-    pub n: u64,
-    pub x: u64,
-    pub sx: u32,
-    pub parent: Option<u64>,
-    pub lvl: i32,
-    pub ts: i64,
-    pub su: Option<&'a str>,
-    pub cu: Option<&'a str>,
-    pub agent: Option<&'a str>,
-    pub login: Option<&'a str>,
-    pub sponsor: Option<&'a str>,
-    pub app: Option<&'a str>,
-    pub addr: Option<&'a str>,
-    pub pid: i32,
-    pub db: Option<&'a str>,
-    pub rid: Option<&'a str>,
-    pub tp: Option<&'a str>,
-    pub cmd: Option<&'a str>,
-    pub risk: Option<&'a str>,
-    pub obj: Vec<&'a str>,
-    pub dec: &'a str,
-    pub why: Option<&'a str>,
-    pub grant: Option<i64>,
-    pub text: Option<&'a str>,
-    pub params: Option<Vec<Option<&'a str>>>,
-    pub end: Option<EndRef<'a>>,
-    pub xo: Option<XactRef<'a>>,
 }
 
 impl<'a> Row<'a> {
@@ -238,10 +198,10 @@ impl<'a> Row<'a> {
     }
 
     /// How the statement ended: its end, or for a refusal the refusal itself.
-    pub fn outcome(&self) -> Option<EndRef<'a>> {
+    pub fn outcome(&self) -> Option<EndOf<&'a str>> {
         match self.end {
             Some(e) => Some(e),
-            None if self.dec == "denied" => Some(EndRef {
+            None if self.dec == "denied" => Some(EndOf {
                 ts: self.ts,
                 rows: None,
                 out: "denied",
@@ -525,7 +485,7 @@ pub fn parse_complete_record(p: &[u8]) -> Option<Row<'_>> {
         Some(n) => Some((0..n).map(|_| r.str()).collect::<Option<Vec<_>>>()?),
     };
     let end = match r.byte()? {
-        1 => Some(EndRef {
+        1 => Some(EndOf {
             ts: r.u64()? as i64,
             rows: r.opt_u64()?,
             out: r.str()??,
@@ -535,13 +495,13 @@ pub fn parse_complete_record(p: &[u8]) -> Option<Row<'_>> {
         _ => None,
     };
     let xo = match r.byte()? {
-        1 => Some(XactRef {
+        1 => Some(XactEndOf {
             out: r.str()??,
             xid: r.opt_u64()?,
         }),
         _ => None,
     };
-    (r.pos == p.len()).then_some(Row {
+    (r.pos == p.len()).then_some(Record {
         sk,
         n,
         x,
