@@ -105,16 +105,23 @@ pub type XactEnd = XactEndOf<String>;
 pub type Stmt = Record<String>;
 pub type Row<'a> = Record<&'a str>;
 
-fn lend(s: &Option<String>) -> Option<&str> {
-    s.as_deref()
+impl<S: AsRef<str>> Record<S> {
+    /// Unique per statement: session key and statement number.
+    pub fn event_key(&self) -> String {
+        let mut out = String::with_capacity(self.sk.as_ref().len() + 21);
+        self.write_event_key(&mut out);
+        out
+    }
+
+    /// Append the event key to `out`.
+    pub fn write_event_key(&self, out: &mut String) {
+        out.push_str(self.sk.as_ref());
+        out.push(':');
+        push_int(out, self.n as i128);
+    }
 }
 
 impl Stmt {
-    /// Unique per statement: session key and statement number.
-    pub fn event_key(&self) -> String {
-        self.row().event_key()
-    }
-
     /// Record the transaction's end (a savepoint rollback already recorded stays).
     pub fn set_transaction(&mut self, xo: &XactEnd) {
         match &mut self.xo {
@@ -145,24 +152,24 @@ impl Stmt {
             parent: self.parent,
             lvl: self.lvl,
             ts: self.ts,
-            su: lend(&self.su),
-            cu: lend(&self.cu),
-            agent: lend(&self.agent),
-            login: lend(&self.login),
-            sponsor: lend(&self.sponsor),
-            app: lend(&self.app),
-            addr: lend(&self.addr),
+            su: self.su.as_deref(),
+            cu: self.cu.as_deref(),
+            agent: self.agent.as_deref(),
+            login: self.login.as_deref(),
+            sponsor: self.sponsor.as_deref(),
+            app: self.app.as_deref(),
+            addr: self.addr.as_deref(),
             pid: self.pid,
-            db: lend(&self.db),
-            rid: lend(&self.rid),
-            tp: lend(&self.tp),
-            cmd: lend(&self.cmd),
-            risk: lend(&self.risk),
+            db: self.db.as_deref(),
+            rid: self.rid.as_deref(),
+            tp: self.tp.as_deref(),
+            cmd: self.cmd.as_deref(),
+            risk: self.risk.as_deref(),
             obj: self.obj.iter().map(String::as_str).collect(),
             dec: &self.dec,
-            why: lend(&self.why),
+            why: self.why.as_deref(),
             grant: self.grant,
-            text: lend(&self.text),
+            text: self.text.as_deref(),
             params: self
                 .params
                 .as_ref()
@@ -171,8 +178,8 @@ impl Stmt {
                 ts: e.ts,
                 rows: e.rows,
                 out: e.out.as_str(),
-                state: lend(&e.state),
-                msg: lend(&e.msg),
+                state: e.state.as_deref(),
+                msg: e.msg.as_deref(),
             }),
             xo: self.xo.as_ref().map(|x| XactEndOf {
                 out: x.out.as_str(),
@@ -183,20 +190,6 @@ impl Stmt {
 }
 
 impl<'a> Row<'a> {
-    /// Unique per statement: session key and statement number.
-    pub fn event_key(&self) -> String {
-        let mut out = String::with_capacity(self.sk.len() + 21);
-        self.write_event_key(&mut out);
-        out
-    }
-
-    /// Append the event key to `out`.
-    pub fn write_event_key(&self, out: &mut String) {
-        out.push_str(self.sk);
-        out.push(':');
-        push_int(out, self.n as i128);
-    }
-
     /// How the statement ended: its end, or for a refusal the refusal itself.
     pub fn outcome(&self) -> Option<EndOf<&'a str>> {
         match self.end {
