@@ -602,7 +602,7 @@ fn subtransaction_abort(subxact: u32) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    if unsafe { pg_sys::IsBackgroundWorker } {
+    if crate::hooks::is_own_worker() {
         return;
     }
     match event {
@@ -620,13 +620,11 @@ unsafe extern "C-unwind" fn on_subxact(
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && !unsafe { pg_sys::IsBackgroundWorker }
+        && !crate::hooks::is_own_worker()
     {
         subtransaction_abort(my_subid);
     }
 }
-
-static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 
 /// A server-log text of an agent session with regulated values hidden; logged
 /// statements (log_statement, log_min_duration_statement) lose every literal.
@@ -646,10 +644,12 @@ fn redact_log_text(text: &str) -> String {
 
 /// Remember the last error (for the trail) and keep regulated literals of
 /// agent sessions out of the server log.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
+///
+/// # Safety
+/// `edata` is the error being reported (from the emit_log trampoline).
+pub unsafe fn on_emit_log(edata: *mut pg_sys::ErrorData) {
     unsafe {
-        if (*edata).elevel >= pg_sys::PGERROR as i32 && !pg_sys::IsBackgroundWorker {
+        if (*edata).elevel >= pg_sys::PGERROR as i32 && !crate::hooks::is_own_worker() {
             let state = cstr(pg_sys::unpack_sql_state((*edata).sqlerrcode)).unwrap_or_default();
             let msg = cstr((*edata).message).unwrap_or_default();
             let agent = crate::identity::cached_is_agent() && crate::identity::guard_installed();
@@ -687,9 +687,6 @@ unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
                 }
             }
         }
-        if let Some(prev) = PREV_EMIT_LOG {
-            pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| prev(edata));
-        }
     }
 }
 
@@ -698,8 +695,6 @@ pub fn init() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-        PREV_EMIT_LOG = pg_sys::emit_log_hook;
-        pg_sys::emit_log_hook = Some(on_emit_log);
     }
     worker::init_shmem();
 }
