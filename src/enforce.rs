@@ -59,10 +59,14 @@ pub fn evaluate(facts: &Facts) -> (Classification, Decision) {
 
 /// Like [`evaluate`] for an agent's statement: grants see its text (fingerprints,
 /// the request a refusal suggests) and a top-level statement starts anew.
-pub fn evaluate_agent_statement(facts: &Facts, text: &str) -> (Classification, Decision) {
+pub fn evaluate_agent_statement(
+    facts: &Facts,
+    text: &str,
+    key: usize,
+) -> (Classification, Decision) {
     let mut c = classify(facts);
     c.statement = (!text.is_empty()).then(|| text.to_string());
-    crate::grants::begin_statement(&c);
+    crate::grants::begin_statement(&c, key);
     let d = decide_current(&c);
     (c, d)
 }
@@ -85,7 +89,7 @@ pub fn record_and_enforce(
     is_agent: bool,
 ) {
     let (c, d) = if is_agent {
-        evaluate_agent_statement(facts, text.text)
+        evaluate_agent_statement(facts, text.text, query_desc)
     } else {
         evaluate(facts)
     };
@@ -180,7 +184,7 @@ pub fn fast_path_call(funcid: pg_sys::Oid, is_agent: bool) {
     let text = format!("fast-path function call {qualified}() (oid {})", funcid.to_u32());
     c.statement = Some(text.clone());
     let d = if is_agent {
-        crate::grants::begin_statement(&c);
+        crate::grants::begin_statement(&c, 0);
         decide_current(&c)
     } else {
         Decision::NotEnforced

@@ -25,6 +25,8 @@ use std::ffi::CStr;
 /// A statement that started and has not ended yet.
 struct Open {
     n: u64,
+    /// Nesting level it started at.
+    lvl: i32,
     query_desc: usize,
     subxact: u32,
     /// The statement when it was not sent yet (asynchronous records
@@ -279,6 +281,22 @@ pub fn audits_session(is_agent: bool, risk: Risk) -> bool {
 /// Record a statement about to run (or refused). For allowed statements
 /// the caller later reports [`statement_end`]. Errors mean the trail is
 /// unavailable: the caller must refuse an agent's statement.
+/// The parent of a statement starting at `level`: the statement whose
+/// execution is on the stack one level up — for a top-level one, the
+/// top-level statement running now, not the one that started last (another
+/// portal may be open).
+fn parent_of(open: &[Open], level: i32) -> Option<u64> {
+    if level == 0 {
+        return None;
+    }
+    let running = crate::statement::running_top();
+    open.iter()
+        .rev()
+        .find(|o| o.lvl == level - 1 && (o.lvl > 0 || o.query_desc == running))
+        .or_else(|| open.iter().rev().find(|o| o.lvl < level))
+        .map(|o| o.n)
+}
+
 pub fn statement_start(
     c: &Classification,
     d: &Decision,
@@ -293,7 +311,7 @@ pub fn statement_start(
         let mut s = s.borrow_mut();
         s.statements += 1;
         s.xact_audited = true;
-        (s.statements, s.xact, s.open.last().map(|o| o.n))
+        (s.statements, s.xact, parent_of(&s.open, level))
     });
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let hide_all = !c.sensitive_columns.is_empty();
@@ -369,6 +387,7 @@ pub fn statement_start(
         STATE.with(|s| {
             s.borrow_mut().open.push(Open {
                 n,
+                lvl: level,
                 query_desc,
                 subxact,
                 event,

@@ -186,11 +186,22 @@ unsafe extern "C-unwind" fn ag_rs_executor_start(query_desc: *mut pg_sys::QueryD
     }
 }
 
+/// A top-level executor statement starts or resumes running (a portal can
+/// be suspended and resumed while others run).
+#[no_mangle]
+#[pg_guard]
+unsafe extern "C-unwind" fn ag_rs_top_resume(query_desc: *mut pg_sys::QueryDesc) {
+    crate::statement::set_running_top(query_desc as usize);
+}
+
 #[no_mangle]
 #[pg_guard]
 unsafe extern "C-unwind" fn ag_rs_executor_end(query_desc: *mut pg_sys::QueryDesc) {
     unsafe {
         let key = query_desc as usize;
+        if nesting_level() == 0 && crate::identity::cached_is_agent() {
+            crate::grants::end_top(key);
+        }
         if crate::audit::has_open(key) {
             let estate = (*query_desc).estate;
             let rows = if estate.is_null() {
@@ -237,6 +248,9 @@ unsafe extern "C-unwind" fn ag_rs_utility_before(
         let pstmt = *pstmt_ref;
         let node = (*pstmt).utilityStmt;
         let mut flags = 0;
+        if nesting_level() == 0 {
+            crate::statement::set_running_top(0);
+        }
         if changes_registry(node) {
             flags |= UTILITY_CHANGES_REGISTRY;
         }

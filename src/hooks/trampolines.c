@@ -34,6 +34,7 @@
 /* ---- Rust side (src/hooks.rs) -------------------------------------------- */
 extern void ag_rs_executor_start(QueryDesc *queryDesc, int eflags);
 extern void ag_rs_executor_end(QueryDesc *queryDesc);
+extern void ag_rs_top_resume(QueryDesc *queryDesc);
 extern uint32 ag_rs_utility_before(PlannedStmt **pstmt, const char *queryString,
 								   ParamListInfo params);
 extern void ag_rs_utility_after(Node *original, PlannedStmt *pstmt,
@@ -117,6 +118,8 @@ ag_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 			   bool execute_once)
 #endif
 {
+	if (ag_nesting_level == 0)
+		ag_rs_top_resume(queryDesc);
 	ag_nesting_level++;
 	ag_statement_frames++;
 	PG_TRY();
@@ -144,6 +147,8 @@ ag_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 static void
 ag_ExecutorFinish(QueryDesc *queryDesc)
 {
+	if (ag_nesting_level == 0)
+		ag_rs_top_resume(queryDesc);
 	ag_nesting_level++;
 	ag_statement_frames++;
 	PG_TRY();
