@@ -191,7 +191,10 @@ unsafe extern "C-unwind" fn ag_rs_executor_start(query_desc: *mut pg_sys::QueryD
 #[no_mangle]
 #[pg_guard]
 unsafe extern "C-unwind" fn ag_rs_top_resume(query_desc: *mut pg_sys::QueryDesc) {
-    crate::statement::set_running_top(query_desc as usize);
+    // agent_guard's own SPI (run from inside a hook) is no statement of the session's
+    if !pass_through() {
+        crate::statement::set_running_top(query_desc as usize);
+    }
 }
 
 #[no_mangle]
@@ -248,14 +251,14 @@ unsafe extern "C-unwind" fn ag_rs_utility_before(
         let pstmt = *pstmt_ref;
         let node = (*pstmt).utilityStmt;
         let mut flags = 0;
-        if nesting_level() == 0 {
-            crate::statement::set_running_top(0);
-        }
         if changes_registry(node) {
             flags |= UTILITY_CHANGES_REGISTRY;
         }
         if pass_through() {
             return flags;
+        }
+        if nesting_level() == 0 {
+            crate::statement::set_running_top(0);
         }
         refuse_parallel_agent_work();
         let agent = enforcing();
@@ -350,10 +353,15 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
     cursor_options: *mut i32,
 ) -> *mut pg_sys::List {
     unsafe {
+        // agent_guard's own SPI in an agent session is not parallel either:
+        // a worker would find itself working for an agent and refuse.
+        let agent_session = !is_own_worker() && crate::identity::cached_is_agent();
+        if agent_session || enforcing() {
+            *cursor_options &= !(pg_sys::CURSOR_OPT_PARALLEL_OK as i32);
+        }
         if !enforcing() {
             return std::ptr::null_mut();
         }
-        *cursor_options &= !(pg_sys::CURSOR_OPT_PARALLEL_OK as i32);
         if !crate::identity::guard_installed() || integrity_context() {
             return std::ptr::null_mut();
         }

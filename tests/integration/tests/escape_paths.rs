@@ -97,7 +97,7 @@ fn parallel_plans_do_not_take_agents_statements_out_of_their_backend() {
     loop {
         let n: i64 = a
             .query_one(
-                "SELECT count(*) FROM agent_guard.audit_log WHERE backend_pid = $1 AND nesting_level > 0 AND statement_text LIKE '%LIMIT 1%'",
+                "SELECT count(*) FROM agent_guard.audit_log WHERE backend_pid = $1 AND nesting_level > 0 AND statement_text LIKE '%ssn FROM%LIMIT%'",
                 &[&pid],
             )
             .unwrap()
