@@ -24,6 +24,7 @@ extern "C" {
     static ag_nesting_level: i32;
     fn ag_install_hooks();
     fn ag_client_address() -> *mut c_char;
+    fn ag_in_integrity_query() -> bool;
 }
 
 thread_local! {
@@ -137,13 +138,13 @@ pub fn top_level_text() -> String {
     unsafe { statement_text(pg_sys::debug_query_string, -1, 0) }
 }
 
-/// Whether the current user context is PostgreSQL's referential-integrity
-/// machinery (RI triggers run their queries as the table owner with this context).
+/// Whether the statement being planned or started is one of PostgreSQL's own
+/// referential-integrity queries (RI triggers run them as the table owner in
+/// a security context of their own) — only those, never what runs nested
+/// inside them (triggers, CHECK constraints, functions): see
+/// `ag_in_integrity_query` in trampolines.c.
 fn integrity_context() -> bool {
-    let mut user = pg_sys::InvalidOid;
-    let mut sec_context = 0;
-    unsafe { pg_sys::GetUserIdAndSecContext(&mut user, &mut sec_context) };
-    sec_context & pg_sys::SECURITY_NOFORCE_RLS as i32 != 0
+    unsafe { ag_in_integrity_query() }
 }
 
 #[no_mangle]

@@ -53,6 +53,48 @@ int			ag_nesting_level = 0;
 /* Frames of any agent_guard hook on the stack (see header comment). */
 int			ag_statement_frames = 0;
 
+/*
+ * Whether each executing frame (by the nesting level it was entered at) ran
+ * in PostgreSQL's referential-integrity security context. A statement is one
+ * of PostgreSQL's own RI queries when it runs in that context and the frame
+ * around it (the statement whose trigger queue fired the RI trigger) did
+ * not: statements nested deeper (BEFORE triggers of a cascaded DELETE, CHECK
+ * constraints of a SET NULL update, functions they call) are not exempt.
+ */
+#define AG_MAX_TRACKED_LEVELS 256
+static bool ag_frame_integrity[AG_MAX_TRACKED_LEVELS];
+
+static inline bool
+ag_sec_integrity(void)
+{
+	Oid			user;
+	int			sec;
+
+	GetUserIdAndSecContext(&user, &sec);
+	return (sec & SECURITY_NOFORCE_RLS) != 0;
+}
+
+static inline void
+ag_enter_frame(void)
+{
+	if (ag_nesting_level >= 0 && ag_nesting_level < AG_MAX_TRACKED_LEVELS)
+		ag_frame_integrity[ag_nesting_level] = ag_sec_integrity();
+	ag_nesting_level++;
+}
+
+bool
+ag_in_integrity_query(void)
+{
+	int			outer = ag_nesting_level - 1;
+
+	if (!ag_sec_integrity())
+		return false;
+	/* not nested in a frame agent_guard tracks: not exempt (fail closed) */
+	if (outer < 0 || outer >= AG_MAX_TRACKED_LEVELS)
+		return false;
+	return !ag_frame_integrity[outer];
+}
+
 static ExecutorStart_hook_type prev_ExecutorStart = NULL;
 static ExecutorRun_hook_type prev_ExecutorRun = NULL;
 static ExecutorFinish_hook_type prev_ExecutorFinish = NULL;
@@ -120,7 +162,7 @@ ag_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 {
 	if (ag_nesting_level == 0)
 		ag_rs_top_resume(queryDesc);
-	ag_nesting_level++;
+	ag_enter_frame();
 	ag_statement_frames++;
 	PG_TRY();
 	{
@@ -149,7 +191,7 @@ ag_ExecutorFinish(QueryDesc *queryDesc)
 {
 	if (ag_nesting_level == 0)
 		ag_rs_top_resume(queryDesc);
-	ag_nesting_level++;
+	ag_enter_frame();
 	ag_statement_frames++;
 	PG_TRY();
 	{
@@ -199,7 +241,7 @@ ag_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	/* may refuse (an ERROR of agent_guard's own) or replace pstmt */
 	flags = ag_rs_utility_before(&pstmt, queryString, params);
 
-	ag_nesting_level++;
+	ag_enter_frame();
 	ag_statement_frames++;
 	PG_TRY();
 	{
