@@ -41,11 +41,12 @@ thread_local! {
     static INTERNAL: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Run `f` as agent_guard's own work: hooks pass such statements through.
-/// The depth is restored even when `f` raises an error.
+/// Run `f` as agent_guard's own work: hooks pass such statements through,
+/// and its SQL runs with `search_path = pg_catalog, pg_temp`
+/// ([`crate::search_path`]). The depth is restored even when `f` raises an error.
 pub fn internal<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     INTERNAL.with(|d| d.set(d.get() + 1));
-    PgTryBuilder::new(f)
+    PgTryBuilder::new(|| crate::search_path::pinned(f))
         .finally(|| INTERNAL.with(|d| d.set(d.get().saturating_sub(1))))
         .execute()
 }
@@ -82,27 +83,34 @@ pub fn role_name(oid: pg_sys::Oid) -> String {
     }
 }
 
+/// Every role label of agent_guard in the cluster, unparsed: (role oid, label).
+/// A scan of the shared catalog `pg_shseclabel` (see [`crate::catalog`]: no
+/// query, no snapshot of the transaction's, works on a hot standby).
+pub fn role_labels() -> Vec<(pg_sys::Oid, String)> {
+    use crate::catalog::{col, scan, Key, SHARED_SECLABEL};
+    let mut out = vec![];
+    // The index leads with objoid; all of agent_guard's labels are wanted.
+    scan(
+        SHARED_SECLABEL,
+        None,
+        &[Key::oid(col::SHSECLABEL_CLASSOID, pg_sys::AuthIdRelationId)],
+        |t| {
+            if t.text(col::SHSECLABEL_PROVIDER).as_deref() == Some("agent_guard") {
+                if let Some(label) = t.text(col::SHSECLABEL_LABEL) {
+                    out.push((t.oid(col::SHSECLABEL_OBJOID), label));
+                }
+            }
+        },
+    );
+    out
+}
+
 /// The registered agent labels of the cluster: (role oid, label).
 fn read_agent_labels() -> Vec<(pg_sys::Oid, AgentLabel)> {
-    internal(|| {
-        Spi::connect(|client| {
-            let rows = client
-                .select(
-                    "SELECT l.objoid, l.label FROM pg_catalog.pg_shseclabel l \
-                     WHERE l.provider = 'agent_guard' \
-                       AND l.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass",
-                    None,
-                    &[],
-                )
-                .expect("agent_guard: cannot read the agent registry");
-            rows.filter_map(|row| {
-                let oid = row.get::<pg_sys::Oid>(1).ok().flatten()?;
-                let label = row.get::<String>(2).ok().flatten()?;
-                parse_agent_label(&label).ok().map(|l| (oid, l))
-            })
-            .collect()
-        })
-    })
+    role_labels()
+        .into_iter()
+        .filter_map(|(oid, label)| parse_agent_label(&label).ok().map(|l| (oid, l)))
+        .collect()
 }
 
 /// Find the registration that makes `roles` (login role first) an agent.
@@ -189,7 +197,9 @@ pub fn current_agent() -> Option<Rc<AgentRecord>> {
 /// Learn who the session is as soon as it can read the catalog: at the end of
 /// the connection's startup transaction. Without this, the first statement of
 /// an agent session would reach the server log (log_statement) before
-/// agent_guard knew to redact it.
+/// agent_guard knew to redact it. Catalog reads only: no query runs (none
+/// reaches other extensions' hooks or the server log as the session's), no
+/// snapshot is pushed, no transaction id is needed (hot standbys too).
 #[pg_guard]
 unsafe extern "C-unwind" fn prime_on_first_commit(
     event: pg_sys::XactEvent::Type,
@@ -204,22 +214,12 @@ unsafe extern "C-unwind" fn prime_on_first_commit(
         {
             return;
         }
-        // The startup transaction has no active snapshot; SPI needs one.
-        let pushed = !pg_sys::ActiveSnapshotSet();
-        if pushed {
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        }
         // A login must never fail because of this early look: on any error
         // the cache stays empty and the first statement reads it instead.
         PgTryBuilder::new(|| {
             current_agent();
         })
         .catch_others(|_| ())
-        .finally(move || {
-            if pushed {
-                pg_sys::PopActiveSnapshot();
-            }
-        })
         .execute();
     }
 }
@@ -409,14 +409,66 @@ pub fn guard_installed() -> bool {
     CACHE.with(|c| c.borrow().guard_installed)
 }
 
-/// The client's address (NULL for Unix-socket connections).
+/// The client's address as `host(inet_client_addr())` gives it: None for
+/// Unix-socket connections and processes without a client. Computed from the
+/// connection's socket address as `inet_client_addr()` does, without a query
+/// (so it needs no transaction either).
 fn client_address() -> Option<String> {
-    if !unsafe { pg_sys::IsTransactionState() } {
-        return None;
+    extern "C" {
+        // src/common/ip.c
+        fn pg_getnameinfo_all(
+            addr: *const pg_sys::sockaddr_storage,
+            salen: std::ffi::c_int,
+            node: *mut std::ffi::c_char,
+            nodelen: std::ffi::c_int,
+            service: *mut std::ffi::c_char,
+            servicelen: std::ffi::c_int,
+            flags: std::ffi::c_int,
+        ) -> std::ffi::c_int;
     }
-    internal(|| {
-        Spi::get_one::<String>("SELECT pg_catalog.host(pg_catalog.inet_client_addr())")
-            .ok()
-            .flatten()
-    })
+    /// The leading fields of PostgreSQL's `Port` (libpq/libpq-be.h), which
+    /// pgrx binds as an opaque type; `repr(C)` gives them C's layout.
+    #[repr(C)]
+    struct PortPrefix {
+        sock: std::ffi::c_int,
+        noblock: bool,
+        proto: u32,
+        laddr: pg_sys::SockAddr,
+        raddr: pg_sys::SockAddr,
+    }
+    const AF_INET: u32 = 2;
+    const AF_INET6: u32 = 10;
+    const NI_NUMERICHOST: i32 = 1;
+    const NI_NUMERICSERV: i32 = 2;
+    const NI_MAXHOST: usize = 1025;
+    unsafe {
+        let port = pg_sys::MyProcPort as *const PortPrefix;
+        if port.is_null() {
+            return None;
+        }
+        let family = (*port).raddr.addr.ss_family as u32;
+        if family != AF_INET && family != AF_INET6 {
+            return None;
+        }
+        let mut host = [0 as std::ffi::c_char; NI_MAXHOST];
+        let rc = pg_getnameinfo_all(
+            &(*port).raddr.addr,
+            (*port).raddr.salen as std::ffi::c_int,
+            host.as_mut_ptr(),
+            host.len() as std::ffi::c_int,
+            std::ptr::null_mut(),
+            0,
+            NI_NUMERICHOST | NI_NUMERICSERV,
+        );
+        if rc != 0 {
+            return None;
+        }
+        pg_sys::clean_ipv6_addr(family as i32, host.as_mut_ptr());
+        // inet's own input and host() output, as host(inet_client_addr()) prints it
+        let inet = pgrx::direct_function_call_as_datum(
+            pg_sys::inet_in,
+            &[Some(pg_sys::Datum::from(host.as_ptr()))],
+        )?;
+        pgrx::direct_function_call::<String>(pg_sys::network_host, &[Some(inet)])
+    }
 }
