@@ -409,66 +409,7 @@ pub fn guard_installed() -> bool {
     CACHE.with(|c| c.borrow().guard_installed)
 }
 
-/// The client's address as `host(inet_client_addr())` gives it: None for
-/// Unix-socket connections and processes without a client. Computed from the
-/// connection's socket address as `inet_client_addr()` does, without a query
-/// (so it needs no transaction either).
+/// The client's address (NULL for Unix-socket connections), without SQL.
 fn client_address() -> Option<String> {
-    extern "C" {
-        // src/common/ip.c
-        fn pg_getnameinfo_all(
-            addr: *const pg_sys::sockaddr_storage,
-            salen: std::ffi::c_int,
-            node: *mut std::ffi::c_char,
-            nodelen: std::ffi::c_int,
-            service: *mut std::ffi::c_char,
-            servicelen: std::ffi::c_int,
-            flags: std::ffi::c_int,
-        ) -> std::ffi::c_int;
-    }
-    /// The leading fields of PostgreSQL's `Port` (libpq/libpq-be.h), which
-    /// pgrx binds as an opaque type; `repr(C)` gives them C's layout.
-    #[repr(C)]
-    struct PortPrefix {
-        sock: std::ffi::c_int,
-        noblock: bool,
-        proto: u32,
-        laddr: pg_sys::SockAddr,
-        raddr: pg_sys::SockAddr,
-    }
-    const AF_INET: u32 = 2;
-    const AF_INET6: u32 = 10;
-    const NI_NUMERICHOST: i32 = 1;
-    const NI_NUMERICSERV: i32 = 2;
-    const NI_MAXHOST: usize = 1025;
-    unsafe {
-        let port = pg_sys::MyProcPort as *const PortPrefix;
-        if port.is_null() {
-            return None;
-        }
-        let family = (*port).raddr.addr.ss_family as u32;
-        if family != AF_INET && family != AF_INET6 {
-            return None;
-        }
-        let mut host = [0 as std::ffi::c_char; NI_MAXHOST];
-        let rc = pg_getnameinfo_all(
-            &(*port).raddr.addr,
-            (*port).raddr.salen as std::ffi::c_int,
-            host.as_mut_ptr(),
-            host.len() as std::ffi::c_int,
-            std::ptr::null_mut(),
-            0,
-            NI_NUMERICHOST | NI_NUMERICSERV,
-        );
-        if rc != 0 {
-            return None;
-        }
-        pg_sys::clean_ipv6_addr(family as i32, host.as_mut_ptr());
-        // inet's own input and host() output, as host(inet_client_addr()) prints it
-        let inet = pgrx::direct_function_call_as_datum(
-            pg_sys::inet_in,
-            &[Some(pg_sys::Datum::from(host.as_ptr()))],
-        )?;
-        pgrx::direct_function_call::<String>(pg_sys::network_host, &[Some(inet)])
-    }
+    crate::hooks::client_address()
 }

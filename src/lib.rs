@@ -33,6 +33,7 @@ mod registry;
 mod review;
 mod search_path;
 mod shmem;
+mod statement;
 
 ::pgrx::pg_module_magic!(name, version);
 

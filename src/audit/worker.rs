@@ -119,6 +119,7 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
 pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     let i = arg.value();
     set_writer(true);
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = queue::slot_dboid(i);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
