@@ -524,20 +524,34 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
 
 /// Trusted procedural languages run with the caller's privileges only.
 /// (Unknown languages count as trusted: PostgreSQL itself reports them.)
+/// Looked up in the language syscache, without a query.
 fn language_is_trusted(name: &str) -> bool {
     if !unsafe { pg_sys::IsTransactionState() } {
         return false;
     }
-    let name = name.to_string();
-    crate::identity::internal(move || {
-        pgrx::Spi::get_one_with_args::<bool>(
-            "SELECT lanpltrusted OR lanname = 'internal' FROM pg_catalog.pg_language WHERE lanname = $1",
-            &[name.as_str().into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(true)
-    })
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return true;
+    };
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::LANGNAME as i32,
+            pg_sys::Datum::from(c.as_ptr()),
+        );
+        if tup.is_null() {
+            return true;
+        }
+        const ANUM_LANPLTRUSTED: pg_sys::AttrNumber = 5; // catalog/pg_language_d.h
+        let mut isnull = false;
+        let d = pg_sys::SysCacheGetAttr(
+            pg_sys::SysCacheIdentifier::LANGNAME as i32,
+            tup,
+            ANUM_LANPLTRUSTED,
+            &mut isnull,
+        );
+        let trusted = (!isnull && d.value() != 0) || name == "internal";
+        pg_sys::ReleaseSysCache(tup);
+        trusted
+    }
 }
 
 /// Functions an analysed query calls anywhere — target list, quals, sublinks,

@@ -336,34 +336,19 @@ fn latest<R>(
 }
 
 /// Run `f` as agent_guard's owner would: as the bootstrap superuser (the
-/// agent's own role may not read agent_guard's tables) with a search_path
-/// that nothing in the agent's reach can shadow; both are restored afterwards.
+/// agent's own role may not read agent_guard's tables), restored afterwards.
+/// (Callers run inside [`identity::internal`], which pins the search path.)
 fn as_guard<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    let nest = unsafe {
+    unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
             pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
             context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        nest
-    };
+    }
     pgrx::PgTryBuilder::new(f)
-        .finally(|| unsafe {
-            pg_sys::AtEOXact_GUC(true, nest);
-            pg_sys::SetUserIdAndSecContext(user, context);
-        })
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(user, context) })
         .execute()
 }
 

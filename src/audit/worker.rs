@@ -123,6 +123,8 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = queue::slot_dboid(i);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    // the writer's SQL resolves nothing through the database's search_path
+    crate::search_path::pin_for_worker();
     unsafe {
         queue::with_slot(i, |s, _| {
             RECHECK_UNTIL.with(|c| c.set(s.enqueued));

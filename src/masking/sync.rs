@@ -46,49 +46,23 @@ struct Target {
 
 fn masked_relations() -> BTreeMap<u32, Target> {
     let mut out: BTreeMap<u32, Target> = BTreeMap::new();
-    Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT m.relation::pg_catalog.oid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
-                        m.attnum, m.rule, m.masking_view::pg_catalog.oid \
-                 FROM agent_guard.masking_rules m \
-                 JOIN pg_catalog.pg_class c ON c.oid = m.relation \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 ORDER BY 1, 4",
-                None,
-                &[],
-            )
-            .expect("agent_guard: cannot read the masking rules");
-        for r in rows {
-            let (
-                Ok(Some(oid)),
-                Ok(Some(schema)),
-                Ok(Some(name)),
-                Ok(Some(attnum)),
-                Ok(Some(rule)),
-                Ok(view),
-            ) = (
-                r.get::<pg_sys::Oid>(1),
-                r.get::<String>(2),
-                r.get::<String>(3),
-                r.get::<i16>(4),
-                r.get::<String>(5),
-                r.get::<pg_sys::Oid>(6),
-            )
-            else {
-                continue;
-            };
-            out.entry(oid.to_u32())
-                .or_insert(Target {
-                    schema,
-                    name,
-                    view,
+    for c in super::effective::masked_columns() {
+        out.entry(c.relid.to_u32())
+            .or_insert_with(|| {
+                let rel = crate::extract::relation(c.relid);
+                Target {
+                    schema: rel.schema,
+                    name: rel.name,
+                    view: c.view,
                     columns: vec![],
-                })
-                .columns
-                .push(Column { attnum, rule });
-        }
-    });
+                }
+            })
+            .columns
+            .push(Column {
+                attnum: c.attnum,
+                rule: c.rule,
+            });
+    }
     out
 }
 
@@ -173,23 +147,26 @@ fn drop_view(view: pg_sys::Oid) {
     }
 }
 
-/// Views in agent_guard_masked.
+/// Views in agent_guard_masked (the relations that depend on the schema).
 fn existing_views() -> Vec<pg_sys::Oid> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT c.oid FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = 'agent_guard_masked' AND c.relkind = 'v'",
-                None,
-                &[],
-            )
-            .map(|rows| {
-                rows.filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
-                    .collect()
+    let schema = unsafe { pg_sys::get_namespace_oid(c"agent_guard_masked".as_ptr(), true) };
+    if schema == pg_sys::InvalidOid {
+        return vec![];
+    }
+    let mut views: Vec<pg_sys::Oid> =
+        crate::catalog::dependents(pg_sys::NamespaceRelationId, schema, None)
+            .into_iter()
+            .filter(|(class, oid, sub)| {
+                *class == pg_sys::RelationRelationId
+                    && *sub == 0
+                    && unsafe { pg_sys::get_rel_relkind(*oid) } as u8 == b'v'
+                    && unsafe { pg_sys::get_rel_namespace(*oid) } == schema
             })
-            .unwrap_or_default()
-    })
+            .map(|(_, oid, _)| oid)
+            .collect();
+    views.sort_by_key(|o| o.to_u32());
+    views.dedup();
+    views
 }
 
 /// Columns of `relid` written by this transaction (added or changed) that
@@ -352,22 +329,6 @@ fn sync(affected: Option<&[pg_sys::Oid]>, warn: bool) {
     }
 }
 
-/// The relation and its inheritance descendants.
-fn with_descendants(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "WITH RECURSIVE tree(relid) AS (SELECT $1::pg_catalog.oid \
-                   UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid) \
-                 SELECT relid FROM tree",
-                None,
-                &[relid.into()],
-            )
-            .map(|rows| rows.filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten()).collect())
-            .unwrap_or_else(|_| vec![relid])
-    })
-}
-
 unsafe fn range_var_oid(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
     if rv.is_null() {
         return None;
@@ -448,10 +409,9 @@ pub unsafe fn before_utility(node: *mut pg_sys::Node) {
         {
             return;
         }
+        // Catalog reads and deletions only: no query, no snapshot of our own.
         if drops_guard_extension(node) {
-            crate::identity::internal(|| {
-                super::with_snapshot(|| existing_views().into_iter().for_each(drop_view))
-            });
+            existing_views().into_iter().for_each(drop_view);
             return;
         }
         let rules = super::rules::rules();
@@ -483,26 +443,26 @@ pub unsafe fn before_utility(node: *mut pg_sys::Node) {
         if targets.is_empty() {
             return;
         }
-        crate::identity::internal(|| {
-            super::with_snapshot(|| {
-                let mut all = HashSet::new();
-                for t in &targets {
-                    all.extend(with_descendants(*t).into_iter().map(|o| o.to_u32()));
-                }
-                for (rel, view) in &views {
-                    if all.contains(&rel.to_u32())
-                        && pg_sys::SearchSysCacheExists(
-                            pg_sys::SysCacheIdentifier::RELOID as i32,
-                            pg_sys::Datum::from(*view),
-                            pg_sys::Datum::from(0),
-                            pg_sys::Datum::from(0),
-                            pg_sys::Datum::from(0),
-                        )
-                    {
-                        drop_view(*view);
-                    }
-                }
-            })
-        });
+        let mut all = HashSet::new();
+        for t in &targets {
+            all.extend(
+                crate::catalog::with_descendants(*t)
+                    .into_iter()
+                    .map(|o| o.to_u32()),
+            );
+        }
+        for (rel, view) in &views {
+            if all.contains(&rel.to_u32())
+                && pg_sys::SearchSysCacheExists(
+                    pg_sys::SysCacheIdentifier::RELOID as i32,
+                    pg_sys::Datum::from(*view),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                )
+            {
+                drop_view(*view);
+            }
+        }
     }
 }
