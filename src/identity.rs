@@ -409,14 +409,7 @@ pub fn guard_installed() -> bool {
     CACHE.with(|c| c.borrow().guard_installed)
 }
 
-/// The client's address (NULL for Unix-socket connections).
+/// The client's address (NULL for Unix-socket connections), without SQL.
 fn client_address() -> Option<String> {
-    if !unsafe { pg_sys::IsTransactionState() } {
-        return None;
-    }
-    internal(|| {
-        Spi::get_one::<String>("SELECT pg_catalog.host(pg_catalog.inet_client_addr())")
-            .ok()
-            .flatten()
-    })
+    crate::hooks::client_address()
 }

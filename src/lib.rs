@@ -31,6 +31,7 @@ mod masking;
 mod registry;
 mod review;
 mod shmem;
+mod statement;
 
 ::pgrx::pg_module_magic!(name, version);
 

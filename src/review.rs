@@ -304,6 +304,7 @@ fn probe(db: pg_sys::Oid) -> u32 {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn agent_guard_review_probe(arg: pg_sys::Datum) {
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     let handle = arg.value() as pg_sys::dsm_handle;
     let seg = unsafe { pg_sys::dsm_attach(handle) };
@@ -392,6 +393,7 @@ pub fn init() {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn agent_guard_activity_sampler(_arg: pg_sys::Datum) {
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = sample_database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);

@@ -168,6 +168,7 @@ fn database_wanted_alone(db: pg_sys::Oid) -> bool {
 pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     let i = arg.value();
     set_writer(true);
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = queue::slot_dboid(i);
     if db == pg_sys::InvalidOid {

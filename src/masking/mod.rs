@@ -58,7 +58,6 @@ pub const MASKED_SCHEMA: &str = "agent_guard_masked";
 
 /// Install masking's callbacks (from `_PG_init`, preload only).
 pub fn init() {
-    errors::init();
 }
 
 pub(crate) fn cstr(p: *const c_char) -> Option<String> {
