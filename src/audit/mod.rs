@@ -152,6 +152,7 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
         now > *deadline.get_or_insert(now + timeout_ms() * 1000)
     };
     let mut i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
+    let mut sleep = Sleep::default();
     let seq = loop {
         let (pushed, start) = queue::with_slot(i, |s, buf| {
             let r = queue::push(s, buf, db, &payload, durable);
@@ -175,7 +176,7 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
                     queue::with_slot(i, |s, _| s.dropped += 1);
                     return Err(Unavailable::Full);
                 }
-                wait_on(i, false, 100);
+                sleep.on(queue::cv_ptr(i, false));
             }
         }
     };
@@ -187,17 +188,34 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
             return Err(Unavailable::NotDurable);
         }
         ensure_worker(i);
-        wait_on(i, true, 100);
+        sleep.on(queue::cv_ptr(i, true));
     }
     Ok(())
 }
 
-fn wait_on(i: usize, durable: bool, ms: i64) {
-    unsafe {
-        let cv = queue::cv_ptr(i, durable);
-        pg_sys::ConditionVariablePrepareToSleep(cv);
-        pg_sys::ConditionVariableTimedSleep(cv, ms, pg_sys::PG_WAIT_EXTENSION);
-        pg_sys::ConditionVariableCancelSleep();
+/// Waiting on the queue's condition variables without missing a wakeup:
+/// the first [`Sleep::on`] of a variable only puts the backend on its wait
+/// list (the caller then checks its condition again), later ones sleep until
+/// the writer broadcasts — at once when the record is durable or space was
+/// freed — or 100 ms pass (to look after the writer). Leaving the list when
+/// dropped.
+#[derive(Default)]
+struct Sleep {
+    prepared: bool,
+}
+
+impl Sleep {
+    fn on(&mut self, cv: *mut pg_sys::ConditionVariable) {
+        self.prepared = true;
+        unsafe { pg_sys::ConditionVariableTimedSleep(cv, 100, pg_sys::PG_WAIT_EXTENSION) };
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if self.prepared {
+            unsafe { pg_sys::ConditionVariableCancelSleep() };
+        }
     }
 }
 

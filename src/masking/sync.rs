@@ -9,9 +9,11 @@
 //! - `ddl_command_end` and `sql_drop` event triggers (sql/masking.sql,
 //!   SECURITY DEFINER, `search_path` pinned) call [`masking_sync`]: the views
 //!   of the relations the command touched are regenerated, missing ones
-//!   created, views of relations no longer masked dropped; and a WARNING
-//!   names each column the command added that looks sensitive by its name
-//!   but has no label, with a ready-to-run SECURITY LABEL.
+//!   created, views of relations no longer masked dropped; and, when
+//!   `agent_guard.discovery_messages` asks for it (off by default, so that
+//!   ordinary migrations print what they print without agent_guard), a
+//!   NOTICE or WARNING names each column the command added that looks
+//!   sensitive by its name but has no label, with a ready-to-run SECURITY LABEL.
 //! - Before `ALTER TABLE` / `DROP TABLE` / `DROP OWNED` / `DROP EXTENSION
 //!   agent_guard`, [`before_utility`] drops the views that would block the
 //!   command (a view pins its columns' types and its table's existence);
@@ -224,7 +226,11 @@ fn unlabelled_sensitive_columns(
     out
 }
 
-fn warn_unlabelled(affected: &[pg_sys::Oid], targets: &BTreeMap<u32, Target>) {
+fn warn_unlabelled(
+    affected: &[pg_sys::Oid],
+    targets: &BTreeMap<u32, Target>,
+    level: pgrx::PgLogLevel,
+) {
     let labelled: HashSet<(u32, i16)> = targets
         .iter()
         .flat_map(|(oid, t)| t.columns.iter().map(move |c| (*oid, c.attnum)))
@@ -242,8 +248,13 @@ fn warn_unlabelled(affected: &[pg_sys::Oid], targets: &BTreeMap<u32, Target>) {
             let label = agent_guard_core::mask::suggested_label(kind, &col, category);
             let stmt =
                 agent_guard_core::mask::label_statement(&rel.schema, &rel.name, &col, &label);
+            let code = if level == pgrx::PgLogLevel::WARNING {
+                PgSqlErrorCode::ERRCODE_WARNING
+            } else {
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION
+            };
             pgrx::pg_sys::panic::ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_WARNING,
+                code,
                 format!(
                     "column {}.{} looks like {} and has no agent_guard label: agents read it unmasked",
                     rel.qualified(),
@@ -253,7 +264,7 @@ fn warn_unlabelled(affected: &[pg_sys::Oid], targets: &BTreeMap<u32, Target>) {
                 "agent_guard",
             )
             .set_hint(format!("To mask it for agents: {stmt}"))
-            .report(pgrx::PgLogLevel::WARNING);
+            .report(level);
         }
     }
 }
@@ -322,27 +333,9 @@ fn sync(affected: Option<&[pg_sys::Oid]>, warn: bool) {
     if changed || touches_masked {
         crate::shmem::bump_at_commit();
     }
-    if warn {
-        if let Some(a) = affected {
-            warn_unlabelled(a, &targets);
-        }
+    if let (true, Some(a), Some(level)) = (warn, affected, crate::gucs::discovery_messages()) {
+        warn_unlabelled(a, &targets, level);
     }
-}
-
-unsafe fn range_var_oid(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
-    if rv.is_null() {
-        return None;
-    }
-    let oid = unsafe {
-        pg_sys::RangeVarGetRelidExtended(
-            rv,
-            pg_sys::NoLock as i32,
-            pg_sys::RVROption::RVR_MISSING_OK,
-            None,
-            std::ptr::null_mut(),
-        )
-    };
-    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 /// Relations a utility statement is about to alter or drop, or None.
@@ -350,7 +343,8 @@ unsafe fn blocked_relations(node: *mut pg_sys::Node) -> Option<Vec<pg_sys::Oid>>
     unsafe {
         match (*node).type_ {
             NodeTag::T_AlterTableStmt => {
-                range_var_oid((*(node as *mut pg_sys::AlterTableStmt)).relation).map(|o| vec![o])
+                crate::extract::range_var_relid((*(node as *mut pg_sys::AlterTableStmt)).relation)
+                    .map(|o| vec![o])
             }
             NodeTag::T_DropStmt => {
                 let s = node as *mut pg_sys::DropStmt;
@@ -364,8 +358,7 @@ unsafe fn blocked_relations(node: *mut pg_sys::Node) -> Option<Vec<pg_sys::Oid>>
                 let mut out = vec![];
                 for obj in PgList::<pg_sys::Node>::from_pg((*s).objects).iter_ptr() {
                     if is_a(obj, NodeTag::T_List) {
-                        let rv = pg_sys::makeRangeVarFromNameList(obj as *mut pg_sys::List);
-                        out.extend(range_var_oid(rv));
+                        out.extend(crate::extract::name_list_relid(obj as *mut pg_sys::List));
                     }
                 }
                 Some(out)
