@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Build agent_guard and install it into the PostgreSQL named by pgrx.toml
-# ([postgres] pg_config): `cargo pgrx install --pg-config ... [--release]`.
+# Build agent_guard and install it into the PostgreSQL this run uses (env
+# AG_PG_CONFIG, else pgrx.toml [postgres] pg_config; scripts/lib.sh
+# ag_pg_config): `cargo pgrx install --pg-config ... [--release]`; cargo-pgrx
+# builds with the feature pgNN of that server's major.
 # Run as root (Debian's PostgreSQL lib/share dirs belong to root).
 # Used by scripts/test.sh (debug), scripts/demo.sh and bench/ (--release).
 #   usage: scripts/install-extension.sh [--release]
@@ -18,7 +20,7 @@ for a in "$@"; do
 done
 
 root=$(ag_root)
-pg_config=$(ag_config postgres pg_config)
+pg_config=$(ag_pg_config)
 [ -x "$pg_config" ] || ag_die "$pg_config not found; run scripts/setup.sh"
 if [ -w "$("$pg_config" --pkglibdir)" ]; then sudo=(); else sudo=(--sudo); fi
 
