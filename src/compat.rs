@@ -19,8 +19,16 @@
 //! - finding a GUC's context: `find_option` is exported from 16 on; before,
 //!   a scan of `get_guc_variables()` ([`guc_context`]);
 //! - column privileges per range-table entry: `RTEPermissionInfo` (plan's
-//!   `permInfos`) from 16 on, fields of the RTE before ([`rte_columns`]);
+//!   `permInfos`, query's `rteperminfos`) from 16 on, fields of the RTE
+//!   before ([`rte_columns`], [`query_rte_selected`]);
 //! - `CMD_MERGE` from 15 on ([`is_merge`]);
+//! - expanded views stay subquery entries with the view's OID from 16 on
+//!   ([`is_relation_entry`]);
+//! - the masking rewrite moves a relation's permission checks into the
+//!   subquery it builds ([`move_permission_checks`]);
+//! - `ReplaceVarsFromTargetList` gained `result_relation` in 18
+//!   ([`replace_vars_from_target_list`]);
+//! - tuple descriptors: attributes follow `compact_attrs` from 18 on ([`tuple_desc_attr`]);
 //! - `ExecInsertIndexTuples` gained `onlySummarizing` in 16 ([`insert_index_tuples`]).
 //!
 //! Differences that need no code: agents' plans are kept serial through the
@@ -104,29 +112,211 @@ pub fn is_merge(cmd: pg_sys::CmdType::Type) -> bool {
     }
 }
 
-/// The column sets (selected, inserted, updated) of a range-table entry of `pstmt`.
-pub unsafe fn rte_columns(
-    pstmt: *mut pg_sys::PlannedStmt,
+/// Whether a range-table entry names a relation whose columns the statement
+/// reads: a relation entry, and from 16 on also an expanded view (a subquery
+/// entry that keeps the view's OID and permission info; up to 15 the view
+/// stays a relation entry of relkind 'v' beside its subquery).
+pub unsafe fn is_relation_entry(rte: *const pg_sys::RangeTblEntry) -> bool {
+    unsafe {
+        match (*rte).rtekind {
+            pg_sys::RTEKind::RTE_RELATION => true,
+            #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+            pg_sys::RTEKind::RTE_SUBQUERY => (*rte).relid != pg_sys::InvalidOid,
+            _ => false,
+        }
+    }
+}
+
+/// The column sets (selected, inserted, updated) of range-table entry `rte`,
+/// given the permission infos of its query or plan (`Query.rteperminfos`,
+/// `PlannedStmt.permInfos`; ignored before 16, where the sets are the RTE's).
+unsafe fn rte_columns_in(
+    perminfos: *mut pg_sys::List,
     rte: *mut pg_sys::RangeTblEntry,
 ) -> [*mut pg_sys::Bitmapset; 3] {
     unsafe {
         #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
         {
-            let _ = pstmt;
+            let _ = perminfos;
             [(*rte).selectedCols, (*rte).insertedCols, (*rte).updatedCols]
         }
         #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
         {
             let none = std::ptr::null_mut();
-            let index = (*rte).perminfoindex;
-            if index == 0 {
-                return [none; 3];
-            }
-            let perms = pgrx::PgList::<pg_sys::RTEPermissionInfo>::from_pg((*pstmt).permInfos);
-            match perms.get_ptr(index as usize - 1) {
+            match perminfo(perminfos, rte) {
                 Some(p) => [(*p).selectedCols, (*p).insertedCols, (*p).updatedCols],
                 None => [none; 3],
             }
+        }
+    }
+}
+
+#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+unsafe fn perminfo(
+    perminfos: *mut pg_sys::List,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> Option<*mut pg_sys::RTEPermissionInfo> {
+    unsafe {
+        let index = (*rte).perminfoindex;
+        if index == 0 {
+            return None;
+        }
+        pgrx::PgList::<pg_sys::RTEPermissionInfo>::from_pg(perminfos).get_ptr(index as usize - 1)
+    }
+}
+
+/// The column sets (selected, inserted, updated) of a range-table entry of plan `pstmt`.
+pub unsafe fn rte_columns(
+    pstmt: *mut pg_sys::PlannedStmt,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> [*mut pg_sys::Bitmapset; 3] {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    let perminfos = {
+        let _ = pstmt;
+        std::ptr::null_mut()
+    };
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    let perminfos = unsafe { (*pstmt).permInfos };
+    unsafe { rte_columns_in(perminfos, rte) }
+}
+
+/// The columns a range-table entry of (rewritten) query `q` selects.
+pub unsafe fn query_rte_selected(
+    q: *mut pg_sys::Query,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> *mut pg_sys::Bitmapset {
+    #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+    let perminfos = {
+        let _ = q;
+        std::ptr::null_mut()
+    };
+    #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+    let perminfos = unsafe { (*q).rteperminfos };
+    unsafe { rte_columns_in(perminfos, rte)[0] }
+}
+
+/// The masking rewrite turns relation entry `rte` of `q` into a subquery `sub`
+/// whose only entry `inner` is a copy of it: the permission checks move with
+/// the relation to `inner` (as the same user, for the same columns) and the
+/// outer entry checks nothing. Up to 15 the checks are fields of the entry
+/// (already copied); from 16 on they are an `RTEPermissionInfo` of the query,
+/// copied into `sub.rteperminfos` (the outer one is then referenced by no
+/// entry, and the planner keeps only referenced ones).
+pub unsafe fn move_permission_checks(
+    q: *mut pg_sys::Query,
+    rte: *mut pg_sys::RangeTblEntry,
+    inner: *mut pg_sys::RangeTblEntry,
+    sub: *mut pg_sys::Query,
+) {
+    unsafe {
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
+        {
+            let _ = (q, inner, sub);
+            (*rte).requiredPerms = 0;
+            (*rte).checkAsUser = pg_sys::InvalidOid;
+            (*rte).selectedCols = std::ptr::null_mut();
+            (*rte).insertedCols = std::ptr::null_mut();
+            (*rte).updatedCols = std::ptr::null_mut();
+            (*rte).extraUpdatedCols = std::ptr::null_mut();
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
+        {
+            (*inner).perminfoindex = 0;
+            if let Some(p) = perminfo((*q).rteperminfos, rte) {
+                let copy = pg_sys::copyObjectImpl(p as *const std::ffi::c_void);
+                (*sub).rteperminfos = pg_sys::lappend(std::ptr::null_mut(), copy);
+                (*inner).perminfoindex = 1;
+            }
+            (*rte).perminfoindex = 0;
+        }
+    }
+}
+
+/// `ReplaceVarsFromTargetList`, which gained `result_relation` (for
+/// RETURNING OLD/NEW) in 18.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn replace_vars_from_target_list(
+    node: *mut pg_sys::Node,
+    target_varno: i32,
+    sublevels_up: i32,
+    target_rte: *mut pg_sys::RangeTblEntry,
+    targetlist: *mut pg_sys::List,
+    result_relation: i32,
+    nomatch_option: pg_sys::ReplaceVarsNoMatchOption::Type,
+    nomatch_varno: i32,
+    outer_has_sublinks: *mut bool,
+) -> *mut pg_sys::Node {
+    unsafe {
+        #[cfg(not(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16",
+            feature = "pg17"
+        )))]
+        {
+            pg_sys::ReplaceVarsFromTargetList(
+                node,
+                target_varno,
+                sublevels_up,
+                target_rte,
+                targetlist,
+                result_relation,
+                nomatch_option,
+                nomatch_varno,
+                outer_has_sublinks,
+            )
+        }
+        #[cfg(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16",
+            feature = "pg17"
+        ))]
+        {
+            let _ = result_relation;
+            pg_sys::ReplaceVarsFromTargetList(
+                node,
+                target_varno,
+                sublevels_up,
+                target_rte,
+                targetlist,
+                nomatch_option,
+                nomatch_varno,
+                outer_has_sublinks,
+            )
+        }
+    }
+}
+
+/// Attribute `i` (0-based) of a tuple descriptor (`TupleDescAttr`): from 18
+/// on the attributes follow the `CompactAttribute` array.
+pub unsafe fn tuple_desc_attr(
+    desc: pg_sys::TupleDesc,
+    i: usize,
+) -> *mut pg_sys::FormData_pg_attribute {
+    unsafe {
+        #[cfg(not(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16",
+            feature = "pg17"
+        )))]
+        {
+            let natts = (*desc).natts as usize;
+            ((*desc).compact_attrs.as_ptr().add(natts) as *mut pg_sys::FormData_pg_attribute).add(i)
+        }
+        #[cfg(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16",
+            feature = "pg17"
+        ))]
+        {
+            (*desc).attrs.as_ptr().add(i) as *mut pg_sys::FormData_pg_attribute
         }
     }
 }

@@ -93,7 +93,7 @@ pub unsafe fn plan_facts(
         let mut seen = BTreeSet::new();
         let mut sensitive_cols = BTreeSet::new();
         for rte in rtable.iter_ptr() {
-            if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+            if !crate::compat::is_relation_entry(rte) {
                 continue;
             }
             let relid = (*rte).relid;

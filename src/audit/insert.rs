@@ -97,7 +97,7 @@ impl AuditTable {
             let natts = (*desc).natts as usize;
             let mut attrs = Vec::with_capacity(natts);
             let mut seen = vec![false; COLUMNS.len()];
-            for a in (*desc).attrs.as_slice(natts) {
+            for a in (0..natts).map(|i| &*crate::compat::tuple_desc_attr(desc, i)) {
                 if a.attisdropped {
                     attrs.push(None);
                     continue;

@@ -141,10 +141,15 @@ unsafe fn maskable_kind(rte: *mut pg_sys::RangeTblEntry) -> bool {
 }
 
 /// Whether the entry reads a masked column (or the whole row).
-unsafe fn reads_masked(rte: *mut pg_sys::RangeTblEntry, m: &MaskedRelation) -> bool {
+unsafe fn reads_masked(
+    q: *mut pg_sys::Query,
+    rte: *mut pg_sys::RangeTblEntry,
+    m: &MaskedRelation,
+) -> bool {
+    let selected = unsafe { crate::compat::query_rte_selected(q, rte) };
     let mut i = -1;
     loop {
-        i = unsafe { pg_sys::bms_next_member((*rte).selectedCols, i) };
+        i = unsafe { pg_sys::bms_next_member(selected, i) };
         if i < 0 {
             return false;
         }
@@ -186,7 +191,7 @@ unsafe fn mask_level(q: *mut pg_sys::Query, w: &mut Walk) {
             let m = m.clone();
             if rti == (*q).resultRelation {
                 mask_result_relation(q, rti, rte, &m, w);
-            } else if reads_masked(rte, &m) {
+            } else if reads_masked(q, rte, &m) {
                 replace_with_masking_subquery(q, rti, rte, &m, w);
             }
         }
@@ -391,7 +396,8 @@ unsafe fn replace_with_masking_subquery(
         // through as junk columns after the attributes; the query's Vars are
         // pointed at them.
         let natts = tlist.len() as i16;
-        let system: Vec<i16> = crate::extract::bitmap_members((*rte).selectedCols)
+        let system: Vec<i16> =
+            crate::extract::bitmap_members(crate::compat::query_rte_selected(q, rte))
             .into_iter()
             .map(|m| m as i16)
             .filter(|a| *a < 0)
@@ -452,12 +458,7 @@ unsafe fn replace_with_masking_subquery(
         (*rte).rellockmode = 0;
         (*rte).tablesample = std::ptr::null_mut();
         (*rte).inh = false;
-        (*rte).requiredPerms = 0;
-        (*rte).checkAsUser = pg_sys::InvalidOid;
-        (*rte).selectedCols = std::ptr::null_mut();
-        (*rte).insertedCols = std::ptr::null_mut();
-        (*rte).updatedCols = std::ptr::null_mut();
-        (*rte).extraUpdatedCols = std::ptr::null_mut();
+        crate::compat::move_permission_checks(q, rte, inner, sub);
         (*rte).securityQuals = std::ptr::null_mut();
     }
 }
@@ -670,12 +671,13 @@ unsafe fn mask_result_relation(
             if node.is_null() {
                 return node;
             }
-            pg_sys::ReplaceVarsFromTargetList(
+            crate::compat::replace_vars_from_target_list(
                 node,
                 rti,
                 0,
                 rte,
                 tlist,
+                rti,
                 pg_sys::ReplaceVarsNoMatchOption::REPLACEVARS_CHANGE_VARNO,
                 rti,
                 sublinks,
