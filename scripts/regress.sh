@@ -113,8 +113,9 @@ SQL
     --inputdir="$dir" --outputdir="$dir" --dbname="$db" "$n" 2>&1)
   rc=$?
   set -e
-  line=$(printf '%s\n' "$out" | grep -E "^(test )?[[:space:]]*$n[[:space:]]+\.\.\." | head -n 1 || true)
-  if [ $rc = 0 ] && printf '%s' "$line" | grep -Eq '\.\.\.[[:space:]]+ok'; then
+  # pg_regress up to 15: "test NAME ... ok"; from 16 on (TAP): "ok 1 - NAME  12 ms".
+  line=$(printf '%s\n' "$out" | grep -E "^(test )?[[:space:]]*$n[[:space:]]+\.\.\.|^(not )?ok [0-9]+[[:space:]]+- $n([[:space:]]|\$)" | head -n 1 || true)
+  if [ $rc = 0 ] && printf '%s' "$line" | grep -Eq '\.\.\.[[:space:]]+ok|^ok [0-9]'; then
     printf '%s\n' "$line"
     passed=$((passed + 1))
   else

@@ -28,6 +28,11 @@
 //!   subquery it builds ([`move_permission_checks`]);
 //! - `ReplaceVarsFromTargetList` gained `result_relation` in 18
 //!   ([`replace_vars_from_target_list`]);
+//! - subquery pull-up no longer reads junk output columns in 18
+//!   ([`PULLUP_READS_JUNK_COLUMNS`]: system columns read through a masked
+//!   relation);
+//! - statement locations: 18 starts a statement at its first token, after
+//!   its leading comments ([`statement_text`] keeps them, as before 18);
 //! - tuple descriptors: attributes follow `compact_attrs` from 18 on ([`tuple_desc_attr`]);
 //! - `ExecInsertIndexTuples` gained `onlySummarizing` in 16 ([`insert_index_tuples`]).
 //!
@@ -42,6 +47,69 @@
 //! (`pg_seclabel`, `pg_shseclabel`) have the same columns in every major.
 
 use pgrx::pg_sys;
+
+/// Whether the planner, pulling a subquery up into its parent, replaces the
+/// parent's references to the subquery's junk output columns (up to 17); from
+/// 18 on it refuses them ("could not find replacement targetlist entry"), so
+/// columns the parent reads must be ordinary outputs.
+pub const PULLUP_READS_JUNK_COLUMNS: bool = cfg!(any(
+    feature = "pg13",
+    feature = "pg14",
+    feature = "pg15",
+    feature = "pg16",
+    feature = "pg17"
+));
+
+/// The text of the statement at `location` (length `len`, 0: to the end) of
+/// `source`, trimmed, as PostgreSQL up to 17 delimits it: from the end of
+/// the previous statement, so comments before the statement (a sqlcommenter
+/// `/* request_id=... */`, say) belong to it. PostgreSQL 18 starts the
+/// statement at its first token; where a comment precedes it, the start is
+/// moved back to the previous `;` (PostgreSQL's own lexer finds it), so the
+/// audit trail and hints show the same text on every major.
+pub fn statement_text(source: &str, location: i32, len: i32) -> &str {
+    let start = if location > 0 {
+        (location as usize).min(source.len())
+    } else {
+        0
+    };
+    let end = if len > 0 {
+        (start + len as usize).min(source.len())
+    } else {
+        source.len()
+    };
+    #[cfg(not(any(
+        feature = "pg13",
+        feature = "pg14",
+        feature = "pg15",
+        feature = "pg16",
+        feature = "pg17"
+    )))]
+    let start = with_leading_comments(source, start);
+    source.get(start..end).unwrap_or(source).trim()
+}
+
+#[cfg(not(any(
+    feature = "pg13",
+    feature = "pg14",
+    feature = "pg15",
+    feature = "pg16",
+    feature = "pg17"
+)))]
+fn with_leading_comments(source: &str, start: usize) -> usize {
+    let bytes = source.as_bytes();
+    let mut i = start;
+    while i > 0 && bytes[i - 1].is_ascii_whitespace() {
+        i -= 1;
+    }
+    if i == 0 || bytes[i - 1] == b';' {
+        return start; // only whitespace before it: the trimmed text is the same
+    }
+    source
+        .get(..start)
+        .and_then(crate::lexer::after_last_semicolon)
+        .unwrap_or(start)
+}
 
 /// Install `hook` as `shmem_request_hook`, returning the previous one; `None`
 /// where the hook does not exist (then the caller requests in `_PG_init`).

@@ -393,15 +393,26 @@ unsafe fn replace_with_masking_subquery(
             ) as *mut c_void);
         }
         // System columns (ctid, xmin, tableoid, ...) the query reads pass
-        // through as junk columns after the attributes; the query's Vars are
-        // pointed at them.
+        // through as extra columns after the attributes, junk where the
+        // planner's pull-up reads junk columns (see compat); the query's Vars
+        // are pointed at them.
         let natts = tlist.len() as i16;
-        let system: Vec<i16> =
-            crate::extract::bitmap_members(crate::compat::query_rte_selected(q, rte))
-            .into_iter()
-            .map(|m| m as i16)
-            .filter(|a| *a < 0)
-            .collect();
+        let selected = crate::extract::bitmap_members(crate::compat::query_rte_selected(q, rte));
+        let system: Vec<i16> = selected.iter().map(|m| *m as i16).filter(|a| *a < 0).collect();
+        let junk = crate::compat::PULLUP_READS_JUNK_COLUMNS;
+        if !system.is_empty() && !junk && selected.contains(&0) {
+            // As ordinary outputs, the system columns would become fields of
+            // the whole-row value too.
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "agents cannot read system columns and whole rows of masked relation {} in one query level",
+                    crate::extract::relation((*rte).relid).qualified()
+                ),
+                "Read the columns by name instead of the whole row."
+            );
+        }
         if !system.is_empty() {
             // A locked (FOR UPDATE/SHARE) subquery is not flattened into the
             // query, and its junk columns cannot be read from outside.
@@ -427,7 +438,7 @@ unsafe fn replace_with_masking_subquery(
                     pg_sys::makeVar(1, *attno, typ, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr,
                     resno,
                     pg_sys::pstrdup(cname.as_ptr()),
-                    true,
+                    junk,
                 ) as *mut c_void);
                 map.push((*attno, resno));
             }
