@@ -22,9 +22,11 @@
 # build leaves no stamp and is redone from scratch the next time.
 #
 # Configure: --prefix PREFIX --with-openssl (libssl-dev) --with-icu (libicu-dev,
-# else --without-icu) --with-readline (libreadline-dev) --with-zlib; no
+# else --without-icu) --with-readline (libreadline-dev) --with-zlib
+# --with-libxml (libxml2-dev; tests use query_to_xml), as Debian does; no
 # cassert, no debug info (CPU). Build dependencies come from apt:
-# build-essential bison flex libreadline-dev zlib1g-dev libssl-dev libicu-dev pkg-config.
+# build-essential bison flex libreadline-dev zlib1g-dev libssl-dev libicu-dev
+# libxml2-dev pkg-config.
 #
 # --check: exit 0 if PREFIX is built and its stamp matches, 1 otherwise (no build).
 # Exit status 3: the archive does not serve the source (no such package in
@@ -48,7 +50,7 @@ log="$base/build-$major.log"
 
 # The configure options, written into the stamp (a change rebuilds).
 configure_opts() {
-  local o=(--prefix="$prefix" --with-openssl --with-readline --with-zlib)
+  local o=(--prefix="$prefix" --with-openssl --with-readline --with-zlib --with-libxml)
   if dpkg-query -W -f='${Status}' libicu-dev 2>/dev/null | grep -q '^install ok installed'; then
     o+=(--with-icu)
   else
@@ -74,7 +76,7 @@ mkdir -p "$base/src"
 chmod 755 "$base" "$base/src"
 
 # ---- build dependencies --------------------------------------------------------
-deps=(build-essential bison flex libreadline-dev zlib1g-dev libssl-dev libicu-dev pkg-config)
+deps=(build-essential bison flex libreadline-dev zlib1g-dev libssl-dev libicu-dev libxml2-dev pkg-config)
 missing=()
 for p in "${deps[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed' || missing+=("$p")

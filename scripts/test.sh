@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # agent_guard's whole test suite (the README's test command; CI runs it).
 #
-#   bash scripts/test.sh [--pg MAJOR]... [--layer core|pgrx|regress|integration]...
+#   bash scripts/test.sh [--pg MAJOR]... [--layer core|pgrx|regress|integration|package]...
 #                        [--no-setup] [--no-install]
 #
 # Layers, in this order (core once; the others once per PostgreSQL major):
@@ -12,6 +12,11 @@
 #                with pg_regress, against the test cluster (pgrx.toml [test_cluster])
 #   integration  cargo test -p agent_guard_integration: real clients against
 #                the test cluster (env AG_PGHOST/AG_PGPORT/AG_PGUSER/AG_PGDATA/AG_PGBINDIR)
+#   package      scripts/package-test.sh: builds the .deb (scripts/package.sh),
+#                removes the dev-installed files, installs the package (dpkg -i
+#                for Debian's postgresql-MAJOR; a copy of its files for a server
+#                built from source), checks the server maps the packaged
+#                library, runs the regress files against it, removes it again
 # Majors: --pg MAJOR (repeatable) picks them; default: every major of pgrx.toml
 # [postgres] tested_majors installed here (scripts/lib.sh ag_installed_majors:
 # Debian's package, or a server scripts/build-postgres.sh built). For each, the
@@ -43,7 +48,7 @@ ag_cargo_path
 root=$(ag_root)
 cd "$root" || exit 1
 
-all_layers=(core pgrx regress integration)
+all_layers=(core pgrx regress integration package)
 layers=()
 majors=()
 do_setup=1
@@ -52,7 +57,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --layer)
       [ $# -ge 2 ] || ag_die "--layer needs one of: ${all_layers[*]}"
-      case $2 in core|pgrx|regress|integration) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
+      case $2 in core|pgrx|regress|integration|package) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
       shift ;;
     --layer=*)
       set -- --layer "${1#--layer=}" "${@:2}"; continue ;;
@@ -260,6 +265,19 @@ for major in "${majors[@]}"; do
       ag_cluster_stop "$datadir" fast
     fi
     trap - EXIT
+  fi
+
+  # ---- layer 5: package (the .deb, installed, against the regress files) ---------
+  if want package; then
+    layer_start
+    ag_log "layer package (PostgreSQL $major): scripts/package-test.sh $major"
+    bash "$root/scripts/package-test.sh" "$major" 2>&1 9>&- | tee "$logdir/package-pg$major.log"
+    rc=${PIPESTATUS[0]}
+    line=$(strip_ansi <"$logdir/package-pg$major.log" | grep -E '^package: [0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+    p=$(printf '%s' "$line" | awk '{print $2}'); f=$(printf '%s' "$line" | awk '{print $4}')
+    p=${p:-0}; f=${f:-0}; pknote=""
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; pknote="package-test.sh error (exit $rc)"; fi
+    record package "$p" "$f" "$pknote"
   fi
 done
 unset AG_PG_MAJOR AG_PG_CONFIG
