@@ -23,6 +23,8 @@ root=$(ag_root)
 pg_config=$(ag_pg_config)
 [ -x "$pg_config" ] || ag_die "$pg_config not found; run scripts/setup.sh"
 if [ -w "$("$pg_config" --pkglibdir)" ]; then sudo=(); else sudo=(--sudo); fi
+# pgrx-pg-sys finds every major in ~/.pgrx/config.toml (another checkout may have rewritten it).
+ag_pgrx_init || ag_die "cargo pgrx init failed"
 
 # Running servers (demo, bench, test clusters) have agent_guard.so mapped;
 # cargo pgrx install rewrites it in place, which could crash them.

@@ -14,6 +14,10 @@
 #   ag_tested_majors           pgrx.toml [postgres] tested_majors
 #   ag_installed_majors        the tested majors present on this machine (packaged,
 #                              or built by scripts/build-postgres.sh: stamp present)
+#   ag_pgrx_init               `cargo pgrx init --pgNN PG_CONFIG...` for every installed
+#                              tested major, unless ~/.pgrx/config.toml (PGRX_HOME)
+#                              already names each (init rewrites the whole file,
+#                              so one init names them all)
 #   ag_bindir                  PostgreSQL's bin directory (from ag_pg_config)
 #   ag_cargo_path              add ~/.cargo/bin to PATH if cargo is not on it
 #   ag_log MSG...              bold "==> MSG" on stderr
@@ -113,6 +117,19 @@ ag_installed_majors() {
     fi
   done
   return 0
+}
+
+ag_pgrx_init() {
+  local pgrx_home=${PGRX_HOME:-$HOME/.pgrx} m pc args=() need=0
+  for m in $(ag_installed_majors); do
+    pc=$(ag_pg_config "$m")
+    args+=("--pg$m" "$pc")
+    grep -Eq "^[[:space:]]*pg$m[[:space:]]*=[[:space:]]*\"$pc\"" "$pgrx_home/config.toml" 2>/dev/null || need=1
+  done
+  [ $need = 1 ] || return 0
+  ag_log "cargo pgrx init ${args[*]}"
+  cargo pgrx init "${args[@]}" >/tmp/agent_guard-pgrx-init.log 2>&1 \
+    || { cat /tmp/agent_guard-pgrx-init.log >&2; return 1; }
 }
 
 ag_bindir() { "$(ag_pg_config)" --bindir; }

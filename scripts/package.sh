@@ -43,6 +43,8 @@ done
 [ ${#majors[@]} -gt 0 ] || mapfile -t majors < <(ag_installed_majors)
 [ ${#majors[@]} -gt 0 ] || ag_die "no PostgreSQL installed here (run scripts/setup.sh)"
 command -v dpkg-deb >/dev/null 2>&1 || ag_die "dpkg-deb not found (Debian only)"
+# pgrx-pg-sys finds every major in ~/.pgrx/config.toml (another checkout may have rewritten it).
+ag_pgrx_init || ag_die "cargo pgrx init failed"
 
 version=$(awk '
   /^\[/ { in_pkg = ($0 == "[package]") }

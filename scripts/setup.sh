@@ -90,20 +90,7 @@ for m in $(ag_tested_majors); do
 done
 
 # ---- cargo pgrx init ----------------------------------------------------------
-# One init names every installed major (init rewrites the whole config).
-pgrx_home=${PGRX_HOME:-$HOME/.pgrx}
-init_args=()
-need_init=0
-for m in $(ag_installed_majors); do
-  pc=$(ag_pg_config "$m")
-  init_args+=("--pg$m" "$pc")
-  grep -Eq "^[[:space:]]*pg$m[[:space:]]*=[[:space:]]*\"$pc\"" "$pgrx_home/config.toml" 2>/dev/null || need_init=1
-done
-if [ $need_init = 1 ]; then
-  ag_log "cargo pgrx init ${init_args[*]}"
-  cargo pgrx init "${init_args[@]}" >/tmp/agent_guard-pgrx-init.log 2>&1 \
-    || { cat /tmp/agent_guard-pgrx-init.log >&2; ag_die "cargo pgrx init failed"; }
-fi
+ag_pgrx_init || ag_die "cargo pgrx init failed"
 
 # ---- shared scratch dir for clusters -------------------------------------------
 # Root-owned and traversable; cluster data dirs inside belong to postgres.

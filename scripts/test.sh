@@ -170,6 +170,8 @@ if [ ${#majors[@]} -eq 0 ]; then
   done
   [ -z "$missing_majors" ] || ag_log "PostgreSQL${missing_majors} not installed here (scripts/setup.sh builds them; see its output): not tested"
 fi
+# Another checkout's setup may have rewritten pgrx's config without our majors.
+ag_pgrx_init 9>&- || ag_log "cargo pgrx init failed; the pgrx layer and installs may fail"
 for major in "${majors[@]}"; do
   ag_use_major "$major"
   if [ ! -x "$AG_PG_CONFIG" ]; then
