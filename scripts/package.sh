@@ -11,7 +11,8 @@
 # build; --debug for a debug one), placed at Debian's PostgreSQL layout,
 #   /usr/lib/postgresql/MAJOR/lib/agent_guard.so
 #   /usr/share/postgresql/MAJOR/extension/agent_guard.control, agent_guard--*.sql
-# plus /usr/share/doc/postgresql-MAJOR-agent-guard/README.md. Control file:
+# (the library stripped of debug symbols) plus
+# /usr/share/doc/postgresql-MAJOR-agent-guard/README.md. Control file:
 # Depends: postgresql-MAJOR and the libc6 the library needs (from its
 # versioned glibc symbols). The packaged major (pgrx.toml [postgres] major)
 # is built against Debian's own server headers; a major built from source
@@ -73,6 +74,8 @@ for major in "${majors[@]}"; do
   mkdir -p "$lib_dst" "$ext_dst" "$doc_dst" "$deb/DEBIAN"
   [ -f "$stage/pgrx$pkglibdir/agent_guard.so" ] || ag_die "cargo pgrx package staged no $pkglibdir/agent_guard.so"
   install -m 644 "$stage/pgrx$pkglibdir/agent_guard.so" "$lib_dst/"
+  # as Debian's packages do: no debug symbols (the dynamic symbols stay)
+  strip --strip-unneeded "$lib_dst/agent_guard.so"
   for f in "$stage/pgrx$sharedir/extension/"agent_guard*; do
     install -m 644 "$f" "$ext_dst/"
   done
