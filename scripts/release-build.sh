@@ -22,6 +22,7 @@ root=$(ag_root)
 commit=$(awk -v v="$version" '$1 == v { print $2 }' "$root/releases.txt")
 [ -n "$commit" ] || ag_die "releases.txt has no version $version"
 git -C "$root" cat-file -e "$commit^{commit}" 2>/dev/null \
+  || git -C "$root" fetch -q origin "$commit" 2>/dev/null \
   || ag_die "commit $commit of release $version is not in this clone's history (a shallow clone?)"
 
 major=$("$pg_config" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
