@@ -35,6 +35,11 @@
 //! cache then resets the backend's plan cache. Label changes also invalidate
 //! the labelled relation's relcache entry, so every backend replans.
 //!
+//! Materialized views are judged by what their population actually read
+//! (population.rs records it at every ExecutorStart while one runs;
+//! effective.rs derives the taints; the backstop refuses agents' reads of
+//! tainted views and refresh.rs their refreshes).
+//!
 //! Errors that quote row values (constraint violations) lose their DETAIL in
 //! agent sessions (errors.rs); sensitive-data discovery is discover.rs.
 
@@ -45,6 +50,7 @@ pub mod effective;
 pub mod errors;
 pub mod functions;
 pub mod label;
+pub mod population;
 pub mod refresh;
 pub mod rewrite;
 pub mod rules;
