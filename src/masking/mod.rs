@@ -55,6 +55,7 @@ pub mod refresh;
 pub mod rewrite;
 pub mod rules;
 pub mod sync;
+pub mod writeback;
 
 use pgrx::pg_sys;
 use std::ffi::{c_char, CStr, CString};

@@ -868,3 +868,101 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
     let kept = ok(&mut a, &format!("SELECT l FROM {t}_labels ORDER BY l"));
     assert_eq!(kept, "Customer 1\nCustomer 2\n");
 }
+
+/// No granted write assigns to a masked column a value computed from masked
+/// values — of the same row, other rows (`UPDATE … FROM`), CTEs, subqueries,
+/// views, set operations, functions or another masked table — however the
+/// statement reaches them; values that carry no mask are still written.
+#[test]
+fn granted_writes_never_write_masks_into_masked_columns() {
+    let s = shop("wb");
+    let t = &s.t;
+    let mut a = admin();
+    a.batch_execute(&format!(
+        "CREATE TABLE {t}_other (id int, secret text);
+         INSERT INTO {t}_other VALUES (1, 'other-secret-value-1');
+         SECURITY LABEL FOR agent_guard ON COLUMN {t}_other.secret IS 'MASKED WITH VALUE ''(secret)''';
+         CREATE VIEW {t}_v AS SELECT id, ssn, card_number FROM {t};
+         CREATE FUNCTION {t}_ssn(i int) RETURNS text LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} WHERE id = i $$;
+         CREATE FUNCTION {t}_card(i int) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE r text; BEGIN SELECT card_number INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+         CREATE FUNCTION {t}_liar(i int) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT ssn FROM {t} WHERE id = i $$;
+         CREATE FUNCTION {t}_rows() RETURNS TABLE (id int, s text) LANGUAGE sql STABLE AS $$ SELECT id, ssn FROM {t} $$;
+         GRANT SELECT, INSERT, UPDATE ON {t}, {t}_other, {t}_v TO {agent};",
+        agent = s.agent
+    ))
+    .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
+    let before = ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
+    let mut c = connect(&s.agent);
+    grant(&mut c, &s.approver, "write");
+    let refused = [
+        // other rows, CTEs, subqueries
+        format!("UPDATE {t} SET card_number = c2.card_number FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1"),
+        format!("WITH s AS (SELECT id, email FROM {t}) UPDATE {t} SET email = s.email FROM s WHERE s.id = {t}.id"),
+        format!("WITH RECURSIVE r(n, v) AS (SELECT 1, ssn FROM {t} WHERE id = 2 UNION ALL SELECT n + 1, v FROM r WHERE n < 2) UPDATE {t} SET ssn = (SELECT v FROM r WHERE n = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = (SELECT ssn FROM {t} c2 WHERE c2.id = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = coalesce((SELECT max(c2.ssn) FROM {t} c2), 'x') WHERE id = 1"),
+        format!("UPDATE {t} SET (ssn) = (SELECT ssn FROM {t} c2 WHERE c2.id = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET (name, card_number) = (SELECT 'n', card_number FROM {t} c2 WHERE c2.id = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = x.s FROM (SELECT id, ssn AS s FROM {t}) x WHERE x.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = l.s FROM LATERAL (SELECT ssn AS s FROM {t} c WHERE c.id = 2) l WHERE {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = u.v FROM (SELECT 1 AS id, 'x' AS v UNION ALL SELECT id, ssn FROM {t}) u WHERE u.id = {t}.id"),
+        format!("UPDATE {t} SET email = j.e FROM ({t} a JOIN {t} b USING (id)) AS j(id, n1, e) WHERE j.id = {t}.id"),
+        format!("UPDATE {t} SET ssn = c2::text FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = upper(email) WHERE id = 1"),
+        // views, another masked table
+        format!("UPDATE {t} SET ssn = v.ssn FROM {t}_v v WHERE v.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t}_v SET card_number = o.card_number FROM {t} o WHERE o.id = 2 AND {t}_v.id = 1"),
+        format!("UPDATE {t} SET ssn = o.secret FROM {t}_other o WHERE {t}.id = 1"),
+        // functions: SQL, PL/pgSQL, a set-returning one, an IMMUTABLE one that reads a table
+        format!("UPDATE {t} SET ssn = {t}_ssn(2) WHERE id = 1"),
+        format!("UPDATE {t} SET card_number = {t}_card(2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = {t}_liar(2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = f.s FROM {t}_rows() f WHERE f.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = query_to_xml('SELECT ssn FROM {t}', true, false, '')::text WHERE id = 1"),
+        // INSERT, ON CONFLICT, MERGE, writable CTEs
+        format!("INSERT INTO {t} (id, ssn) SELECT id + 100, ssn FROM {t}"),
+        format!("INSERT INTO {t} (id, ssn) VALUES (101, (SELECT ssn FROM {t} WHERE id = 1))"),
+        format!("INSERT INTO {t} (id, card_number) VALUES (102, 'x'), (103, (SELECT card_number FROM {t} WHERE id = 1))"),
+        format!("INSERT INTO {t} (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET ssn = (SELECT ssn FROM {t} c2 WHERE c2.id = 2)"),
+        format!("INSERT INTO {t} (id, ssn) SELECT 1, ssn FROM {t} WHERE id = 2 ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn"),
+        format!("MERGE INTO {t} d USING {t} s ON s.id = 2 AND d.id = 1 WHEN MATCHED THEN UPDATE SET ssn = s.ssn"),
+        format!("MERGE INTO {t} d USING (SELECT id + 200 AS id, email FROM {t}) s ON s.id = d.id WHEN NOT MATCHED THEN INSERT (id, email) VALUES (s.id, s.email)"),
+        format!("WITH u AS (UPDATE {t} SET ssn = c2.ssn FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1 RETURNING {t}.id) SELECT * FROM u"),
+        format!("DO $$ BEGIN UPDATE {t} SET card_number = c2.card_number FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1; END $$"),
+    ];
+    for sql in &refused {
+        match c.batch_execute(sql) {
+            Ok(()) => panic!("{sql}: a masked value was written"),
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
+                let db = e.as_db_error().unwrap();
+                assert!(db.hint().is_some() && db.detail().is_some(), "{sql}: {}", describe(&e));
+            }
+        }
+    }
+    let after = ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
+    assert_eq!(before, after, "the refused writes changed nothing");
+    // values that carry no mask are written
+    let literal = "111-22-3333";
+    for sql in [
+        format!("UPDATE {t} SET ssn = '{literal}' WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = upper('{literal}') WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = x.v FROM (VALUES (1, '{literal}')) x(id, v) WHERE x.id = {t}.id"),
+        format!("UPDATE {t} SET ssn = n.v FROM (SELECT id, '{literal}' AS v, ssn FROM {t}) n WHERE n.id = {t}.id AND n.id = 1"),
+        format!("UPDATE {t} SET note = c2.ssn FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = x.v FROM (SELECT 1 AS id, '{literal}' AS v) x WHERE x.id = {t}.id AND {t}.ssn <> ''"),
+        format!("INSERT INTO {t} (id, name, ssn) VALUES (50, 'n', '{literal}')"),
+        format!("INSERT INTO {t} (id, ssn) SELECT 51, '{literal}' FROM {t} WHERE ssn <> '' LIMIT 1"),
+        format!("INSERT INTO {t} (id, ssn) VALUES (1, '{literal}') ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn"),
+    ] {
+        ok(&mut c, &sql);
+    }
+    let stored = ok(&mut a, &format!("SELECT string_agg(ssn, ',' ORDER BY id) FROM {t}"));
+    assert!(!stored.contains('*'), "no mask was stored: {stored}");
+    assert!(stored.contains(literal), "{stored}");
+    let prepared = c
+        .execute(format!("UPDATE {t} SET ssn = $1 WHERE id = 2").as_str(), &[&literal])
+        .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    assert_eq!(prepared, 1);
+}
