@@ -354,9 +354,14 @@ unsafe extern "C-unwind" fn ag_rs_object_access(
     if in_statement {
         if crate::gucs::enabled() && crate::identity::cached_is_agent() {
             crate::enforce::check_function(object_id);
+            crate::masking::activity::check_call(object_id);
         }
     } else if enforcing() || auditing_humans() {
-        crate::enforce::fast_path_call(object_id, crate::identity::cached_is_agent());
+        let agent = crate::identity::cached_is_agent();
+        crate::enforce::fast_path_call(object_id, agent);
+        if agent && crate::gucs::enabled() {
+            crate::masking::activity::check_call(object_id);
+        }
     }
 }
 

@@ -40,9 +40,15 @@
 //! effective.rs derives the taints; the backstop refuses agents' reads of
 //! tainted views and refresh.rs their refreshes).
 //!
+//! Other sessions' query texts (`pg_stat_activity`, `pg_stat_statements`)
+//! are masked by the same planner rewrite: their functions' `FROM` entries
+//! become redacting subqueries (activity.rs). Writes never store masks
+//! (writeback.rs).
+//!
 //! Errors that quote row values (constraint violations) lose their DETAIL in
 //! agent sessions (errors.rs); sensitive-data discovery is discover.rs.
 
+pub mod activity;
 pub mod backstop;
 pub mod copy;
 pub mod discover;

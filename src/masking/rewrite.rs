@@ -100,6 +100,13 @@ unsafe extern "C-unwind" fn expr_walker(node: *mut pg_sys::Node, ctx: *mut c_voi
             visit_query(node as *mut pg_sys::Query, &mut *(ctx as *mut Walk));
             return false;
         }
+        if (*node).type_ == NodeTag::T_FuncExpr {
+            // other sessions' query texts are read only through FROM (activity.rs)
+            let func = (*(node as *mut pg_sys::FuncExpr)).funcid;
+            if super::activity::query_text(func).is_some() {
+                crate::enforce::refuse(&super::activity::refusal(func));
+            }
+        }
         pg_sys::expression_tree_walker(node, Some(expr_walker), ctx)
     }
 }
@@ -126,7 +133,10 @@ unsafe fn visit_query(q: *mut pg_sys::Query, w: &mut Walk) {
             match (*rte).rtekind {
                 pg_sys::RTEKind::RTE_SUBQUERY => visit_query((*rte).subquery, w),
                 pg_sys::RTEKind::RTE_FUNCTION => {
-                    walk_expr((*rte).functions as *mut pg_sys::Node, w)
+                    // a call of a query-text function becomes a redacting subquery
+                    if !super::activity::mask_function_entry(rte, |n| walk_expr(n, w)) {
+                        walk_expr((*rte).functions as *mut pg_sys::Node, w)
+                    }
                 }
                 pg_sys::RTEKind::RTE_TABLEFUNC => {
                     walk_expr((*rte).tablefunc as *mut pg_sys::Node, w)
