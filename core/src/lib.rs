@@ -13,6 +13,7 @@ pub mod grants;
 pub mod label;
 pub mod mask;
 pub mod policy;
+pub mod query_text;
 pub mod redact;
 pub mod request_id;
 pub mod review;
