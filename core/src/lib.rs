@@ -14,6 +14,7 @@ pub mod label;
 pub mod mask;
 pub mod policy;
 pub mod redact;
+pub mod registry;
 pub mod request_id;
 pub mod review;
 pub mod risk;
