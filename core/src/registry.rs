@@ -87,6 +87,8 @@ pub fn check_row(
         },
         Some(_) => match by_name() {
             None => RowState::Gone,
+            // same OID and name (pg_upgrade keeps role OIDs)
+            Some((o, _, true)) if o == row.agent_oid => RowState::Ok,
             Some((o, _, true)) => RowState::Moved { to: o },
             Some((o, name, false)) => RowState::Unmatched {
                 suspects: vec![(o, name)],
@@ -212,6 +214,8 @@ mod tests {
             }
         );
         assert_eq!(judge(&r, &[(100, "carol", false)]), RowState::Gone);
+        // pg_upgrade: a new system identifier, the same role OIDs
+        assert_eq!(judge(&r, &[(100, "bot", true)]), RowState::Ok);
     }
 
     #[test]
