@@ -3,9 +3,10 @@
 //! markdown rendering of the report, the activity sampler worker and the
 //! probe that tells whether another database of the cluster has agent_guard.
 
+use agent_guard_core::registry::RegistryRow;
 use agent_guard_core::review::{
-    self as core_review, code_rank, AppUse, AuditLevel, Held, Registration, RoleFacts,
-    SensitiveColumn, Severity,
+    self as core_review, code_rank, AppUse, AuditLevel, Held, Registration, RegistryProblem,
+    RoleFacts, SensitiveColumn, Severity,
 };
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -105,7 +106,26 @@ pub fn role_facts(v: &Value) -> RoleFacts {
             sponsor: s(r, "sponsor"),
             sponsor_status: core_review::parse_sponsor_status(&s(r, "sponsor_status")),
         });
+    let registry_problems = v
+        .get("registry_problems")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .map(|p| RegistryProblem {
+                    state: s(p, "state"),
+                    row: RegistryRow {
+                        agent_oid: n(p, "registered_oid") as u32,
+                        agent_name: s(p, "agent_name"),
+                        sponsor_name: s(p, "sponsor_name"),
+                        kind: s(p, "kind"),
+                        cluster: None,
+                    },
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     RoleFacts {
+        registry_problems,
         role: s(v, "role"),
         group_row: b(v, "group_row"),
         can_login: b(v, "can_login"),
@@ -214,8 +234,9 @@ const PROBE_PRESENT: u32 = 2;
 /// A short-lived background worker connects to each in turn and looks.
 #[pg_extern(name = "_guard_presence")]
 fn guard_presence() -> JsonB {
-    let dbs: Vec<(pg_sys::Oid, String)> = crate::search_path::pinned(|| Spi::connect(|client| {
-        client
+    let dbs: Vec<(pg_sys::Oid, String)> = crate::search_path::pinned(|| {
+        Spi::connect(|client| {
+            client
             .select(
                 "SELECT d.oid, d.datname::pg_catalog.text FROM pg_catalog.pg_database d \
                  WHERE d.datallowconn AND d.oid <> (SELECT x.oid FROM pg_catalog.pg_database x \
@@ -234,7 +255,8 @@ fn guard_presence() -> JsonB {
                 .collect()
             })
             .unwrap_or_default()
-    }));
+        })
+    });
     let mut out = Map::new();
     for (oid, name) in dbs {
         let v = match probe(oid) {
