@@ -7,6 +7,7 @@ use agent_guard_core::review::{
     self as core_review, code_rank, AppUse, AuditLevel, Held, Registration, RoleFacts,
     SensitiveColumn, Severity,
 };
+use pgrx::atomics::PgAtomic;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
     SignalWakeFlags,
@@ -14,7 +15,6 @@ use pgrx::bgworkers::{
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::{json, Map, Value};
-use pgrx::atomics::PgAtomic;
 use std::ffi::{c_char, CStr};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
