@@ -59,14 +59,22 @@ fn the_activity_sampler_comes_back_after_pg_terminate_backend() {
         Duration::from_secs(45),
         || worker_pid(&mut a, sampler, None).filter(|p| *p != first),
     );
-    let st = wait_for("status() to report the new sampler", Duration::from_secs(10), || {
-        let st = status(&mut a);
-        (st["background_workers"]["activity_sampler"]["pid"].as_i64() == Some(second as i64))
-            .then_some(st)
-    });
+    let st = wait_for(
+        "status() to report the new sampler",
+        Duration::from_secs(10),
+        || {
+            let st = status(&mut a);
+            (st["background_workers"]["activity_sampler"]["pid"].as_i64() == Some(second as i64))
+                .then_some(st)
+        },
+    );
     let reported = &st["background_workers"]["activity_sampler"];
     assert_eq!(reported["running"], Value::Bool(true), "status(): {st}");
-    assert_eq!(reported["database"].as_str(), Some("postgres"), "status(): {st}");
+    assert_eq!(
+        reported["database"].as_str(),
+        Some("postgres"),
+        "status(): {st}"
+    );
 }
 
 #[test]
@@ -83,9 +91,11 @@ fn status_reports_the_audit_writer_of_this_database() {
     let refused = c.batch_execute("CREATE TABLE bgw_nope (id int)");
     assert!(refused.is_err());
     let db = database();
-    let pid = wait_for("this database's audit writer", Duration::from_secs(20), || {
-        worker_pid(&mut a, "agent_guard audit writer", Some(&db))
-    });
+    let pid = wait_for(
+        "this database's audit writer",
+        Duration::from_secs(20),
+        || worker_pid(&mut a, "agent_guard audit writer", Some(&db)),
+    );
     let st = status(&mut a);
     let writers = st["background_workers"]["audit_writers"]
         .as_array()
