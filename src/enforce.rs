@@ -33,6 +33,15 @@ pub fn decide_current_with(c: &Classification, consume: bool) -> Decision {
     let Some(agent) = crate::identity::current_agent() else {
         return Decision::NotEnforced;
     };
+    // However the session came by them (SET, set_config(), a function's SET
+    // clause, the startup packet, role or database settings): no agent
+    // statement runs while string literals are read otherwise than by default.
+    if crate::gucs::nonstandard_lexer()
+        && !agent_guard_core::policy::allowed_under_nonstandard_strings(c)
+    {
+        let actor = crate::identity::actor(&agent);
+        return agent_guard_core::policy::nonstandard_strings_refusal(&actor, c);
+    }
     // Housekeeping needs no catalog access: it must work in aborted transactions.
     if c.is_housekeeping() && !c.touches_guard {
         return Decision::Allow {
@@ -111,41 +120,26 @@ pub fn refuse_recorded(facts: &Facts, text: &crate::audit::StatementText, r: Ref
     refuse(&r)
 }
 
-/// Check a function call of the current agent session (from the object-access hook).
+/// Check a function call of the current agent session (from the object-access
+/// hook, as the executor initialises the call). `classify()` judges the calls
+/// it finds with the same [`crate::functions::call_classification`].
 pub fn check_function(funcid: pg_sys::Oid) {
-    let (schema, name) = unsafe {
-        let name = pg_sys::get_func_name(funcid);
-        if name.is_null() {
-            return;
-        }
-        let nsp = pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid));
-        (
-            if nsp.is_null() {
-                String::new()
-            } else {
-                std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned()
-            },
-            std::ffi::CStr::from_ptr(name)
-                .to_string_lossy()
-                .into_owned(),
-        )
+    let Some(c) = crate::functions::call_classification(funcid) else {
+        return;
     };
-    let superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetUserId()) };
-    if let Some(c) = agent_guard_core::classify_function(&schema, &name, superuser) {
-        if let Decision::Deny(r) = decide_current(&c) {
-            if crate::identity::guard_installed() {
-                let text = crate::hooks::top_level_text();
-                let _ = crate::audit::statement_start(
-                    &c,
-                    &Decision::Deny(r.clone()),
-                    &crate::audit::StatementText {
-                        text: &text,
-                        params: None,
-                    },
-                    0,
-                );
-            }
-            refuse(&r);
+    if let Decision::Deny(r) = decide_current(&c) {
+        if crate::identity::guard_installed() {
+            let text = crate::hooks::top_level_text();
+            let _ = crate::audit::statement_start(
+                &c,
+                &Decision::Deny(r.clone()),
+                &crate::audit::StatementText {
+                    text: &text,
+                    params: None,
+                },
+                0,
+            );
         }
+        refuse(&r);
     }
 }

@@ -21,6 +21,7 @@ mod api;
 mod audit;
 mod enforce;
 mod extract;
+mod functions;
 mod grants;
 mod gucs;
 mod hooks;
