@@ -68,10 +68,14 @@ pub fn evaluate(facts: &Facts) -> (Classification, Decision) {
 
 /// Like [`evaluate`] for an agent's statement: grants see its text (fingerprints,
 /// the request a refusal suggests) and a top-level statement starts anew.
-pub fn evaluate_agent_statement(facts: &Facts, text: &str) -> (Classification, Decision) {
+pub fn evaluate_agent_statement(
+    facts: &Facts,
+    text: &str,
+    key: usize,
+) -> (Classification, Decision) {
     let mut c = classify(facts);
     c.statement = (!text.is_empty()).then(|| text.to_string());
-    crate::grants::begin_statement(&c);
+    crate::grants::begin_statement(&c, key);
     let d = decide_current(&c);
     (c, d)
 }
@@ -94,7 +98,7 @@ pub fn record_and_enforce(
     is_agent: bool,
 ) {
     let (c, d) = if is_agent {
-        evaluate_agent_statement(facts, text.text)
+        evaluate_agent_statement(facts, text.text, query_desc)
     } else {
         evaluate(facts)
     };
@@ -140,6 +144,49 @@ pub fn check_function(funcid: pg_sys::Oid) {
                 0,
             );
         }
+        refuse(&r);
+    }
+}
+
+/// A fast-path function call (libpq `PQfn`, which the large-object API
+/// uses): a top-level statement of its own, classified like a call of the
+/// function in SQL (a plain call is a read), checked against the sponsor
+/// rule and grants, and recorded. Its record ends with its transaction.
+pub fn fast_path_call(funcid: pg_sys::Oid, is_agent: bool) {
+    let Some(f) = crate::functions::facts(funcid) else {
+        return;
+    };
+    let qualified = f.facts.qualified();
+    let call = agent_guard_core::classify_function(&f.facts, crate::functions::current_context(&f));
+    let mut c = call.unwrap_or_else(|| {
+        Classification::new(
+            "FASTPATH FUNCTION CALL",
+            agent_guard_core::Risk::Read,
+            format!("fast-path call of {qualified}()"),
+        )
+    });
+    c.command = format!("FASTPATH {}", c.command);
+    c.objects.push(format!("{qualified}()"));
+    let text = format!("fast-path function call {qualified}() (oid {})", funcid.to_u32());
+    c.statement = Some(text.clone());
+    let d = if is_agent {
+        crate::grants::begin_statement(&c, 0);
+        decide_current(&c)
+    } else {
+        Decision::NotEnforced
+    };
+    if crate::identity::guard_installed() && crate::audit::audits_session(is_agent, c.risk) {
+        let text = crate::audit::StatementText {
+            text: &text,
+            params: None,
+        };
+        if let Err(why) = crate::audit::statement_start(&c, &d, &text, 0) {
+            if is_agent {
+                refuse_unaudited(&why);
+            }
+        }
+    }
+    if let Decision::Deny(r) = d {
         refuse(&r);
     }
 }
