@@ -789,21 +789,6 @@ const WRITE_FUNCTIONS: &[&str] = &[
     "lowrite",
 ];
 
-/// agent_guard's internal functions (leading underscore) that its public,
-/// non-SECURITY DEFINER wrappers and views call in the caller's own name:
-/// read-only helpers an agent may reach directly without gaining anything.
-pub const AGENT_CALLABLE_INTERNALS: &[&str] = &[
-    "_classify",
-    "_mask_expression",
-    "_suggest_sensitive",
-    "_registered_agents",
-    "_preloaded",
-    "_link",
-    "_row_content",
-    "_outcome_content",
-    "_audit_writer",
-];
-
 /// Languages that are not procedural languages at all: PostgreSQL's own
 /// built-ins and compiled C. Only superusers create functions in them, so a
 /// C function PUBLIC may execute was put there for everyone on purpose.
@@ -816,13 +801,15 @@ fn compiled_language(language: &str) -> bool {
 /// The rule, from the catalog rather than a list of names (`None`: an
 /// ordinary function, whose statements are classified as they run):
 ///
-/// 1. **agent_guard's own internals** — functions of the `agent_guard` schema
-///    whose name starts with an underscore (except the read-only helpers of
-///    [`AGENT_CALLABLE_INTERNALS`]) and its functions PUBLIC may not execute
-///    as shipped (`approve()`, `rotate_masking_key()`, …) are `admin`, unless
+/// 1. **agent_guard's own internals** — its functions PUBLIC may not execute
+///    as shipped (`_masking_sync()`, `_register_agent()`, `approve()`,
+///    `rotate_masking_key()`, …), or no longer may, are `admin`, unless
 ///    agent_guard's own SECURITY DEFINER code makes the call
 ///    ([`CallContext::from_guard_code`]: `request_access()` calling
-///    `_request_access()`, an event trigger regenerating masking views).
+///    `_request_access()`, an event trigger regenerating masking views). What
+///    agent_guard leaves executable by PUBLIC (its public API, and the
+///    read-only helpers its views and wrappers call in the caller's name,
+///    such as `_masking_rules()` or `_classify()`) is meant for everyone.
 /// 2. **untrusted languages** — a function in a procedural language PostgreSQL
 ///    does not mark trusted (`plpython3u`, `plperlu`, `pltclu`, …) can reach the
 ///    server's files and programs: `admin`, whoever may execute it. Built-in
@@ -850,8 +837,7 @@ pub fn classify_function(f: &FunctionFacts, ctx: CallContext) -> Option<Classifi
     let admin = |reason: String| Some(Classification::new(&command, Risk::Admin, reason));
 
     if f.schema == GUARD_SCHEMA && !ctx.from_guard_code {
-        let internal = name.starts_with('_') && !AGENT_CALLABLE_INTERNALS.contains(&name);
-        if internal || !f.public_as_shipped {
+        if !f.public_as_shipped || !f.public_now {
             let mut c = Classification::new(
                 &command,
                 Risk::Admin,
@@ -1329,13 +1315,18 @@ mod tests {
             from_guard_code: true,
         };
         assert!(classify_function(&sync, from_guard).is_none(), "an event trigger regenerates the views");
-        // PUBLIC-executable internals are internal all the same
-        let changed = FunctionFacts::builtin("agent_guard", "_masking_changed");
-        assert_eq!(risk_of_call(&changed), Some(Risk::Admin));
+        assert_eq!(risk_of_call(&revoked("agent_guard", "_masking_changed")), Some(Risk::Admin));
+        assert_eq!(risk_of_call(&revoked("agent_guard", "_register_agent")), Some(Risk::Admin));
+        // one an administrator revoked from PUBLIC later
+        let later = FunctionFacts {
+            public_now: false,
+            ..FunctionFacts::builtin("agent_guard", "suggest_sensitive")
+        };
+        assert_eq!(risk_of_call(&later), Some(Risk::Admin));
         // API reserved to approvers and administrators
         assert_eq!(risk_of_call(&revoked("agent_guard", "approve")), Some(Risk::Admin));
         // the public API and read-only helpers its wrappers call stay open
-        for name in ["request_access", "classify", "status", "partial", "hash", "_classify", "_mask_expression"] {
+        for name in ["request_access", "classify", "status", "partial", "hash", "_classify", "_masking_rules", "_mask_expression"] {
             assert_eq!(risk_of_call(&FunctionFacts::builtin("agent_guard", name)), None, "{name}");
         }
     }
