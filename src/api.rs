@@ -1,9 +1,7 @@
 //! SQL functions for people and tools: version, status, classify, context.
 
 use crate::extract;
-use agent_guard_core::{
-    classify as classify_facts, decide, Classification, Decision, Facts, FunctionFacts, Risk,
-};
+use agent_guard_core::{classify as classify_facts, decide, Classification, Decision, Facts, Risk};
 use pgrx::prelude::*;
 use pgrx::{is_a, JsonB, PgList};
 use std::ffi::CString;
@@ -54,6 +52,16 @@ fn sponsor_status(sponsor: pg_sys::Oid) -> &'static str {
     crate::identity::sponsor_status(sponsor).as_str()
 }
 
+thread_local! {
+    static CLASSIFYING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `classify()` is planning a statement it will not run: the planner's checks
+/// of an agent's calls ([`crate::enforce::check_query_calls`]) report instead of refusing.
+pub fn classifying() -> bool {
+    CLASSIFYING.with(|f| f.get() > 0)
+}
+
 /// Classify every Query a raw statement analyses and rewrites into; the riskiest wins.
 ///
 /// This is the run-time path replayed without running anything: a utility
@@ -84,19 +92,6 @@ unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString, caller: pg_sys:
         }
         best.unwrap_or_else(|| classify_facts(&Facts::Plan(agent_guard_core::PlanFacts::select())))
     }
-}
-
-/// The catalog's facts of the functions a tree calls (with a constant first argument).
-unsafe fn function_facts(node: *mut pg_sys::Node) -> Vec<FunctionFacts> {
-    unsafe { extract::called_functions(node) }
-        .into_iter()
-        .filter_map(|(oid, first)| {
-            let f = crate::functions::facts(oid)?;
-            let mut facts = f.facts.clone();
-            facts.first_argument = first;
-            Some(facts)
-        })
-        .collect()
 }
 
 /// Facts of an analysed query the statement carries (planned when plannable).
@@ -177,7 +172,7 @@ unsafe fn query_to_facts(
                 T_CallStmt => {
                     let f = (*(node as *mut pg_sys::CallStmt)).funcexpr;
                     if !f.is_null() {
-                        u.functions = function_facts(f as *mut pg_sys::Node);
+                        u.functions = crate::functions::call_facts(f as *mut pg_sys::Node);
                     }
                 }
                 _ => {}
@@ -185,7 +180,7 @@ unsafe fn query_to_facts(
             return Facts::Utility(u);
         }
         // The planner may rewrite the tree: collect calls first.
-        let functions = function_facts(query as *mut pg_sys::Node);
+        let functions = crate::functions::call_facts(query as *mut pg_sys::Node);
         let plan = pg_sys::pg_plan_query(
             query,
             sql.as_ptr(),
@@ -267,7 +262,12 @@ fn classify_sql(
             .enumerate()
         {
             let caller = as_role.unwrap_or_else(|| pg_sys::GetUserId());
-            let mut c = classify_raw(raw, &csql, caller);
+            CLASSIFYING.with(|f| f.set(f.get() + 1));
+            let mut c = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+                classify_raw(raw, &csql, caller)
+            }))
+            .finally(|| CLASSIFYING.with(|f| f.set(f.get().saturating_sub(1))))
+            .execute();
             c.statement = statement_slice(sql, (*raw).stmt_location, (*raw).stmt_len);
             let d = decision_for(&c, as_role);
             let (decision, reason) = match &d {

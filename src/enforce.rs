@@ -148,6 +148,50 @@ pub fn check_function(funcid: pg_sys::Oid) {
     }
 }
 
+/// Check the calls of an agent's query whose risk depends on a constant
+/// argument (`set_config('agent_guard.enabled', …)`), as the planner gets the
+/// query: the object-access hook sees a call's function but not its
+/// arguments. `classify()` judges the same facts ([`crate::extract::called_functions`])
+/// with the same [`agent_guard_core::classify_function`].
+///
+/// # Safety
+/// `query` is the analysed query being planned.
+pub unsafe fn check_query_calls(query: *mut pg_sys::Query) {
+    if crate::api::classifying() {
+        return;
+    }
+    let calls = unsafe { crate::extract::called_functions(query as *mut pg_sys::Node) };
+    for (oid, first) in calls {
+        if first.is_none() {
+            continue; // judged by the object-access hook as it runs
+        }
+        let Some(f) = crate::functions::facts(oid) else {
+            continue;
+        };
+        let mut facts = f.facts.clone();
+        facts.first_argument = first;
+        let ctx = crate::functions::current_context(&f);
+        let Some(c) = agent_guard_core::classify_function(&facts, ctx) else {
+            continue;
+        };
+        if let Decision::Deny(r) = decide_current(&c) {
+            if crate::identity::guard_installed() {
+                let text = crate::hooks::top_level_text();
+                let _ = crate::audit::statement_start(
+                    &c,
+                    &Decision::Deny(r.clone()),
+                    &crate::audit::StatementText {
+                        text: &text,
+                        params: None,
+                    },
+                    0,
+                );
+            }
+            refuse(&r);
+        }
+    }
+}
+
 /// A fast-path function call (libpq `PQfn`, which the large-object API
 /// uses): a top-level statement of its own, classified like a call of the
 /// function in SQL (a plain call is a read), checked against the sponsor

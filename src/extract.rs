@@ -185,6 +185,9 @@ unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
                 facts.locked.push(r);
             }
         }
+        // the calls it would make, judged as classify() judges them
+        facts.functions = crate::functions::call_facts(query as *mut pg_sys::Node);
+        facts.runs_as_superuser = pg_sys::superuser_arg(pg_sys::GetUserId());
         Facts::Plan(facts)
     }
 }

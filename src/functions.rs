@@ -259,3 +259,21 @@ pub fn call_classification(oid: pg_sys::Oid) -> Option<Classification> {
     let f = facts(oid)?;
     agent_guard_core::classify_function(&f.facts, current_context(&f))
 }
+
+/// The catalog's facts of the functions a tree (an analysed query or an
+/// expression) calls, each with its constant text first argument if it has
+/// one — as `classify()` and the checks of utility statements' queries see them.
+///
+/// # Safety
+/// `node` must be a valid analysed `Query` or expression tree.
+pub unsafe fn call_facts(node: *mut pg_sys::Node) -> Vec<FunctionFacts> {
+    unsafe { crate::extract::called_functions(node) }
+        .into_iter()
+        .filter_map(|(oid, first)| {
+            let f = facts(oid)?;
+            let mut facts = f.facts.clone();
+            facts.first_argument = first;
+            Some(facts)
+        })
+        .collect()
+}
