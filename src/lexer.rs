@@ -141,8 +141,8 @@ pub fn reads_the_same_either_way(text: &str) -> bool {
 
 /// Literal spans for [`agent_guard_core::redact::redact`], with their values
 /// as PostgreSQL reads them (`U&` escapes decoded, with a `UESCAPE` clause's
-/// character); empty if the text does not lex.
-pub fn literals(text: &str) -> Vec<agent_guard_core::redact::Literal> {
+/// character); `None` if the text does not lex.
+fn literals(text: &str) -> Option<Vec<agent_guard_core::redact::Literal>> {
     use agent_guard_core::redact::{decode_unicode_escapes, Literal};
     pgrx::PgTryBuilder::new(|| {
         let mut out: Vec<Literal> = vec![];
@@ -197,16 +197,20 @@ pub fn literals(text: &str) -> Vec<agent_guard_core::redact::Literal> {
             }
         });
         finish(&mut out, &mut pending, '\\');
-        out
+        Some(out)
     })
-    .catch_others(|_| vec![])
+    .catch_others(|_| None)
     .execute()
 }
 
-/// The statement text with regulated (or, with `hide_all`, every) literal hidden.
+/// The statement text with regulated (or, with `hide_all`, every) literal
+/// hidden, and any regulated value left outside literals (a comment, a quoted
+/// name). Text PostgreSQL's lexer rejects falls back to the quick scan.
 pub fn redact(text: &str, hide_all: bool) -> String {
-    if !hide_all && !agent_guard_core::redact::may_hold_regulated(text) {
+    use agent_guard_core::redact as r;
+    if !hide_all && !r::may_hold_regulated(text) {
         return text.to_string();
     }
-    agent_guard_core::redact::redact(text, &literals(text), hide_all)
+    let literals = literals(text).unwrap_or_else(|| r::scan_literals(text));
+    r::redact_regulated(&r::redact(text, &literals, hide_all))
 }

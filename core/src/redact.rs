@@ -416,6 +416,35 @@ pub fn redact(text: &str, literals: &[Literal], hide_all: bool) -> String {
     out
 }
 
+/// A message (error text, DETAIL, HINT, a server-log line that is not a
+/// statement) with its regulated data hidden: quoted values and literals that
+/// hold any (`invalid input syntax for type integer: "219-09-9999"`,
+/// `parameters: $1 = 'note: 219-09-9999'`), then whatever regulated value is
+/// left in the plain text (`RAISE EXCEPTION 'card %', …` gives no quotes).
+pub fn redact_message(text: &str) -> String {
+    if !may_hold_regulated(text) {
+        return text.to_string();
+    }
+    let mut spans = scan_literals(text);
+    spans.extend(scan_quoted_values(text));
+    spans.sort_by_key(|l| l.start);
+    redact_regulated(&redact(text, &spans, false))
+}
+
+/// A server-log line of an agent session: logged statements
+/// (`log_statement`, `log_min_duration_statement`) lose every literal and any
+/// regulated value outside them (comments, quoted names); other lines are
+/// messages ([`redact_message`]).
+pub fn redact_log_line(text: &str) -> String {
+    let is_statement = ["statement: ", "execute ", "duration: "]
+        .iter()
+        .any(|p| text.starts_with(p));
+    if is_statement {
+        return redact_regulated(&redact(text, &scan_literals(text), true));
+    }
+    redact_message(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,6 +550,30 @@ mod tests {
             "value \"my card <redacted>\" is out of range for <redacted>"
         );
         assert_eq!(redact_regulated("division by zero"), "division by zero");
+    }
+
+    #[test]
+    fn error_messages_and_log_lines_lose_regulated_values_in_every_spelling() {
+        for (m, want) in [
+            (
+                "invalid input syntax for type integer: \"219-09-9999\"",
+                "invalid input syntax for type integer: '<redacted>'",
+            ),
+            (
+                "invalid input syntax for type integer: \"ssn 219 09 9999 on file\"",
+                "invalid input syntax for type integer: '<redacted>'",
+            ),
+            ("card 4111 1111 1111 1111 declined", "card <redacted> declined"),
+            ("parameters: $1 = 'note: 219-09-9999', $2 = '7'", "parameters: $1 = '<redacted>', $2 = '7'"),
+            ("value too long for type character varying(3)", "value too long for type character varying(3)"),
+        ] {
+            assert_eq!(redact_message(m), want, "{m}");
+            assert_eq!(redact_log_line(m), want, "{m}");
+        }
+        // the quick scan knows no comments: their numbers go as literals do
+        let line = redact_log_line("statement: SELECT 1 /* ssn 219-09-9999 */, \"ann@example.com\", 'x'");
+        assert!(!line.contains("219") && !line.contains("9999") && !line.contains("ann@"), "{line}");
+        assert!(line.starts_with("statement: SELECT '<redacted>'"), "{line}");
     }
 
     #[test]
