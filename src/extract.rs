@@ -185,6 +185,9 @@ unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
                 facts.locked.push(r);
             }
         }
+        // the calls it would make, judged as classify() judges them
+        facts.functions = crate::functions::call_facts(query as *mut pg_sys::Node);
+        facts.runs_as_superuser = pg_sys::superuser_arg(pg_sys::GetUserId());
         Facts::Plan(facts)
     }
 }
@@ -531,6 +534,9 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                 }
             }
             NodeTag::T_FetchStmt => u.is_move = (*(node as *mut pg_sys::FetchStmt)).ismove,
+            NodeTag::T_NotifyStmt => {
+                u.channel = cstr((*(node as *mut pg_sys::NotifyStmt)).conditionname)
+            }
             NodeTag::T_TruncateStmt => {
                 for rv in PgList::<pg_sys::RangeVar>::from_pg(
                     (*(node as *mut pg_sys::TruncateStmt)).relations,
@@ -699,29 +705,38 @@ fn language_is_trusted(name: &str) -> bool {
     }
 }
 
-/// Functions an analysed query calls anywhere — target list, quals, sublinks,
-/// subqueries, FROM-clause functions — as (schema, name).
+/// Functions an analysed query (or an expression) calls anywhere — target
+/// list, quals, sublinks, subqueries, FROM-clause functions — by OID, with
+/// the first argument when it is a text constant (set_config's setting).
 ///
 /// # Safety
-/// `query` must be a valid analysed `Query`.
-pub unsafe fn called_functions(query: *mut pg_sys::Query) -> Vec<(String, String)> {
-    let mut oids: Vec<pg_sys::Oid> = vec![];
+/// `node` must be a valid analysed `Query` or expression tree.
+pub unsafe fn called_functions(node: *mut pg_sys::Node) -> Vec<(pg_sys::Oid, Option<String>)> {
+    let mut calls: Vec<(pg_sys::Oid, Option<String>)> = vec![];
     unsafe {
         collect_functions(
-            query as *mut pg_sys::Node,
-            &mut oids as *mut Vec<pg_sys::Oid> as *mut std::ffi::c_void,
+            node,
+            &mut calls as *mut Vec<(pg_sys::Oid, Option<String>)> as *mut std::ffi::c_void,
         );
     }
-    oids.sort_by_key(|o| o.to_u32());
-    oids.dedup();
-    oids.into_iter()
-        .filter_map(|oid| unsafe {
-            let name = cstr(pg_sys::get_func_name(oid))?;
-            let schema = cstr(pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid)))
-                .unwrap_or_default();
-            Some((schema, name))
-        })
-        .collect()
+    calls.sort_by(|a, b| (a.0.to_u32(), &a.1).cmp(&(b.0.to_u32(), &b.1)));
+    calls.dedup();
+    calls
+}
+
+/// The value of a text constant, if `node` is one.
+unsafe fn text_constant(node: *mut pg_sys::Node) -> Option<String> {
+    unsafe {
+        if node.is_null() || !is_a(node, NodeTag::T_Const) {
+            return None;
+        }
+        let c = node as *mut pg_sys::Const;
+        if (*c).constisnull || (*c).consttype != pg_sys::TEXTOID {
+            return None;
+        }
+        let text = pg_sys::text_to_cstring((*c).constvalue.cast_mut_ptr());
+        cstr(text)
+    }
 }
 
 #[pgrx::pg_guard]
@@ -733,14 +748,36 @@ unsafe extern "C-unwind" fn collect_functions(
         return false;
     }
     unsafe {
-        let oids = &mut *(ctx as *mut Vec<pg_sys::Oid>);
+        let calls = &mut *(ctx as *mut Vec<(pg_sys::Oid, Option<String>)>);
         match (*node).type_ {
-            NodeTag::T_FuncExpr => oids.push((*(node as *mut pg_sys::FuncExpr)).funcid),
-            NodeTag::T_OpExpr | NodeTag::T_DistinctExpr | NodeTag::T_NullIfExpr => {
-                oids.push((*(node as *mut pg_sys::OpExpr)).opfuncid)
+            NodeTag::T_FuncExpr => {
+                let f = node as *mut pg_sys::FuncExpr;
+                let first = PgList::<pg_sys::Node>::from_pg((*f).args).head();
+                calls.push(((*f).funcid, first.and_then(|n| text_constant(n))))
             }
-            NodeTag::T_Aggref => oids.push((*(node as *mut pg_sys::Aggref)).aggfnoid),
-            NodeTag::T_WindowFunc => oids.push((*(node as *mut pg_sys::WindowFunc)).winfnoid),
+            NodeTag::T_OpExpr | NodeTag::T_DistinctExpr | NodeTag::T_NullIfExpr => {
+                // parse analysis leaves opfuncid to the planner
+                let op = node as *mut pg_sys::OpExpr;
+                let f = if (*op).opfuncid == pg_sys::InvalidOid {
+                    pg_sys::get_opcode((*op).opno)
+                } else {
+                    (*op).opfuncid
+                };
+                calls.push((f, None))
+            }
+            NodeTag::T_ScalarArrayOpExpr => {
+                let op = node as *mut pg_sys::ScalarArrayOpExpr;
+                let f = if (*op).opfuncid == pg_sys::InvalidOid {
+                    pg_sys::get_opcode((*op).opno)
+                } else {
+                    (*op).opfuncid
+                };
+                calls.push((f, None))
+            }
+            NodeTag::T_Aggref => calls.push(((*(node as *mut pg_sys::Aggref)).aggfnoid, None)),
+            NodeTag::T_WindowFunc => {
+                calls.push(((*(node as *mut pg_sys::WindowFunc)).winfnoid, None))
+            }
             NodeTag::T_Query => {
                 return pg_sys::query_tree_walker(
                     node as *mut pg_sys::Query,

@@ -390,6 +390,7 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
         if !crate::identity::guard_installed() || integrity_context() {
             return std::ptr::null_mut();
         }
+        crate::enforce::check_query_calls(parse);
         let views = crate::masking::rewrite::mask_query(parse);
         let mut list: *mut pg_sys::List = std::ptr::null_mut();
         for v in views {

@@ -213,7 +213,7 @@ fn the_review_classifies_actors_and_the_report_carries_the_approval_chain() {
         .query("SELECT * FROM agent_guard.access_review()", &[])
         .unwrap_err();
     assert!(
-        describe(&err).contains("agent sessions may not run agent_guard.access_review()"),
+        describe(&err).contains("may not change agent_guard itself (SELECT access_review())"),
         "{}",
         describe(&err)
     );
