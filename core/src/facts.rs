@@ -72,6 +72,10 @@ pub struct PlanFacts {
     pub functions: Vec<(String, String)>,
     /// The statement runs as a superuser.
     pub runs_as_superuser: bool,
+    /// Foreign tables it reads or writes (also as partitions or inheritance
+    /// children): their rows come from another server, fetched as the user
+    /// mapping's remote role.
+    pub foreign: Vec<Relation>,
 }
 
 impl PlanFacts {
@@ -87,6 +91,7 @@ impl PlanFacts {
             integrity_check: false,
             functions: vec![],
             runs_as_superuser: false,
+            foreign: vec![],
         }
     }
 }
@@ -134,6 +139,8 @@ pub struct UtilityFacts {
     pub is_move: bool,
     /// The statement an EXPLAIN, DECLARE CURSOR, EXECUTE or CREATE TABLE AS carries, when known.
     pub inner: Option<Box<Facts>>,
+    /// Of `relations`, the foreign tables.
+    pub foreign: Vec<Relation>,
 }
 
 /// Everything agent_guard knows about one statement.
