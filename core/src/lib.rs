@@ -15,6 +15,7 @@ pub mod mask;
 pub mod policy;
 pub mod query_text;
 pub mod redact;
+pub mod registry;
 pub mod request_id;
 pub mod review;
 pub mod risk;
