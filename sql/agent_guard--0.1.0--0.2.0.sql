@@ -38,7 +38,8 @@ AS 'MODULE_PATHNAME', 'masking_rules_srf_wrapper';
 CREATE FUNCTION agent_guard."_masking_taints"() RETURNS TABLE (
 	"relation" oid,
 	"built_from" oid[],
-	"labelled" bool
+	"labelled" bool,
+	"recorded" bool
 )
 STRICT STABLE
 LANGUAGE c
@@ -63,12 +64,38 @@ COMMENT ON VIEW agent_guard.masking_rules IS
     'Masked columns (labelled, generated from labelled columns, or inherited by partitions and children), their rules and masking views';
 GRANT SELECT ON agent_guard.masking_rules TO PUBLIC;
 
+-- what each materialized view's last population read (src/masking/population.rs)
+CREATE TABLE agent_guard.matview_populations (
+    matview      oid NOT NULL,
+    populated_at timestamptz NOT NULL,
+    populated_by oid NOT NULL
+);
+CREATE TABLE agent_guard.matview_reads (
+    matview  oid NOT NULL,
+    relation oid NOT NULL,
+    columns  int2[] NOT NULL   -- attribute numbers; 0: the whole row
+);
+REVOKE ALL ON agent_guard.matview_populations, agent_guard.matview_reads FROM PUBLIC;
+COMMENT ON TABLE agent_guard.matview_populations IS
+    'The last population of each materialized view agent_guard saw (recorded by its hooks)';
+COMMENT ON TABLE agent_guard.matview_reads IS
+    'What each recorded population read: relation and attribute numbers (0: the whole row)';
+
 CREATE VIEW agent_guard.masking_taints AS
 SELECT t.relation::pg_catalog.regclass      AS relation,
        t.built_from::pg_catalog.regclass[] AS built_from,
-       t.labelled
+       t.labelled,
+       t.recorded
 FROM agent_guard._masking_taints() t;
 
 COMMENT ON VIEW agent_guard.masking_taints IS
-    'Materialized views built from masked columns: agents may not read those without labels of their own, nor refresh any';
+    'Materialized views built from masked columns (by what their population read): agents may not read those without labels of their own, nor refresh any';
 GRANT SELECT ON agent_guard.masking_taints TO PUBLIC;
+
+-- other sessions' query texts as agents read them (src/masking/activity.rs)
+CREATE FUNCTION agent_guard."redact_query"(
+	"text" TEXT
+) RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'redact_query_wrapper';
