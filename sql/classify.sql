@@ -12,7 +12,7 @@ RETURNS TABLE (
 )
 LANGUAGE sql VOLATILE
 -- runs with the caller's search_path: names in sql resolve as they would when run
-AS $$ SELECT * FROM agent_guard._classify(sql, as_role::oid) $$;
+AS $$ SELECT * FROM agent_guard._classify(sql, as_role::pg_catalog.oid) $$;
 
 COMMENT ON FUNCTION agent_guard.classify(text, regrole) IS
     'Classify each statement by risk and say whether the calling session (or as_role) may run it now; executes nothing';

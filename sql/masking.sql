@@ -121,96 +121,32 @@ GRANT EXECUTE ON FUNCTION agent_guard.rotate_masking_key() TO agent_guard_admin;
 -- Each masked column: its own label; for a generated column computed from
 -- a labelled column, the default mask (SENSITIVE); for a partition or
 -- inheritance child, the nearest ancestor's (a column's own label wins);
--- and the relation's generated masking view.
+-- and the relation's generated masking view. Computed by
+-- src/masking/effective.rs from the catalog: the same definition the hooks
+-- use (they read it without running a query).
 CREATE VIEW agent_guard.masking_rules AS
-WITH RECURSIVE own AS (
-    SELECT l.objoid AS relid, a.attname, l.label, NULL::name AS derived_from
-    FROM pg_catalog.pg_seclabel l
-    JOIN pg_catalog.pg_attribute a ON a.attrelid = l.objoid AND a.attnum = l.objsubid AND NOT a.attisdropped
-    WHERE l.provider = 'agent_guard'
-      AND l.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
-      AND l.objsubid > 0
-), labelled AS (
-    SELECT * FROM own
-    UNION ALL
-    SELECT DISTINCT ON (g.attrelid, g.attnum) g.attrelid, g.attname, 'SENSITIVE', o.attname
-    FROM pg_catalog.pg_attribute g
-    JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = g.attrelid AND ad.adnum = g.attnum
-    JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid
-                               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                               AND d.refobjid = g.attrelid AND d.refobjsubid <> g.attnum
-    JOIN pg_catalog.pg_attribute src ON src.attrelid = g.attrelid AND src.attnum = d.refobjsubid
-    JOIN own o ON o.relid = g.attrelid AND o.attname = src.attname
-    WHERE g.attgenerated <> '' AND NOT g.attisdropped
-      AND NOT EXISTS (SELECT 1 FROM own x WHERE x.relid = g.attrelid AND x.attname = g.attname)
-), effective (relid, attname, label, derived_from, source, depth) AS (
-    SELECT relid, attname, label, derived_from, relid, 0 FROM labelled
-    UNION ALL
-    SELECT i.inhrelid, e.attname, e.label, e.derived_from, e.source, e.depth + 1
-    FROM effective e
-    JOIN pg_catalog.pg_inherits i ON i.inhparent = e.relid
-    WHERE NOT EXISTS (SELECT 1 FROM labelled o WHERE o.relid = i.inhrelid AND o.attname = e.attname)
-)
-SELECT DISTINCT ON (e.relid, a.attnum)
-       e.relid::pg_catalog.regclass                                        AS relation,
-       a.attnum,
-       a.attname                                                           AS column_name,
-       pg_catalog.format_type(a.atttypid, a.atttypmod)                     AS column_type,
-       e.label                                                             AS rule,
-       CASE WHEN e.source <> e.relid THEN e.source::pg_catalog.regclass END AS inherited_from,
-       e.derived_from                                                      AS generated_from,
-       v.view                                                              AS masking_view
-FROM effective e
-JOIN pg_catalog.pg_class c ON c.oid = e.relid AND c.relkind IN ('r', 'p', 'm', 'f') AND c.relpersistence <> 't'
-JOIN pg_catalog.pg_attribute a ON a.attrelid = e.relid AND a.attname = e.attname
-                              AND a.attnum > 0 AND NOT a.attisdropped
-LEFT JOIN LATERAL (
-    SELECT r.ev_class::pg_catalog.regclass AS view
-    FROM pg_catalog.pg_depend d
-    JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid
-    JOIN pg_catalog.pg_class vc ON vc.oid = r.ev_class
-    JOIN pg_catalog.pg_namespace vn ON vn.oid = vc.relnamespace AND vn.nspname = 'agent_guard_masked'
-    WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
-      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-      AND d.refobjid = e.relid
-    ORDER BY r.ev_class
-    LIMIT 1
-) v ON true
-ORDER BY e.relid, a.attnum, e.depth;
+SELECT r.relation::pg_catalog.regclass       AS relation,
+       r.attnum,
+       r.column_name::pg_catalog.name         AS column_name,
+       r.column_type,
+       r.rule,
+       r.inherited_from::pg_catalog.regclass AS inherited_from,
+       r.generated_from::pg_catalog.name      AS generated_from,
+       r.masking_view::pg_catalog.regclass   AS masking_view
+FROM agent_guard._masking_rules() r;
 
 COMMENT ON VIEW agent_guard.masking_rules IS
     'Masked columns (labelled, generated from labelled columns, or inherited by partitions and children), their rules and masking views';
 GRANT SELECT ON agent_guard.masking_rules TO PUBLIC;
 
--- Materialized views computed from masked columns with no labels of their
--- own: their contents hold real values, so agents are refused until they
--- are labelled.
+-- Materialized views computed from masked columns (directly or through
+-- views) with no labels of their own: their contents hold real values, so
+-- agents are refused until they are labelled (src/masking/effective.rs).
 CREATE VIEW agent_guard.masking_taints AS
-WITH RECURSIVE reads (relid, source) AS (
-    SELECT DISTINCT r.ev_class, d.refobjid
-    FROM pg_catalog.pg_depend d
-    JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.rulename = '_RETURN'
-    JOIN agent_guard.masking_rules m ON m.relation = d.refobjid AND m.attnum = d.refobjsubid
-    JOIN pg_catalog.pg_class rc ON rc.oid = r.ev_class
-    JOIN pg_catalog.pg_namespace rn ON rn.oid = rc.relnamespace AND rn.nspname <> 'agent_guard_masked'
-    WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
-      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-      AND r.ev_class <> d.refobjid
-  UNION
-    SELECT r.ev_class, reads.source
-    FROM reads
-    JOIN pg_catalog.pg_class vc ON vc.oid = reads.relid AND vc.relkind = 'v'
-    JOIN pg_catalog.pg_depend d ON d.refobjid = reads.relid
-                               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
-                               AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
-    JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid AND r.rulename = '_RETURN' AND r.ev_class <> reads.relid
-)
-SELECT reads.relid::pg_catalog.regclass                               AS relation,
-       pg_catalog.array_agg(DISTINCT reads.source::pg_catalog.regclass) AS built_from,
-       EXISTS (SELECT 1 FROM agent_guard.masking_rules m WHERE m.relation = reads.relid) AS labelled
-FROM reads
-JOIN pg_catalog.pg_class c ON c.oid = reads.relid AND c.relkind = 'm'
-GROUP BY reads.relid;
+SELECT t.relation::pg_catalog.regclass      AS relation,
+       t.built_from::pg_catalog.regclass[] AS built_from,
+       t.labelled
+FROM agent_guard._masking_taints() t;
 
 COMMENT ON VIEW agent_guard.masking_taints IS
     'Materialized views built from masked columns: agents may not read those without labels of their own, nor refresh any';

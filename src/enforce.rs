@@ -59,10 +59,14 @@ pub fn evaluate(facts: &Facts) -> (Classification, Decision) {
 
 /// Like [`evaluate`] for an agent's statement: grants see its text (fingerprints,
 /// the request a refusal suggests) and a top-level statement starts anew.
-pub fn evaluate_agent_statement(facts: &Facts, text: &str) -> (Classification, Decision) {
+pub fn evaluate_agent_statement(
+    facts: &Facts,
+    text: &str,
+    key: usize,
+) -> (Classification, Decision) {
     let mut c = classify(facts);
     c.statement = (!text.is_empty()).then(|| text.to_string());
-    crate::grants::begin_statement(&c);
+    crate::grants::begin_statement(&c, key);
     let d = decide_current(&c);
     (c, d)
 }
@@ -85,7 +89,7 @@ pub fn record_and_enforce(
     is_agent: bool,
 ) {
     let (c, d) = if is_agent {
-        evaluate_agent_statement(facts, text.text)
+        evaluate_agent_statement(facts, text.text, query_desc)
     } else {
         evaluate(facts)
     };
@@ -111,27 +115,36 @@ pub fn refuse_recorded(facts: &Facts, text: &crate::audit::StatementText, r: Ref
     refuse(&r)
 }
 
-/// Check a function call of the current agent session (from the object-access hook).
-pub fn check_function(funcid: pg_sys::Oid) {
-    let (schema, name) = unsafe {
+/// A function's schema and name (None if it does not exist).
+fn function_name(funcid: pg_sys::Oid) -> Option<(String, String)> {
+    unsafe {
         let name = pg_sys::get_func_name(funcid);
         if name.is_null() {
-            return;
+            return None;
         }
         let nsp = pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid));
-        (
+        Some((
             if nsp.is_null() {
                 String::new()
             } else {
                 std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned()
             },
-            std::ffi::CStr::from_ptr(name)
-                .to_string_lossy()
-                .into_owned(),
-        )
-    };
+            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
+        ))
+    }
+}
+
+fn classify_call(schema: &str, name: &str) -> Option<Classification> {
     let superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetUserId()) };
-    if let Some(c) = agent_guard_core::classify_function(&schema, &name, superuser) {
+    agent_guard_core::classify_function(schema, name, superuser)
+}
+
+/// Check a function call of the current agent session (from the object-access hook).
+pub fn check_function(funcid: pg_sys::Oid) {
+    let Some((schema, name)) = function_name(funcid) else {
+        return;
+    };
+    if let Some(c) = classify_call(&schema, &name) {
         if let Decision::Deny(r) = decide_current(&c) {
             if crate::identity::guard_installed() {
                 let text = crate::hooks::top_level_text();
@@ -147,5 +160,47 @@ pub fn check_function(funcid: pg_sys::Oid) {
             }
             refuse(&r);
         }
+    }
+}
+
+/// A fast-path function call (libpq `PQfn`, which the large-object API
+/// uses): a top-level statement of its own, classified like a call of the
+/// function in SQL (a plain call is a read), checked against the sponsor
+/// rule and grants, and recorded. Its record ends with its transaction.
+pub fn fast_path_call(funcid: pg_sys::Oid, is_agent: bool) {
+    let Some((schema, name)) = function_name(funcid) else {
+        return;
+    };
+    let qualified = format!("{schema}.{name}");
+    let mut c = classify_call(&schema, &name).unwrap_or_else(|| {
+        Classification::new(
+            "FASTPATH FUNCTION CALL",
+            agent_guard_core::Risk::Read,
+            format!("fast-path call of {qualified}()"),
+        )
+    });
+    c.command = format!("FASTPATH {}", c.command);
+    c.objects.push(format!("{qualified}()"));
+    let text = format!("fast-path function call {qualified}() (oid {})", funcid.to_u32());
+    c.statement = Some(text.clone());
+    let d = if is_agent {
+        crate::grants::begin_statement(&c, 0);
+        decide_current(&c)
+    } else {
+        Decision::NotEnforced
+    };
+    if crate::identity::guard_installed() && crate::audit::audits_session(is_agent, c.risk) {
+        let text = crate::audit::StatementText {
+            text: &text,
+            params: None,
+        };
+        if let Err(why) = crate::audit::statement_start(&c, &d, &text, 0) {
+            if is_agent {
+                refuse_unaudited(&why);
+            }
+        }
+    }
+    if let Decision::Deny(r) = d {
+        refuse(&r);
     }
 }

@@ -4,12 +4,16 @@
 //! column permissions) or a utility parse node into
 //! [`agent_guard_core::Facts`]. Everything downstream is plain Rust.
 
+mod objects;
+
+pub use objects::object_text;
+
 use crate::labels::SensitiveColumns;
 use agent_guard_core::facts::{CopyFacts, Facts, Operation, PlanFacts, Relation, UtilityFacts};
 use pgrx::pg_sys::{self, NodeTag};
 use pgrx::{is_a, PgList};
 use std::collections::BTreeSet;
-use std::ffi::{c_char, CStr};
+use std::ffi::{c_char, CStr, CString};
 
 fn cstr(p: *const c_char) -> Option<String> {
     if p.is_null() {
@@ -190,35 +194,62 @@ fn node_name(node: *mut pg_sys::Node) -> String {
     format!("{tag:?}").trim_start_matches("T_").to_string()
 }
 
+/// An object type as SQL names it (`DROP <type> ...`).
 fn object_type_name(t: pg_sys::ObjectType::Type) -> String {
     use pg_sys::ObjectType::*;
     let s = match t {
         OBJECT_ACCESS_METHOD => "ACCESS METHOD",
+        OBJECT_AGGREGATE => "AGGREGATE",
+        OBJECT_AMOP => "OPERATOR OF OPERATOR FAMILY",
+        OBJECT_AMPROC => "FUNCTION OF OPERATOR FAMILY",
+        OBJECT_ATTRIBUTE => "ATTRIBUTE",
+        OBJECT_CAST => "CAST",
+        OBJECT_COLUMN => "COLUMN",
+        OBJECT_COLLATION => "COLLATION",
+        OBJECT_CONVERSION => "CONVERSION",
         OBJECT_DATABASE => "DATABASE",
+        OBJECT_DEFAULT => "DEFAULT",
+        OBJECT_DEFACL => "DEFAULT PRIVILEGES",
+        OBJECT_DOMAIN => "DOMAIN",
+        OBJECT_DOMCONSTRAINT => "DOMAIN CONSTRAINT",
         OBJECT_EVENT_TRIGGER => "EVENT TRIGGER",
         OBJECT_EXTENSION => "EXTENSION",
         OBJECT_FDW => "FOREIGN DATA WRAPPER",
         OBJECT_FOREIGN_SERVER => "SERVER",
+        OBJECT_FOREIGN_TABLE => "FOREIGN TABLE",
+        OBJECT_FUNCTION => "FUNCTION",
+        OBJECT_INDEX => "INDEX",
         OBJECT_LANGUAGE => "LANGUAGE",
+        OBJECT_LARGEOBJECT => "LARGE OBJECT",
+        OBJECT_MATVIEW => "MATERIALIZED VIEW",
+        OBJECT_OPCLASS => "OPERATOR CLASS",
+        OBJECT_OPERATOR => "OPERATOR",
+        OBJECT_OPFAMILY => "OPERATOR FAMILY",
+        OBJECT_PARAMETER_ACL => "PARAMETER",
         OBJECT_POLICY => "POLICY",
+        OBJECT_PROCEDURE => "PROCEDURE",
         OBJECT_PUBLICATION => "PUBLICATION",
+        OBJECT_PUBLICATION_NAMESPACE => "PUBLICATION SCHEMA",
+        OBJECT_PUBLICATION_REL => "PUBLICATION RELATION",
         OBJECT_ROLE => "ROLE",
+        OBJECT_ROUTINE => "ROUTINE",
+        OBJECT_RULE => "RULE",
+        OBJECT_SCHEMA => "SCHEMA",
+        OBJECT_SEQUENCE => "SEQUENCE",
         OBJECT_SUBSCRIPTION => "SUBSCRIPTION",
+        OBJECT_STATISTIC_EXT => "STATISTICS",
+        OBJECT_TABCONSTRAINT => "CONSTRAINT",
+        OBJECT_TABLE => "TABLE",
         OBJECT_TABLESPACE => "TABLESPACE",
         OBJECT_TRANSFORM => "TRANSFORM",
-        OBJECT_USER_MAPPING => "USER MAPPING",
-        OBJECT_TABLE => "TABLE",
-        OBJECT_VIEW => "VIEW",
-        OBJECT_MATVIEW => "MATERIALIZED VIEW",
-        OBJECT_INDEX => "INDEX",
-        OBJECT_SEQUENCE => "SEQUENCE",
-        OBJECT_FOREIGN_TABLE => "FOREIGN TABLE",
-        OBJECT_SCHEMA => "SCHEMA",
-        OBJECT_FUNCTION => "FUNCTION",
-        OBJECT_PROCEDURE => "PROCEDURE",
         OBJECT_TRIGGER => "TRIGGER",
+        OBJECT_TSCONFIGURATION => "TEXT SEARCH CONFIGURATION",
+        OBJECT_TSDICTIONARY => "TEXT SEARCH DICTIONARY",
+        OBJECT_TSPARSER => "TEXT SEARCH PARSER",
+        OBJECT_TSTEMPLATE => "TEXT SEARCH TEMPLATE",
         OBJECT_TYPE => "TYPE",
-        OBJECT_COLUMN => "COLUMN",
+        OBJECT_USER_MAPPING => "USER MAPPING",
+        OBJECT_VIEW => "VIEW",
         _ => "OBJECT",
     };
     s.to_string()
@@ -237,6 +268,85 @@ fn is_relation_type(t: pg_sys::ObjectType::Type) -> bool {
     )
 }
 
+/// The OID of the relation `[[catalog.]schema.]name` refers to, resolved as
+/// PostgreSQL resolves it (search path, `pg_temp`; a temporary relation is
+/// looked for in the session's temporary schema only) but without locks,
+/// without permission checks and without ever raising: None when the name
+/// does not resolve — PostgreSQL itself then reports whatever is wrong, with
+/// its own message and position.
+unsafe fn lookup_relation(
+    catalog: Option<&str>,
+    schema: Option<&str>,
+    name: &str,
+    temporary: bool,
+) -> Option<pg_sys::Oid> {
+    unsafe {
+        if !pg_sys::IsTransactionState() {
+            return None;
+        }
+        if catalog.is_some_and(|c| c != crate::identity::database_name()) {
+            return None;
+        }
+        let cname = CString::new(name).ok()?;
+        let mut temp_nsp = pg_sys::InvalidOid;
+        let mut temp_toast = pg_sys::InvalidOid;
+        pg_sys::GetTempNamespaceState(&mut temp_nsp, &mut temp_toast);
+        let nsp = match schema {
+            Some("pg_temp") => temp_nsp,
+            Some(s) => {
+                let cs = CString::new(s).ok()?;
+                pg_sys::get_namespace_oid(cs.as_ptr(), true)
+            }
+            None if temporary => temp_nsp,
+            None => {
+                let oid = pg_sys::RelnameGetRelid(cname.as_ptr());
+                return (oid != pg_sys::InvalidOid).then_some(oid);
+            }
+        };
+        if nsp == pg_sys::InvalidOid || (temporary && nsp != temp_nsp) {
+            return None;
+        }
+        let oid = pg_sys::get_relname_relid(cname.as_ptr(), nsp);
+        (oid != pg_sys::InvalidOid).then_some(oid)
+    }
+}
+
+/// The relation a RangeVar names, if it exists (never raises; see [`lookup_relation`]).
+///
+/// # Safety
+/// `rv` must be NULL or a valid RangeVar.
+pub unsafe fn range_var_relid(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
+    if rv.is_null() {
+        return None;
+    }
+    unsafe {
+        let name = cstr((*rv).relname)?;
+        lookup_relation(
+            cstr((*rv).catalogname).as_deref(),
+            cstr((*rv).schemaname).as_deref(),
+            &name,
+            (*rv).relpersistence as u8 == pg_sys::RELPERSISTENCE_TEMP,
+        )
+    }
+}
+
+/// The relation a qualified name (a List of Strings, as DROP TABLE gives it)
+/// names, if it exists (never raises; see [`lookup_relation`]).
+///
+/// # Safety
+/// `names` must be NULL or a valid List.
+pub unsafe fn name_list_relid(names: *mut pg_sys::List) -> Option<pg_sys::Oid> {
+    unsafe {
+        let parts = objects::string_list(names)?;
+        match parts.as_slice() {
+            [name] => lookup_relation(None, None, name, false),
+            [schema, name] => lookup_relation(None, Some(schema), name, false),
+            [catalog, schema, name] => lookup_relation(Some(catalog), Some(schema), name, false),
+            _ => None,
+        }
+    }
+}
+
 /// `schema.name` (or `name`) of a RangeVar, plus the relation if it exists.
 unsafe fn range_var(rv: *mut pg_sys::RangeVar) -> (Option<String>, Option<Relation>) {
     if rv.is_null() {
@@ -248,36 +358,37 @@ unsafe fn range_var(rv: *mut pg_sys::RangeVar) -> (Option<String>, Option<Relati
             Some(s) => format!("{s}.{name}"),
             None => name,
         };
-        let relid = pg_sys::RangeVarGetRelidExtended(
-            rv,
-            pg_sys::NoLock as i32,
-            pg_sys::RVROption::RVR_MISSING_OK,
-            None,
-            std::ptr::null_mut(),
-        );
-        let rel = (relid != pg_sys::InvalidOid).then(|| relation(relid));
+        let rel = range_var_relid(rv).map(relation);
         (Some(rel.as_ref().map_or(text, Relation::qualified)), rel)
     }
 }
 
-/// A name from a node that is a String, a List of Strings or an ObjectWithArgs.
+/// A name from a node that is a String, a List of Strings or an ObjectWithArgs
+/// (COPY's column list, DO's language).
 unsafe fn object_name(node: *mut pg_sys::Node) -> Option<String> {
+    unsafe { objects::node_text(node) }
+}
+
+/// Name the object of a DROP/COMMENT/SECURITY LABEL/ALTER statement: a
+/// relation (looked up, also recorded as a relation the statement changes)
+/// or any other object, by its name; by its type when its shape is unknown.
+unsafe fn add_object(u: &mut UtilityFacts, t: pg_sys::ObjectType::Type, node: *mut pg_sys::Node) {
     if node.is_null() {
-        return None;
+        return;
     }
     unsafe {
-        if is_a(node, NodeTag::T_String) {
-            return cstr((*(node as *mut pg_sys::String)).sval);
+        if is_relation_type(t) && is_a(node, NodeTag::T_List) {
+            if let Some(relid) = name_list_relid(node as *mut pg_sys::List) {
+                let rel = relation(relid);
+                u.objects.push(rel.qualified());
+                u.relations.push(rel);
+                return;
+            }
         }
-        if is_a(node, NodeTag::T_List) {
-            return cstr(pg_sys::NameListToString(node as *mut pg_sys::List));
+        match object_text(t, node) {
+            Some(name) => u.objects.push(name),
+            None => u.objects.push(object_type_name(t)),
         }
-        if is_a(node, NodeTag::T_ObjectWithArgs) {
-            return cstr(pg_sys::NameListToString(
-                (*(node as *mut pg_sys::ObjectWithArgs)).objname,
-            ));
-        }
-        None
     }
 }
 
@@ -315,13 +426,28 @@ unsafe fn set_stmt(u: &mut UtilityFacts, s: *mut pg_sys::VariableSetStmt) {
     }
 }
 
+/// A boolean option's value as `defGetBoolean()` reads it, without raising
+/// for a value it would reject (PostgreSQL reports that itself; here it
+/// counts as true, the cautious reading for EXPLAIN ANALYZE).
 fn defelem_bool(opt: *mut pg_sys::DefElem) -> bool {
     unsafe {
         let arg = (*opt).arg;
         if arg.is_null() {
             return true;
         }
-        pg_sys::defGetBoolean(opt)
+        match (*arg).type_ {
+            NodeTag::T_Integer => (*(arg as *mut pg_sys::Integer)).ival != 0,
+            NodeTag::T_Boolean => (*(arg as *mut pg_sys::Boolean)).boolval,
+            NodeTag::T_String => {
+                let s = (*(arg as *mut pg_sys::String)).sval;
+                let mut value = true;
+                if s.is_null() || !pg_sys::parse_bool(s, &mut value) {
+                    return true;
+                }
+                value
+            }
+            _ => true,
+        }
     }
 }
 
@@ -465,30 +591,49 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                 let s = node as *mut pg_sys::DropStmt;
                 u.object_type = Some(object_type_name((*s).removeType));
                 for obj in PgList::<pg_sys::Node>::from_pg((*s).objects).iter_ptr() {
-                    if is_relation_type((*s).removeType) && is_a(obj, NodeTag::T_List) {
-                        let rv = pg_sys::makeRangeVarFromNameList(obj as *mut pg_sys::List);
-                        add_range_var(&mut u, rv);
-                    } else {
-                        u.objects.extend(object_name(obj));
-                    }
+                    add_object(&mut u, (*s).removeType, obj);
                 }
             }
             NodeTag::T_RenameStmt => {
                 let s = node as *mut pg_sys::RenameStmt;
                 u.object_type = Some(object_type_name((*s).renameType));
                 add_range_var(&mut u, (*s).relation);
-                u.objects.extend(object_name((*s).object));
+                use pg_sys::ObjectType::*;
+                let sub = cstr((*s).subname);
+                match ((*s).renameType, (*s).object.is_null(), sub) {
+                    // ALTER DOMAIN d RENAME CONSTRAINT c: the domain, then the constraint
+                    (OBJECT_DOMCONSTRAINT, false, Some(c)) => u.objects.extend(
+                        object_text(OBJECT_DOMAIN, (*s).object).map(|d| format!("{d}.{c}")),
+                    ),
+                    (t, false, _) => add_object(&mut u, t, (*s).object),
+                    // schemas, databases, roles, tablespaces, ...: the old name
+                    (_, true, Some(name)) if (*s).relation.is_null() => u.objects.push(name),
+                    _ => {}
+                }
             }
             NodeTag::T_CommentStmt => {
                 let s = node as *mut pg_sys::CommentStmt;
                 u.object_type = Some(object_type_name((*s).objtype));
-                u.objects.extend(object_name((*s).object));
+                add_object(&mut u, (*s).objtype, (*s).object);
+            }
+            NodeTag::T_SecLabelStmt => {
+                let s = node as *mut pg_sys::SecLabelStmt;
+                u.object_type = Some(object_type_name((*s).objtype));
+                add_object(&mut u, (*s).objtype, (*s).object);
+            }
+            NodeTag::T_AlterOwnerStmt => {
+                let s = node as *mut pg_sys::AlterOwnerStmt;
+                u.object_type = Some(object_type_name((*s).objectType));
+                add_range_var(&mut u, (*s).relation);
+                add_object(&mut u, (*s).objectType, (*s).object);
             }
             NodeTag::T_AlterObjectSchemaStmt => {
                 let s = node as *mut pg_sys::AlterObjectSchemaStmt;
                 u.object_type = Some(object_type_name((*s).objectType));
                 add_range_var(&mut u, (*s).relation);
-                u.objects.extend(object_name((*s).object));
+                add_object(&mut u, (*s).objectType, (*s).object);
+                // the schema it moves into is changed too
+                u.objects.extend(cstr((*s).newschema));
             }
             NodeTag::T_CreateExtensionStmt => u
                 .objects
@@ -524,20 +669,34 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
 
 /// Trusted procedural languages run with the caller's privileges only.
 /// (Unknown languages count as trusted: PostgreSQL itself reports them.)
+/// Looked up in the language syscache, without a query.
 fn language_is_trusted(name: &str) -> bool {
     if !unsafe { pg_sys::IsTransactionState() } {
         return false;
     }
-    let name = name.to_string();
-    crate::identity::internal(move || {
-        pgrx::Spi::get_one_with_args::<bool>(
-            "SELECT lanpltrusted OR lanname = 'internal' FROM pg_catalog.pg_language WHERE lanname = $1",
-            &[name.as_str().into()],
-        )
-        .ok()
-        .flatten()
-        .unwrap_or(true)
-    })
+    let Ok(c) = std::ffi::CString::new(name) else {
+        return true;
+    };
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::LANGNAME as i32,
+            pg_sys::Datum::from(c.as_ptr()),
+        );
+        if tup.is_null() {
+            return true;
+        }
+        const ANUM_LANPLTRUSTED: pg_sys::AttrNumber = 5; // catalog/pg_language_d.h
+        let mut isnull = false;
+        let d = pg_sys::SysCacheGetAttr(
+            pg_sys::SysCacheIdentifier::LANGNAME as i32,
+            tup,
+            ANUM_LANPLTRUSTED,
+            &mut isnull,
+        );
+        let trusted = (!isnull && d.value() != 0) || name == "internal";
+        pg_sys::ReleaseSysCache(tup);
+        trusted
+    }
 }
 
 /// Functions an analysed query calls anywhere — target list, quals, sublinks,

@@ -63,8 +63,53 @@ struct Top {
     risk: Option<Risk>,
 }
 
+/// Top-level statements of this session that are open (a suspended portal
+/// or cursor stays open while others run), by statement key: the
+/// `QueryDesc` of an executor statement, 0 for utility and fast-path calls.
+/// Nested statements belong to the one whose execution is on the stack
+/// ([`crate::statement::running_top`]), never to the one that started last.
+#[derive(Default)]
+struct Tops {
+    open: Vec<(usize, Top)>,
+}
+
+/// How many open top-level statements are remembered (oldest forgotten first).
+const TOPS_LIMIT: usize = 64;
+
+impl Tops {
+    fn current(&mut self) -> &mut Top {
+        let key = crate::statement::running_top();
+        match self.open.iter().position(|(k, _)| *k == key) {
+            Some(i) => &mut self.open[i].1,
+            None => {
+                // A statement agent_guard did not see start (e.g. planned
+                // before the session became an agent's): it has used nothing.
+                self.start(key, Top::default());
+                &mut self.open.last_mut().unwrap().1
+            }
+        }
+    }
+
+    fn start(&mut self, key: usize, top: Top) {
+        self.open.retain(|(k, _)| *k != key);
+        if self.open.len() >= TOPS_LIMIT {
+            self.open.remove(0);
+        }
+        self.open.push((key, top));
+    }
+}
+
+fn with_top<R>(f: impl FnOnce(&mut Top) -> R) -> R {
+    TOP.with(|t| f(t.borrow_mut().current()))
+}
+
+/// A top-level statement ended (its `ExecutorEnd`): forget it.
+pub fn end_top(key: usize) {
+    TOP.with(|t| t.borrow_mut().open.retain(|(k, _)| *k != key));
+}
+
 thread_local! {
-    static TOP: RefCell<Top> = RefCell::new(Top::default());
+    static TOP: RefCell<Tops> = RefCell::new(Tops::default());
     /// DDL statements allowed under a grant limited to objects, by nesting
     /// level: what they create is added to the grant when they succeed.
     static DDL_UNDER_GRANT: RefCell<Vec<(i32, i64)>> = const { RefCell::new(Vec::new()) };
@@ -72,15 +117,19 @@ thread_local! {
 
 /// Called for every statement of an agent session before policy decides:
 /// a statement at nesting level 0 starts a new top-level statement.
-pub fn begin_statement(c: &Classification) {
+pub fn begin_statement(c: &Classification, key: usize) {
     if crate::hooks::nesting_level() != 0 {
         return;
     }
+    crate::statement::set_running_top(key);
     TOP.with(|t| {
-        *t.borrow_mut() = Top {
-            text: c.statement.clone(),
-            ..Top::default()
-        }
+        t.borrow_mut().start(
+            key,
+            Top {
+                text: c.statement.clone(),
+                ..Top::default()
+            },
+        )
     });
     DDL_UNDER_GRANT.with(|d| d.borrow_mut().clear());
 }
@@ -89,8 +138,7 @@ fn note_in_top(c: &Classification) {
     if !matches!(c.risk, Risk::Write | Risk::Ddl) {
         return;
     }
-    TOP.with(|t| {
-        let mut t = t.borrow_mut();
+    with_top(|t| {
         for r in &c.written {
             let q = r.qualified();
             if !t.objects.contains(&q) {
@@ -288,34 +336,19 @@ fn latest<R>(
 }
 
 /// Run `f` as agent_guard's owner would: as the bootstrap superuser (the
-/// agent's own role may not read agent_guard's tables) with a search_path
-/// that nothing in the agent's reach can shadow; both are restored afterwards.
+/// agent's own role may not read agent_guard's tables), restored afterwards.
+/// (Callers run inside [`identity::internal`], which pins the search path.)
 fn as_guard<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     let (mut user, mut context) = (pg_sys::InvalidOid, 0);
-    let nest = unsafe {
+    unsafe {
         pg_sys::GetUserIdAndSecContext(&mut user, &mut context);
         pg_sys::SetUserIdAndSecContext(
             pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
             context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        nest
-    };
+    }
     pgrx::PgTryBuilder::new(f)
-        .finally(|| unsafe {
-            pg_sys::AtEOXact_GUC(true, nest);
-            pg_sys::SetUserIdAndSecContext(user, context);
-        })
+        .finally(|| unsafe { pg_sys::SetUserIdAndSecContext(user, context) })
         .execute()
 }
 
@@ -420,13 +453,10 @@ impl GrantSource for PgGrants {
             // Outside any client statement (a fastpath function call): nothing
             // from an earlier statement may carry over.
             if unsafe { pg_sys::debug_query_string.is_null() } {
-                TOP.with(|t| *t.borrow_mut() = Top::default());
+                with_top(|t| *t = Top::default());
             }
             note_in_top(c);
-            TOP.with(|t| {
-                let t = t.borrow();
-                (t.text.clone(), t.used.clone())
-            })
+            with_top(|t| (t.text.clone(), t.used.clone()))
         } else {
             (c.statement.clone(), vec![])
         };
@@ -448,8 +478,7 @@ impl GrantSource for PgGrants {
                 return Ok(GrantUse { grant_id: g.id });
             }
             if used.contains(&g.id) || use_grant(g) {
-                TOP.with(|t| {
-                    let mut t = t.borrow_mut();
+                with_top(|t| {
                     if !t.used.contains(&g.id) {
                         t.used.push(g.id);
                     }
@@ -470,8 +499,7 @@ impl GrantSource for PgGrants {
             ));
         }
         let suggestion = self.consume.then(|| {
-            TOP.with(|t| {
-                let t = t.borrow();
+            with_top(|t| {
                 let mut s = Suggestion::for_statement(c);
                 if let Some(risk) = t.risk {
                     s.risk = if risk >= Risk::Ddl {

@@ -96,6 +96,29 @@ pub fn audit_wait_timeout_ms() -> i32 {
     unsafe { AUDIT_WAIT_TIMEOUT_MS }
 }
 
+/// `agent_guard.discovery_messages`: 0 off, 1 notice, 2 warning.
+static mut DISCOVERY_MESSAGES: i32 = 0;
+
+static DISCOVERY_ENTRIES: EnumEntries<4> = EnumEntries([
+    entry(c"off", 0),
+    entry(c"notice", 1),
+    entry(c"warning", 2),
+    END,
+]);
+
+const DISCOVERY_NAMES: [&str; 3] = ["off", "notice", "warning"];
+
+/// How a DDL command that adds an unlabelled column whose name looks
+/// regulated is told so: not at all (None, the default), or with a message
+/// at this level.
+pub fn discovery_messages() -> Option<pgrx::PgLogLevel> {
+    match unsafe { DISCOVERY_MESSAGES } {
+        1 => Some(pgrx::PgLogLevel::NOTICE),
+        2 => Some(pgrx::PgLogLevel::WARNING),
+        _ => None,
+    }
+}
+
 /// `agent_guard.require_distinct_sponsor`: 0 off, 1 ddl, 2 always.
 static mut DISTINCT_SPONSOR: i32 = 1;
 /// `agent_guard.request_lifetime` in seconds: how long a request may wait for a decision.
@@ -265,6 +288,19 @@ pub fn init() {
             None,
             None,
         );
+        pg_sys::DefineCustomEnumVariable(
+            c"agent_guard.discovery_messages".as_ptr(),
+            c"Whether DDL that adds an unlabelled column whose name looks regulated says so.".as_ptr(),
+            c"off (the default): silent, see agent_guard.suggest_sensitive(); notice or warning: a message at that level naming the column, with the SECURITY LABEL statement that would mask it for agents.".as_ptr(),
+            &raw mut DISCOVERY_MESSAGES,
+            0,
+            DISCOVERY_ENTRIES.0.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            Some(check_protected_int),
+            None,
+            None,
+        );
         #[cfg(not(any(feature = "pg13", feature = "pg14")))]
         pg_sys::MarkGUCPrefixReserved(c"agent_guard".as_ptr());
         #[cfg(any(feature = "pg13", feature = "pg14"))]
@@ -283,6 +319,7 @@ pub fn settings() -> serde_json::Value {
         "agent_guard.audit_wait_timeout_ms": audit_wait_timeout_ms(),
         "agent_guard.require_distinct_sponsor": require_distinct_sponsor().as_str(),
         "agent_guard.request_lifetime_s": request_lifetime_secs(),
+        "agent_guard.discovery_messages": DISCOVERY_NAMES[unsafe { DISCOVERY_MESSAGES } as usize],
     })
 }
 

@@ -41,11 +41,12 @@ thread_local! {
     static INTERNAL: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Run `f` as agent_guard's own work: hooks pass such statements through.
-/// The depth is restored even when `f` raises an error.
+/// Run `f` as agent_guard's own work: hooks pass such statements through,
+/// and its SQL runs with `search_path = pg_catalog, pg_temp`
+/// ([`crate::search_path`]). The depth is restored even when `f` raises an error.
 pub fn internal<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
     INTERNAL.with(|d| d.set(d.get() + 1));
-    PgTryBuilder::new(f)
+    PgTryBuilder::new(|| crate::search_path::pinned(f))
         .finally(|| INTERNAL.with(|d| d.set(d.get().saturating_sub(1))))
         .execute()
 }
@@ -82,27 +83,34 @@ pub fn role_name(oid: pg_sys::Oid) -> String {
     }
 }
 
+/// Every role label of agent_guard in the cluster, unparsed: (role oid, label).
+/// A scan of the shared catalog `pg_shseclabel` (see [`crate::catalog`]: no
+/// query, no snapshot of the transaction's, works on a hot standby).
+pub fn role_labels() -> Vec<(pg_sys::Oid, String)> {
+    use crate::catalog::{col, scan, Key, SHARED_SECLABEL};
+    let mut out = vec![];
+    // The index leads with objoid; all of agent_guard's labels are wanted.
+    scan(
+        SHARED_SECLABEL,
+        None,
+        &[Key::oid(col::SHSECLABEL_CLASSOID, pg_sys::AuthIdRelationId)],
+        |t| {
+            if t.text(col::SHSECLABEL_PROVIDER).as_deref() == Some("agent_guard") {
+                if let Some(label) = t.text(col::SHSECLABEL_LABEL) {
+                    out.push((t.oid(col::SHSECLABEL_OBJOID), label));
+                }
+            }
+        },
+    );
+    out
+}
+
 /// The registered agent labels of the cluster: (role oid, label).
 fn read_agent_labels() -> Vec<(pg_sys::Oid, AgentLabel)> {
-    internal(|| {
-        Spi::connect(|client| {
-            let rows = client
-                .select(
-                    "SELECT l.objoid, l.label FROM pg_catalog.pg_shseclabel l \
-                     WHERE l.provider = 'agent_guard' \
-                       AND l.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass",
-                    None,
-                    &[],
-                )
-                .expect("agent_guard: cannot read the agent registry");
-            rows.filter_map(|row| {
-                let oid = row.get::<pg_sys::Oid>(1).ok().flatten()?;
-                let label = row.get::<String>(2).ok().flatten()?;
-                parse_agent_label(&label).ok().map(|l| (oid, l))
-            })
-            .collect()
-        })
-    })
+    role_labels()
+        .into_iter()
+        .filter_map(|(oid, label)| parse_agent_label(&label).ok().map(|l| (oid, l)))
+        .collect()
 }
 
 /// Find the registration that makes `roles` (login role first) an agent.
@@ -189,7 +197,9 @@ pub fn current_agent() -> Option<Rc<AgentRecord>> {
 /// Learn who the session is as soon as it can read the catalog: at the end of
 /// the connection's startup transaction. Without this, the first statement of
 /// an agent session would reach the server log (log_statement) before
-/// agent_guard knew to redact it.
+/// agent_guard knew to redact it. Catalog reads only: no query runs (none
+/// reaches other extensions' hooks or the server log as the session's), no
+/// snapshot is pushed, no transaction id is needed (hot standbys too).
 #[pg_guard]
 unsafe extern "C-unwind" fn prime_on_first_commit(
     event: pg_sys::XactEvent::Type,
@@ -204,22 +214,12 @@ unsafe extern "C-unwind" fn prime_on_first_commit(
         {
             return;
         }
-        // The startup transaction has no active snapshot; SPI needs one.
-        let pushed = !pg_sys::ActiveSnapshotSet();
-        if pushed {
-            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        }
         // A login must never fail because of this early look: on any error
         // the cache stays empty and the first statement reads it instead.
         PgTryBuilder::new(|| {
             current_agent();
         })
         .catch_others(|_| ())
-        .finally(move || {
-            if pushed {
-                pg_sys::PopActiveSnapshot();
-            }
-        })
         .execute();
     }
 }
@@ -409,14 +409,7 @@ pub fn guard_installed() -> bool {
     CACHE.with(|c| c.borrow().guard_installed)
 }
 
-/// The client's address (NULL for Unix-socket connections).
+/// The client's address (NULL for Unix-socket connections), without SQL.
 fn client_address() -> Option<String> {
-    if !unsafe { pg_sys::IsTransactionState() } {
-        return None;
-    }
-    internal(|| {
-        Spi::get_one::<String>("SELECT pg_catalog.host(pg_catalog.inet_client_addr())")
-            .ok()
-            .flatten()
-    })
+    crate::hooks::client_address()
 }

@@ -88,41 +88,43 @@ impl SensitiveColumns {
     }
 }
 
+/// agent_guard's column labels in this database: (relation, attnum, label).
+/// A scan of `pg_seclabel` with the catalog snapshot (no query; see
+/// [`crate::catalog`]); labels of dropped columns are left out.
+pub fn column_labels() -> Vec<(pg_sys::Oid, i16, String)> {
+    use crate::catalog::{col, scan, Key};
+    let mut out = vec![];
+    // The index leads with objoid; all of agent_guard's column labels are wanted.
+    scan(
+        pg_sys::SecLabelRelationId.to_u32(),
+        None,
+        &[Key::oid(col::SECLABEL_CLASSOID, pg_sys::RelationRelationId)],
+        |t| {
+            let sub = t.int4(col::SECLABEL_OBJSUBID);
+            if sub > 0 && t.text(col::SECLABEL_PROVIDER).as_deref() == Some("agent_guard") {
+                if let Some(label) = t.text(col::SECLABEL_LABEL) {
+                    out.push((t.oid(col::SECLABEL_OBJOID), sub as i16, label));
+                }
+            }
+        },
+    );
+    out.retain(|(rel, attnum, _)| crate::catalog::attribute(*rel, *attnum).is_some());
+    out
+}
+
 fn load() -> SensitiveColumns {
-    let installed = crate::identity::extension_installed();
     let mut by_rel: HashMap<u32, Vec<(i16, String)>> = HashMap::new();
-    if !installed {
+    if !crate::identity::extension_installed() {
         return SensitiveColumns { by_rel };
     }
-    let rows: Vec<(pg_sys::Oid, i16, String)> = crate::identity::internal(|| {
-        Spi::connect(|client| {
-            let rows = client
-                .select(
-                    "SELECT l.objoid, a.attnum, \
-                            pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
-                            || '.' || pg_catalog.quote_ident(a.attname) \
-                     FROM pg_catalog.pg_seclabel l \
-                     JOIN pg_catalog.pg_class c ON c.oid = l.objoid \
-                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                     JOIN pg_catalog.pg_attribute a ON a.attrelid = l.objoid AND a.attnum = l.objsubid \
-                     WHERE l.provider = 'agent_guard' \
-                       AND l.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                       AND l.objsubid > 0 AND NOT a.attisdropped",
-                    None,
-                    &[],
-                )
-                .expect("agent_guard: cannot read sensitive-column labels");
-            rows.filter_map(|row| {
-                Some((
-                    row.get::<pg_sys::Oid>(1).ok()??,
-                    row.get::<i16>(2).ok()??,
-                    row.get::<String>(3).ok()??,
-                ))
-            })
-            .collect()
-        })
-    });
-    for (oid, attnum, name) in rows {
+    for (oid, attnum, _) in column_labels() {
+        let Some(att) = crate::catalog::attribute(oid, attnum) else {
+            continue;
+        };
+        let rel = crate::extract::relation(oid);
+        // as quote_ident() quotes: PostgreSQL's quote_identifier
+        let q = crate::masking::quote_identifier;
+        let name = format!("{}.{}.{}", q(&rel.schema), q(&rel.name), q(&att.name));
         by_rel.entry(oid.to_u32()).or_default().push((attnum, name));
     }
     SensitiveColumns { by_rel }

@@ -19,6 +19,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod audit;
+mod catalog;
 mod enforce;
 mod extract;
 mod grants;
@@ -30,7 +31,9 @@ mod lexer;
 mod masking;
 mod registry;
 mod review;
+mod search_path;
 mod shmem;
+mod statement;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -98,6 +101,8 @@ extension_sql_file!(
         masking::functions::masking_changed,
         masking::functions::hash,
         masking::label::mask_expression,
+        masking::effective::masking_rules_srf,
+        masking::effective::masking_taints_srf,
         masking::sync::masking_sync,
         masking::discover::suggest_sensitive
     ]

@@ -147,22 +147,7 @@ fn registered_agents() -> TableIterator<
         name!(kind, String),
     ),
 > {
-    let rows: Vec<(pg_sys::Oid, String)> = crate::identity::internal(|| {
-        Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT objoid, label FROM pg_catalog.pg_shseclabel \
-                     WHERE provider = 'agent_guard' AND classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass",
-                    None,
-                    &[],
-                )
-                .map(|t| {
-                    t.filter_map(|r| Some((r.get::<pg_sys::Oid>(1).ok()??, r.get::<String>(2).ok()??)))
-                        .collect()
-                })
-                .unwrap_or_default()
-        })
-    });
+    let rows = crate::identity::role_labels();
     TableIterator::new(rows.into_iter().filter_map(|(oid, label)| {
         let l = agent_guard_core::label::parse_agent_label(&label).ok()?;
         Some((

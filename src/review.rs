@@ -214,7 +214,7 @@ const PROBE_PRESENT: u32 = 2;
 /// A short-lived background worker connects to each in turn and looks.
 #[pg_extern(name = "_guard_presence")]
 fn guard_presence() -> JsonB {
-    let dbs: Vec<(pg_sys::Oid, String)> = Spi::connect(|client| {
+    let dbs: Vec<(pg_sys::Oid, String)> = crate::search_path::pinned(|| Spi::connect(|client| {
         client
             .select(
                 "SELECT d.oid, d.datname::pg_catalog.text FROM pg_catalog.pg_database d \
@@ -234,7 +234,7 @@ fn guard_presence() -> JsonB {
                 .collect()
             })
             .unwrap_or_default()
-    });
+    }));
     let mut out = Map::new();
     for (oid, name) in dbs {
         let v = match probe(oid) {
@@ -304,6 +304,7 @@ fn probe(db: pg_sys::Oid) -> u32 {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn agent_guard_review_probe(arg: pg_sys::Datum) {
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
     let handle = arg.value() as pg_sys::dsm_handle;
     let seg = unsafe { pg_sys::dsm_attach(handle) };
@@ -392,9 +393,12 @@ pub fn init() {
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn agent_guard_activity_sampler(_arg: pg_sys::Datum) {
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = sample_database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // its SQL resolves nothing through the database's search_path
+    crate::search_path::pin_for_worker();
     let mut last: Option<Instant> = None;
     loop {
         let interval = sample_interval();

@@ -33,6 +33,18 @@ fn verify_audit() -> TableIterator<
         name!(problem, Option<String>),
     ),
 > {
+    crate::search_path::pinned(verify)
+}
+
+fn verify() -> TableIterator<
+    'static,
+    (
+        name!(intact, bool),
+        name!(rows_checked, i64),
+        name!(first_broken_id, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
     let start: String = Spi::get_one::<String>(
         "SELECT anchor_hash FROM agent_guard.audit_purges WHERE anchor_hash IS NOT NULL ORDER BY id DESC LIMIT 1",
     )
@@ -103,7 +115,7 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
     }
     super::worker::set_writer(true);
     let result = pgrx::PgTryBuilder::new(|| {
-        Spi::connect_mut(|c| {
+        crate::search_path::pinned(|| Spi::connect_mut(|c| {
             let first_kept: Option<i64> = c
                 .update(
                     "SELECT min(id) FROM agent_guard.audit_log WHERE started_at >= $1",
@@ -143,7 +155,7 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
             )
             .expect("agent_guard: cannot record the purge");
             deleted
-        })
+        }))
     })
     .finally(|| super::worker::set_writer(false))
     .execute();

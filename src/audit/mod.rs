@@ -25,6 +25,8 @@ use std::ffi::CStr;
 /// A statement that started and has not ended yet.
 struct Open {
     n: u64,
+    /// Nesting level it started at.
+    lvl: i32,
     query_desc: usize,
     subxact: u32,
     /// The statement when it was not sent yet (asynchronous records
@@ -150,6 +152,7 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
         now > *deadline.get_or_insert(now + timeout_ms() * 1000)
     };
     let mut i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
+    let mut sleep = Sleep::default();
     let seq = loop {
         let (pushed, start) = queue::with_slot(i, |s, buf| {
             let r = queue::push(s, buf, db, &payload, durable);
@@ -173,7 +176,7 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
                     queue::with_slot(i, |s, _| s.dropped += 1);
                     return Err(Unavailable::Full);
                 }
-                wait_on(i, false, 100);
+                sleep.on(queue::cv_ptr(i, false));
             }
         }
     };
@@ -185,17 +188,34 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
             return Err(Unavailable::NotDurable);
         }
         ensure_worker(i);
-        wait_on(i, true, 100);
+        sleep.on(queue::cv_ptr(i, true));
     }
     Ok(())
 }
 
-fn wait_on(i: usize, durable: bool, ms: i64) {
-    unsafe {
-        let cv = queue::cv_ptr(i, durable);
-        pg_sys::ConditionVariablePrepareToSleep(cv);
-        pg_sys::ConditionVariableTimedSleep(cv, ms, pg_sys::PG_WAIT_EXTENSION);
-        pg_sys::ConditionVariableCancelSleep();
+/// Waiting on the queue's condition variables without missing a wakeup:
+/// the first [`Sleep::on`] of a variable only puts the backend on its wait
+/// list (the caller then checks its condition again), later ones sleep until
+/// the writer broadcasts — at once when the record is durable or space was
+/// freed — or 100 ms pass (to look after the writer). Leaving the list when
+/// dropped.
+#[derive(Default)]
+struct Sleep {
+    prepared: bool,
+}
+
+impl Sleep {
+    fn on(&mut self, cv: *mut pg_sys::ConditionVariable) {
+        self.prepared = true;
+        unsafe { pg_sys::ConditionVariableTimedSleep(cv, 100, pg_sys::PG_WAIT_EXTENSION) };
+    }
+}
+
+impl Drop for Sleep {
+    fn drop(&mut self) {
+        if self.prepared {
+            unsafe { pg_sys::ConditionVariableCancelSleep() };
+        }
     }
 }
 
@@ -279,6 +299,22 @@ pub fn audits_session(is_agent: bool, risk: Risk) -> bool {
 /// Record a statement about to run (or refused). For allowed statements
 /// the caller later reports [`statement_end`]. Errors mean the trail is
 /// unavailable: the caller must refuse an agent's statement.
+/// The parent of a statement starting at `level`: the statement whose
+/// execution is on the stack one level up — for a top-level one, the
+/// top-level statement running now, not the one that started last (another
+/// portal may be open).
+fn parent_of(open: &[Open], level: i32) -> Option<u64> {
+    if level == 0 {
+        return None;
+    }
+    let running = crate::statement::running_top();
+    open.iter()
+        .rev()
+        .find(|o| o.lvl == level - 1 && (o.lvl > 0 || o.query_desc == running))
+        .or_else(|| open.iter().rev().find(|o| o.lvl < level))
+        .map(|o| o.n)
+}
+
 pub fn statement_start(
     c: &Classification,
     d: &Decision,
@@ -293,7 +329,7 @@ pub fn statement_start(
         let mut s = s.borrow_mut();
         s.statements += 1;
         s.xact_audited = true;
-        (s.statements, s.xact, s.open.last().map(|o| o.n))
+        (s.statements, s.xact, parent_of(&s.open, level))
     });
     let subxact = unsafe { pg_sys::GetCurrentSubTransactionId() };
     let hide_all = !c.sensitive_columns.is_empty();
@@ -369,6 +405,7 @@ pub fn statement_start(
         STATE.with(|s| {
             s.borrow_mut().open.push(Open {
                 n,
+                lvl: level,
                 query_desc,
                 subxact,
                 event,
@@ -602,7 +639,7 @@ fn subtransaction_abort(subxact: u32) {
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
-    if unsafe { pg_sys::IsBackgroundWorker } {
+    if crate::hooks::is_own_worker() {
         return;
     }
     match event {
@@ -620,13 +657,11 @@ unsafe extern "C-unwind" fn on_subxact(
     _arg: *mut std::ffi::c_void,
 ) {
     if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && !unsafe { pg_sys::IsBackgroundWorker }
+        && !crate::hooks::is_own_worker()
     {
         subtransaction_abort(my_subid);
     }
 }
-
-static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
 
 /// A server-log text of an agent session with regulated values hidden; logged
 /// statements (log_statement, log_min_duration_statement) lose every literal.
@@ -646,10 +681,12 @@ fn redact_log_text(text: &str) -> String {
 
 /// Remember the last error (for the trail) and keep regulated literals of
 /// agent sessions out of the server log.
-#[pg_guard]
-unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
+///
+/// # Safety
+/// `edata` is the error being reported (from the emit_log trampoline).
+pub unsafe fn on_emit_log(edata: *mut pg_sys::ErrorData) {
     unsafe {
-        if (*edata).elevel >= pg_sys::PGERROR as i32 && !pg_sys::IsBackgroundWorker {
+        if (*edata).elevel >= pg_sys::PGERROR as i32 && !crate::hooks::is_own_worker() {
             let state = cstr(pg_sys::unpack_sql_state((*edata).sqlerrcode)).unwrap_or_default();
             let msg = cstr((*edata).message).unwrap_or_default();
             let agent = crate::identity::cached_is_agent() && crate::identity::guard_installed();
@@ -687,9 +724,6 @@ unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
                 }
             }
         }
-        if let Some(prev) = PREV_EMIT_LOG {
-            pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| prev(edata));
-        }
     }
 }
 
@@ -698,8 +732,6 @@ pub fn init() {
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
-        PREV_EMIT_LOG = pg_sys::emit_log_hook;
-        pg_sys::emit_log_hook = Some(on_emit_log);
     }
     worker::init_shmem();
 }

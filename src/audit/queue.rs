@@ -44,6 +44,9 @@ pub struct Slot {
     /// The writer found the queue empty and sleeps until woken; otherwise it
     /// is collecting a batch and only urgent records wake it early.
     pub writer_idle: bool,
+    /// When the slot was assigned or its writer last wrote a batch (to pick
+    /// the slot idle the longest when another database needs one).
+    pub last_active: i64,
     pub durable_cv: pg_sys::ConditionVariable,
     pub space_cv: pg_sys::ConditionVariable,
 }
@@ -119,7 +122,10 @@ pub fn with_slot<R>(i: usize, f: impl FnOnce(&mut Slot, &mut [u8]) -> R) -> R {
     }
 }
 
-/// The slot of database `db`, assigning a free one if needed.
+/// The slot of database `db`, assigning a free one if needed. When every
+/// slot is taken, the one whose queue is empty and whose writer has been
+/// idle the longest is given to `db` (its writer notices and exits), so idle
+/// writers of other databases never keep a database from being audited.
 pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
     unsafe {
         let h = HEADER;
@@ -141,11 +147,40 @@ pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
             }
         }
         if found.is_none() {
-            for i in 0..SLOTS {
-                if (*h).slots[i].dboid == pg_sys::InvalidOid {
-                    (*h).slots[i].dboid = db;
-                    found = Some(i);
-                    break;
+            found = (0..SLOTS).find(|&i| (*h).slots[i].dboid == pg_sys::InvalidOid);
+            let now = pg_sys::GetCurrentTimestamp();
+            match found {
+                Some(i) => with_slot(i, |s, _| assign(s, db, now)),
+                None => {
+                    // the slot idle the longest, if one is empty
+                    let mut best: Option<(usize, i64)> = None;
+                    for i in 0..SLOTS {
+                        let taken = with_slot(i, |s, _| {
+                            (s.head == s.tail).then_some(s.last_active)
+                        });
+                        if let Some(t) = taken {
+                            if best.is_none_or(|(_, b)| t < b) {
+                                best = Some((i, t));
+                            }
+                        }
+                    }
+                    if let Some((i, _)) = best {
+                        // still empty: the assignment lock keeps other assigners out,
+                        // and an empty queue gives its writer nothing to write
+                        if with_slot(i, |s, _| {
+                            let empty = s.head == s.tail;
+                            if empty {
+                                let latch = s.worker_latch;
+                                assign(s, db, now);
+                                if !latch.is_null() {
+                                    pg_sys::SetLatch(latch);
+                                }
+                            }
+                            empty
+                        }) {
+                            found = Some(i);
+                        }
+                    }
                 }
             }
         }
@@ -154,13 +189,26 @@ pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
     }
 }
 
-/// Release slot `i` if its queue is empty, so another database can use it.
-/// Returns whether it was released.
-pub fn release_if_empty(i: usize) -> bool {
+/// Give slot `s` (empty) to database `db`, without a writer yet. Sequence
+/// numbers go on increasing: a waiter of the previous database still compares
+/// against them.
+fn assign(s: &mut Slot, db: pg_sys::Oid, now: i64) {
+    s.dboid = db;
+    s.worker_pid = 0;
+    s.worker_latch = ptr::null_mut();
+    s.worker_state = WORKER_NONE;
+    s.writer_idle = false;
+    s.last_active = now;
+}
+
+/// Release slot `i` of database `db` if its queue is empty, so another
+/// database can use it. Returns whether it was released (false also when the
+/// slot belongs to another database by now).
+pub fn release_if_empty(i: usize, db: pg_sys::Oid) -> bool {
     unsafe {
         pg_sys::LWLockAcquire(lock(SLOTS), pg_sys::LWLockMode::LW_EXCLUSIVE);
         let released = with_slot(i, |s, _| {
-            if s.head == s.tail {
+            if s.dboid == db && s.head == s.tail {
                 s.dboid = pg_sys::InvalidOid;
                 s.worker_pid = 0;
                 s.worker_latch = ptr::null_mut();
@@ -267,12 +315,17 @@ impl Batch {
 /// the only consumer, and backends write only beyond `head`, never into
 /// `[tail, head)` until the writer advances `tail`. Also returns whether a
 /// record someone waits for is among them (or queued after them), and marks
-/// the writer idle when there is nothing to take.
-pub fn take(i: usize, max_bytes: u64) -> (Batch, bool) {
+/// the writer idle when there is nothing to take. None when the slot no
+/// longer belongs to database `db` (it was given to another database while
+/// its queue was empty; the writer must go).
+pub fn take(i: usize, db: pg_sys::Oid, max_bytes: u64) -> Option<(Batch, bool)> {
     let (tail, head, flush) = with_slot(i, |s, _| {
+        if s.dboid != db {
+            return None;
+        }
         s.writer_idle = s.head == s.tail;
-        (s.tail, s.head, sync_pending(s))
-    });
+        Some((s.tail, s.head, sync_pending(s)))
+    })?;
     let bytes = unsafe {
         let h = HEADER;
         let cap = (*h).capacity as usize;
@@ -295,14 +348,14 @@ pub fn take(i: usize, max_bytes: u64) -> (Batch, bool) {
         records.push((seq, start..start + len));
         pos = start + len;
     }
-    (
+    Some((
         Batch {
             end: tail + pos as u64,
             bytes,
             records,
         },
         flush,
-    )
+    ))
 }
 
 /// Raw access for the writer and stats.

@@ -6,6 +6,23 @@
 //! then advances the queue and wakes waiting backends. A busy writer collects
 //! a batch for a moment; only batches that hold a record some backend waits
 //! for wait for their WAL flush.
+//!
+//! Lifetime. A record someone waits for (every DDL of an audited session)
+//! must cost about one WAL flush, never a background-worker start, so the
+//! writer stays while its database is used: it leaves after
+//! [`IDLE_EXIT`] without anything to write, and at once
+//!
+//! - when its database is wanted without other sessions: `DROP DATABASE`,
+//!   `ALTER DATABASE … RENAME / SET TABLESPACE` and `CREATE DATABASE …
+//!   TEMPLATE` lock the database object in a mode that conflicts with the
+//!   lock every connecting session takes, then wait (5 s) for the others to
+//!   go; the writer tries that lock without waiting at every turn of its loop
+//!   (at least every [`IDLE_POLL`]) and leaves when it is taken, so it never
+//!   makes such a command fail (`DROP DATABASE … WITH (FORCE)` terminates it
+//!   like any session);
+//! - when its queue slot is given to another database (all slots taken; the
+//!   slot idle the longest goes, see [`queue::slot_for`]);
+//! - on SIGTERM (shutdown, `pg_terminate_backend`), after a last batch.
 
 use super::insert;
 use super::queue;
@@ -23,8 +40,13 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-/// How long a writer with nothing to do stays.
-const IDLE_EXIT: Duration = Duration::from_secs(2);
+/// How long a writer with nothing to do stays (it holds a background-worker
+/// slot, `max_worker_processes`, meanwhile).
+const IDLE_EXIT: Duration = Duration::from_secs(600);
+
+/// How often an idle writer looks whether its database is wanted without
+/// other sessions (`DROP DATABASE` waits up to 5 s for them to go).
+const IDLE_POLL: Duration = Duration::from_millis(250);
 
 /// How long a busy writer collects records before its next batch. Records
 /// someone waits for do not wait for it.
@@ -38,6 +60,9 @@ thread_local! {
     static LAST_HASH: RefCell<Option<String>> = const { RefCell::new(None) };
     /// Whether the writer's commits currently wait for their WAL flush.
     static COMMIT_FLUSH: Cell<Option<bool>> = const { Cell::new(None) };
+    /// The audit_log the cached chain head and open transactions belong to
+    /// (a re-created extension has a new one, starting a new chain).
+    static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
 /// True in the audit writer process and while purge_audit() runs.
@@ -113,50 +138,95 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
     });
 }
 
+/// Whether a session wants database `db` to itself (DROP DATABASE and the
+/// like hold, or wait for, a lock on it that conflicts with the one every
+/// connecting session takes): tried without waiting, and released at once.
+fn database_wanted_alone(db: pg_sys::Oid) -> bool {
+    let tag = pg_sys::LOCKTAG {
+        locktag_field1: 0, // shared object
+        locktag_field2: pg_sys::DatabaseRelationId.to_u32(),
+        locktag_field3: db.to_u32(),
+        locktag_field4: 0,
+        locktag_type: pg_sys::LockTagType::LOCKTAG_OBJECT as u8,
+        locktag_lockmethodid: pg_sys::DEFAULT_LOCKMETHOD as u8,
+    };
+    let mode = pg_sys::RowExclusiveLock as pg_sys::LOCKMODE;
+    unsafe {
+        match pg_sys::LockAcquire(&tag, mode, true, true) {
+            pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL => true,
+            _ => {
+                pg_sys::LockRelease(&tag, mode, true);
+                false
+            }
+        }
+    }
+}
+
 /// Entry point of the writer process.
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     let i = arg.value();
     set_writer(true);
+    crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = queue::slot_dboid(i);
+    if db == pg_sys::InvalidOid {
+        return;
+    }
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
-    unsafe {
+    // the writer's SQL resolves nothing through the database's search_path
+    crate::search_path::pin_for_worker();
+    let attached = unsafe {
         queue::with_slot(i, |s, _| {
+            // the slot went to another database meanwhile, or has its writer already
+            let other = s.worker_state == queue::WORKER_RUNNING
+                && s.worker_pid != 0
+                && s.worker_pid != pg_sys::MyProcPid;
+            if s.dboid != db || other {
+                return false;
+            }
             RECHECK_UNTIL.with(|c| c.set(s.enqueued));
             s.worker_pid = pg_sys::MyProcPid;
             s.worker_latch = pg_sys::MyLatch;
             s.worker_state = queue::WORKER_RUNNING;
-        });
-        pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(i));
+            true
+        })
+    };
+    if !attached {
+        return;
     }
+    unsafe { pg_sys::before_shmem_exit(Some(on_exit), pg_sys::Datum::from(i)) };
     let installed = BackgroundWorker::transaction(crate::identity::extension_installed);
     if !installed {
         // Nothing can be written here; backends refuse agents in such databases anyway.
-        discard_all(i);
+        discard_all(i, db);
         return;
     }
-    // Exit when idle, so DROP DATABASE is never blocked by the writer and the
-    // slot can serve another database; the next event starts a writer again.
     let mut idle_since = std::time::Instant::now();
     loop {
-        let n = drain(i);
+        let Some(n) = drain(i, db) else {
+            break; // the slot serves another database now
+        };
         if n > 0 {
             idle_since = std::time::Instant::now();
-        } else if idle_since.elapsed() > IDLE_EXIT && queue::release_if_empty(i) {
+        }
+        if database_wanted_alone(db) {
+            // DROP DATABASE (or the like) waits for the other sessions to go
+            drain(i, db);
+            queue::release_if_empty(i, db);
+            break;
+        }
+        if n == 0 && idle_since.elapsed() > IDLE_EXIT && queue::release_if_empty(i, db) {
             break;
         }
         // After a batch, collect the next one for a moment (records someone
         // waits for, or a filling queue, wake the writer at once); on an
         // empty queue, sleep until a backend wakes it.
-        let timeout = if n > 0 {
-            BATCH_DELAY
-        } else {
-            Duration::from_millis(250)
-        };
+        let timeout = if n > 0 { BATCH_DELAY } else { IDLE_POLL };
         if !BackgroundWorker::wait_latch(Some(timeout)) {
-            drain(i);
+            drain(i, db);
+            queue::release_if_empty(i, db);
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -183,15 +253,17 @@ fn set_commit_flush(flush: bool) {
     }
 }
 
-fn discard_all(i: usize) {
+fn discard_all(i: usize, db: pg_sys::Oid) {
     queue::with_slot(i, |s, _| {
-        s.dropped += s.enqueued - s.durable;
-        s.tail = s.head;
-        s.durable = s.enqueued;
-        s.oldest_ts = 0;
+        if s.dboid == db {
+            s.dropped += s.enqueued - s.durable;
+            s.tail = s.head;
+            s.durable = s.enqueued;
+            s.oldest_ts = 0;
+        }
     });
     broadcast(i);
-    queue::release_if_empty(i);
+    queue::release_if_empty(i, db);
 }
 
 fn broadcast(i: usize) {
@@ -201,11 +273,12 @@ fn broadcast(i: usize) {
     }
 }
 
-/// Write everything queued now; returns how many events were written.
-fn drain(i: usize) -> usize {
-    let (batch, flush) = queue::take(i, 16 << 20);
+/// Write everything queued now; returns how many events were written, or
+/// None when the slot no longer belongs to this writer's database.
+fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
+    let (batch, flush) = queue::take(i, db, 16 << 20)?;
     if batch.is_empty() {
-        return 0;
+        return Some(0);
     }
     set_commit_flush(flush);
     let last_seq = batch.last_seq().unwrap_or(0);
@@ -220,19 +293,36 @@ fn drain(i: usize) -> usize {
     if undecodable > 0 {
         warning!("agent_guard: {undecodable} audit records could not be decoded and are counted as dropped");
     }
+    // (a slot with records is never given to another database)
     queue::with_slot(i, |s, _| {
+        let now = unsafe { pg_sys::GetCurrentTimestamp() };
         s.tail = batch.end;
         s.durable = last_seq;
         s.written += (n - undecodable) as u64;
         s.dropped += undecodable as u64;
-        s.oldest_ts = if s.tail == s.head {
-            0
-        } else {
-            unsafe { pg_sys::GetCurrentTimestamp() }
-        };
+        s.oldest_ts = if s.tail == s.head { 0 } else { now };
+        s.last_active = now;
     });
     broadcast(i);
-    n
+    Some(n)
+}
+
+/// Forget the chain head and the open transactions when agent_guard.audit_log
+/// is not the table they were read from (the extension was dropped and
+/// created again while this writer stayed).
+fn check_table() {
+    let relid = unsafe {
+        let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), true);
+        if ns == pg_sys::InvalidOid {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::get_relname_relid(c"audit_log".as_ptr(), ns)
+        }
+    };
+    if TABLE.with(|t| t.replace(relid)) != relid {
+        LAST_HASH.with(|h| *h.borrow_mut() = None);
+        PENDING.with(|p| *p.borrow_mut() = None);
+    }
 }
 
 fn last_hash() -> String {
@@ -274,6 +364,7 @@ fn pending_xacts() -> HashSet<(String, u64)> {
 /// batch are merged into one row, so under load a statement costs one
 /// inserted row; only statements whose end comes in a later batch are updated.
 fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
+    check_table();
     // Rows in queue order: complete records as they are (borrowed from the
     // batch), statement events with the end and transaction events of the
     // same batch merged in (decoded into `events`).
@@ -358,15 +449,19 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         .map(|r| r.unwrap_or_else(|i| events[i].row()))
         .collect();
     if recheck {
-        // Records queued before this writer started may already be in the table.
+        // Records queued before this writer started may already be in the
+        // table: a predecessor that died between its commit and advancing the
+        // queue wrote at most one row per record of this batch (it started at
+        // the same place), and its rows are the newest ones.
         let keys: Vec<String> = rows.iter().map(Row::event_key).collect();
+        let newest = batch.len() as i64;
         let already: HashSet<String> = Spi::connect(|c| {
             c.select(
-                "SELECT event_key FROM agent_guard.audit_log \
-                 WHERE id > (SELECT coalesce(max(id), 0) - 200000 FROM agent_guard.audit_log) \
-                   AND event_key = ANY($1)",
+                "SELECT n.event_key FROM (SELECT a.event_key FROM agent_guard.audit_log a \
+                                          ORDER BY a.id DESC LIMIT $2) n \
+                 WHERE n.event_key = ANY($1)",
                 None,
-                &[keys.into()],
+                &[keys.into(), newest.into()],
             )
             .map(|t| {
                 t.filter_map(|r| r.get::<String>(1).ok().flatten())

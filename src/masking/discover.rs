@@ -146,6 +146,12 @@ fn suggest_sensitive(
     ),
 > {
     let rows = sample_rows.unwrap_or(1000).clamp(0, 1_000_000);
+    // as the caller (masked reads stay masked), with agent_guard's search path
+    let out = crate::search_path::pinned(|| suggestions(schema, rows));
+    TableIterator::new(out)
+}
+
+fn suggestions(schema: Option<&str>, rows: i32) -> Vec<(pg_sys::Oid, String, String, String, String, String)> {
     let mut out = vec![];
     for t in candidates(schema) {
         let samples = sample(&t, rows);
@@ -179,5 +185,5 @@ fn suggest_sensitive(
             ));
         }
     }
-    TableIterator::new(out)
+    out
 }

@@ -10,8 +10,6 @@
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
-static mut PREV_EMIT_LOG: pg_sys::emit_log_hook_type = None;
-
 const ROW_DETAILS: &[&str] = &[
     "Failing row contains",
     "Key (",
@@ -26,10 +24,13 @@ pub fn quotes_row_values(detail: &str) -> bool {
     ROW_DETAILS.iter().any(|p| detail.starts_with(p))
 }
 
-#[pgrx::pg_guard]
-unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
+/// Hide row values quoted by an agent session's error DETAIL.
+///
+/// # Safety
+/// `edata` is the error being reported (from the emit_log trampoline).
+pub unsafe fn on_emit_log(edata: *mut pg_sys::ErrorData) {
     unsafe {
-        if crate::identity::cached_is_agent() && !pg_sys::IsBackgroundWorker {
+        if crate::identity::cached_is_agent() && !crate::hooks::is_own_worker() {
             for field in [&raw mut (*edata).detail, &raw mut (*edata).detail_log] {
                 if !(*field).is_null() {
                     let text = CStr::from_ptr(*field).to_string_lossy();
@@ -40,16 +41,5 @@ unsafe extern "C-unwind" fn on_emit_log(edata: *mut pg_sys::ErrorData) {
                 }
             }
         }
-        if let Some(prev) = PREV_EMIT_LOG {
-            pgrx::pg_sys::ffi::pg_guard_ffi_boundary(|| prev(edata));
-        }
-    }
-}
-
-/// Install the hook (from `_PG_init`, after the audit's, so it runs first).
-pub fn init() {
-    unsafe {
-        PREV_EMIT_LOG = pg_sys::emit_log_hook;
-        pg_sys::emit_log_hook = Some(on_emit_log);
     }
 }

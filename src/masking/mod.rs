@@ -41,6 +41,7 @@
 pub mod backstop;
 pub mod copy;
 pub mod discover;
+pub mod effective;
 pub mod errors;
 pub mod functions;
 pub mod label;
@@ -50,7 +51,6 @@ pub mod rules;
 pub mod sync;
 
 use pgrx::pg_sys;
-use pgrx::PgTryBuilder;
 use std::ffi::{c_char, CStr, CString};
 
 /// The schema of the generated masking views.
@@ -58,7 +58,6 @@ pub const MASKED_SCHEMA: &str = "agent_guard_masked";
 
 /// Install masking's callbacks (from `_PG_init`, preload only).
 pub fn init() {
-    errors::init();
 }
 
 pub(crate) fn cstr(p: *const c_char) -> Option<String> {
@@ -73,36 +72,6 @@ pub(crate) fn cstr(p: *const c_char) -> Option<String> {
 pub(crate) fn quote_identifier(name: &str) -> String {
     let c = CString::new(name).unwrap_or_default();
     cstr(unsafe { pg_sys::quote_identifier(c.as_ptr()) }).unwrap_or_default()
-}
-
-/// Run `f` with an active snapshot (SPI needs one; planner and utility
-/// entry points may run without).
-pub(crate) fn with_snapshot<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
-    let pushed = unsafe { !pg_sys::ActiveSnapshotSet() };
-    if pushed {
-        unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
-    }
-    PgTryBuilder::new(f)
-        .finally(move || {
-            if pushed {
-                unsafe { pg_sys::PopActiveSnapshot() };
-            }
-        })
-        .execute()
-}
-
-/// Run `f` as `role` (like a SECURITY DEFINER function does), restoring the
-/// user and security context afterwards, on error too.
-pub(crate) fn as_role<R>(role: pg_sys::Oid, f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
-    let mut user = pg_sys::InvalidOid;
-    let mut sec = 0;
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut user, &mut sec);
-        pg_sys::SetUserIdAndSecContext(role, sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32);
-    }
-    PgTryBuilder::new(f)
-        .finally(move || unsafe { pg_sys::SetUserIdAndSecContext(user, sec) })
-        .execute()
 }
 
 /// The OID of a relation `schema.name`, if it exists.

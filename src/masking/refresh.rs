@@ -18,16 +18,7 @@ pub unsafe fn refusal(node: *mut pg_sys::Node) -> Option<Refusal> {
             return None;
         }
         let rv = (*(node as *mut pg_sys::RefreshMatViewStmt)).relation;
-        let relid = pg_sys::RangeVarGetRelidExtended(
-            rv,
-            pg_sys::NoLock as i32,
-            pg_sys::RVROption::RVR_MISSING_OK,
-            None,
-            std::ptr::null_mut(),
-        );
-        if relid == pg_sys::InvalidOid {
-            return None;
-        }
+        let relid = crate::extract::range_var_relid(rv)?;
         let rules = super::rules::rules();
         let from = rules.built_from_masked(relid)?;
         let name = crate::extract::relation(relid).qualified();

@@ -1,9 +1,11 @@
 //! The masking rules of this database, cached per backend.
 //!
-//! Read from `agent_guard.masking_rules` (labels, inherited by partitions and
-//! inheritance children, with each relation's masking view) and
-//! `agent_guard.masking_taints` (materialized views built from masked
-//! columns), and re-read only when the shared generation counter moved
+//! Computed from the catalog by effective.rs (labels, inherited by partitions
+//! and inheritance children, with each relation's masking view; materialized
+//! views built from masked columns) — the same definition the views
+//! `agent_guard.masking_rules` and `agent_guard.masking_taints` show, but
+//! without running a query in the hooks that need it — and re-read only
+//! when the shared generation counter moved
 //! (labels, masking views and registrations bump it at commit). A few catalog
 //! columns are masked for agents without any label: the value samples of
 //! planner statistics (`pg_statistic`, `pg_statistic_ext_data`, which
@@ -13,7 +15,6 @@
 //! that prepared statements are planned again with the current masks.
 
 use pgrx::pg_sys;
-use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -135,98 +136,36 @@ fn load() -> Rules {
     if unsafe { pg_sys::creating_extension } || !crate::identity::extension_installed() {
         return rules;
     }
-    type Row = (
-        pg_sys::Oid,
-        i16,
-        String,
-        Option<pg_sys::Oid>,
-        String,
-        Option<pg_sys::Oid>,
-    );
-    #[allow(clippy::type_complexity)]
-    let (rows, taints, mask_more): (
-        Vec<Row>,
-        Vec<(pg_sys::Oid, String, bool)>,
-        Vec<pg_sys::Oid>,
-    ) = crate::identity::internal(|| {
-        super::with_snapshot(|| {
-            Spi::connect(|client| {
-                let rows = client
-                    .select(
-                        "SELECT m.relation::pg_catalog.oid, m.attnum, m.rule, m.masking_view::pg_catalog.oid, \
-                                m.relation::pg_catalog.text, \
-                                NULLIF(c.reltoastrelid, 0::pg_catalog.oid) \
-                         FROM agent_guard.masking_rules m \
-                         JOIN pg_catalog.pg_class c ON c.oid = m.relation",
-                        None,
-                        &[],
-                    )
-                    .expect("agent_guard: cannot read the masking rules")
-                    .filter_map(|r| {
-                        Some((
-                            r.get::<pg_sys::Oid>(1).ok()??,
-                            r.get::<i16>(2).ok()??,
-                            r.get::<String>(3).ok()??,
-                            r.get::<pg_sys::Oid>(4).ok()?,
-                            r.get::<String>(5).ok()??,
-                            r.get::<pg_sys::Oid>(6).ok()?,
-                        ))
-                    })
-                    .collect();
-                let taints = client
-                    .select(
-                        "SELECT t.relation::pg_catalog.oid, \
-                                pg_catalog.array_to_string(t.built_from::pg_catalog.text[], ', '), \
-                                t.labelled \
-                         FROM agent_guard.masking_taints t",
-                        None,
-                        &[],
-                    )
-                    .expect("agent_guard: cannot read the masked materialized views")
-                    .filter_map(|r| {
-                        Some((
-                            r.get::<pg_sys::Oid>(1).ok()??,
-                            r.get::<String>(2).ok()??,
-                            r.get::<bool>(3).ok()??,
-                        ))
-                    })
-                    .collect();
-                let mask_more = client
-                    .select(
-                        "WITH RECURSIVE tree(root, relid) AS ( \
-                             SELECT i.inhparent, i.inhrelid FROM pg_catalog.pg_inherits i \
-                             UNION SELECT t.root, i.inhrelid FROM tree t \
-                                   JOIN pg_catalog.pg_inherits i ON i.inhparent = t.relid) \
-                         SELECT DISTINCT t.root FROM tree t \
-                         JOIN agent_guard.masking_rules d ON d.relation = t.relid \
-                         WHERE NOT EXISTS (SELECT 1 FROM agent_guard.masking_rules p \
-                                           WHERE p.relation = t.root AND p.column_name = d.column_name)",
-                        None,
-                        &[],
-                    )
-                    .expect("agent_guard: cannot read the masked partitions")
-                    .filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
-                    .collect();
-                (rows, taints, mask_more)
-            })
-        })
-    });
-    for (relid, attnum, label, view, name, toast) in rows {
-        let m = rules.relations.entry(relid.to_u32()).or_default();
-        m.view = view;
-        m.columns.push((attnum, label));
-        rules.names.insert(relid.to_u32(), name);
-        if let Some(t) = toast {
-            rules.toast.insert(t.to_u32(), relid.to_u32());
+    // From the catalog, without a query (see effective.rs)
+    let masked = super::effective::masked_columns();
+    for c in &masked {
+        let m = rules.relations.entry(c.relid.to_u32()).or_default();
+        m.view = c.view;
+        m.columns.push((c.attnum, c.rule.clone()));
+        rules
+            .names
+            .entry(c.relid.to_u32())
+            .or_insert_with(|| crate::catalog::regclass_name(c.relid));
+        if let Some(t) = crate::catalog::toast_relation(c.relid) {
+            rules.toast.insert(t.to_u32(), c.relid.to_u32());
         }
     }
-    for (relid, from, labelled) in taints {
-        if !labelled {
-            rules.tainted.insert(relid.to_u32(), from.clone());
+    for t in super::effective::taints(&masked) {
+        let from = t
+            .built_from
+            .iter()
+            .map(|o| crate::catalog::regclass_name(*o))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if !t.labelled {
+            rules.tainted.insert(t.relid.to_u32(), from.clone());
         }
-        rules.built_from_masked.insert(relid.to_u32(), from);
+        rules.built_from_masked.insert(t.relid.to_u32(), from);
     }
-    rules.children_mask_more = mask_more.into_iter().map(|o| o.to_u32()).collect();
+    rules.children_mask_more = super::effective::children_mask_more(&masked)
+        .into_iter()
+        .map(|o| o.to_u32())
+        .collect();
     builtin(
         &mut rules,
         Some(pg_sys::StatisticRelationId),

@@ -9,9 +9,11 @@
 //! - `ddl_command_end` and `sql_drop` event triggers (sql/masking.sql,
 //!   SECURITY DEFINER, `search_path` pinned) call [`masking_sync`]: the views
 //!   of the relations the command touched are regenerated, missing ones
-//!   created, views of relations no longer masked dropped; and a WARNING
-//!   names each column the command added that looks sensitive by its name
-//!   but has no label, with a ready-to-run SECURITY LABEL.
+//!   created, views of relations no longer masked dropped; and, when
+//!   `agent_guard.discovery_messages` asks for it (off by default, so that
+//!   ordinary migrations print what they print without agent_guard), a
+//!   NOTICE or WARNING names each column the command added that looks
+//!   sensitive by its name but has no label, with a ready-to-run SECURITY LABEL.
 //! - Before `ALTER TABLE` / `DROP TABLE` / `DROP OWNED` / `DROP EXTENSION
 //!   agent_guard`, [`before_utility`] drops the views that would block the
 //!   command (a view pins its columns' types and its table's existence);
@@ -46,49 +48,23 @@ struct Target {
 
 fn masked_relations() -> BTreeMap<u32, Target> {
     let mut out: BTreeMap<u32, Target> = BTreeMap::new();
-    Spi::connect(|client| {
-        let rows = client
-            .select(
-                "SELECT m.relation::pg_catalog.oid, n.nspname::pg_catalog.text, c.relname::pg_catalog.text, \
-                        m.attnum, m.rule, m.masking_view::pg_catalog.oid \
-                 FROM agent_guard.masking_rules m \
-                 JOIN pg_catalog.pg_class c ON c.oid = m.relation \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 ORDER BY 1, 4",
-                None,
-                &[],
-            )
-            .expect("agent_guard: cannot read the masking rules");
-        for r in rows {
-            let (
-                Ok(Some(oid)),
-                Ok(Some(schema)),
-                Ok(Some(name)),
-                Ok(Some(attnum)),
-                Ok(Some(rule)),
-                Ok(view),
-            ) = (
-                r.get::<pg_sys::Oid>(1),
-                r.get::<String>(2),
-                r.get::<String>(3),
-                r.get::<i16>(4),
-                r.get::<String>(5),
-                r.get::<pg_sys::Oid>(6),
-            )
-            else {
-                continue;
-            };
-            out.entry(oid.to_u32())
-                .or_insert(Target {
-                    schema,
-                    name,
-                    view,
+    for c in super::effective::masked_columns() {
+        out.entry(c.relid.to_u32())
+            .or_insert_with(|| {
+                let rel = crate::extract::relation(c.relid);
+                Target {
+                    schema: rel.schema,
+                    name: rel.name,
+                    view: c.view,
                     columns: vec![],
-                })
-                .columns
-                .push(Column { attnum, rule });
-        }
-    });
+                }
+            })
+            .columns
+            .push(Column {
+                attnum: c.attnum,
+                rule: c.rule,
+            });
+    }
     out
 }
 
@@ -173,23 +149,26 @@ fn drop_view(view: pg_sys::Oid) {
     }
 }
 
-/// Views in agent_guard_masked.
+/// Views in agent_guard_masked (the relations that depend on the schema).
 fn existing_views() -> Vec<pg_sys::Oid> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "SELECT c.oid FROM pg_catalog.pg_class c \
-                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = 'agent_guard_masked' AND c.relkind = 'v'",
-                None,
-                &[],
-            )
-            .map(|rows| {
-                rows.filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten())
-                    .collect()
+    let schema = unsafe { pg_sys::get_namespace_oid(c"agent_guard_masked".as_ptr(), true) };
+    if schema == pg_sys::InvalidOid {
+        return vec![];
+    }
+    let mut views: Vec<pg_sys::Oid> =
+        crate::catalog::dependents(pg_sys::NamespaceRelationId, schema, None)
+            .into_iter()
+            .filter(|(class, oid, sub)| {
+                *class == pg_sys::RelationRelationId
+                    && *sub == 0
+                    && unsafe { pg_sys::get_rel_relkind(*oid) } as u8 == b'v'
+                    && unsafe { pg_sys::get_rel_namespace(*oid) } == schema
             })
-            .unwrap_or_default()
-    })
+            .map(|(_, oid, _)| oid)
+            .collect();
+    views.sort_by_key(|o| o.to_u32());
+    views.dedup();
+    views
 }
 
 /// Columns of `relid` written by this transaction (added or changed) that
@@ -247,7 +226,11 @@ fn unlabelled_sensitive_columns(
     out
 }
 
-fn warn_unlabelled(affected: &[pg_sys::Oid], targets: &BTreeMap<u32, Target>) {
+fn warn_unlabelled(
+    affected: &[pg_sys::Oid],
+    targets: &BTreeMap<u32, Target>,
+    level: pgrx::PgLogLevel,
+) {
     let labelled: HashSet<(u32, i16)> = targets
         .iter()
         .flat_map(|(oid, t)| t.columns.iter().map(move |c| (*oid, c.attnum)))
@@ -265,8 +248,13 @@ fn warn_unlabelled(affected: &[pg_sys::Oid], targets: &BTreeMap<u32, Target>) {
             let label = agent_guard_core::mask::suggested_label(kind, &col, category);
             let stmt =
                 agent_guard_core::mask::label_statement(&rel.schema, &rel.name, &col, &label);
+            let code = if level == pgrx::PgLogLevel::WARNING {
+                PgSqlErrorCode::ERRCODE_WARNING
+            } else {
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION
+            };
             pgrx::pg_sys::panic::ErrorReport::new(
-                PgSqlErrorCode::ERRCODE_WARNING,
+                code,
                 format!(
                     "column {}.{} looks like {} and has no agent_guard label: agents read it unmasked",
                     rel.qualified(),
@@ -276,7 +264,7 @@ fn warn_unlabelled(affected: &[pg_sys::Oid], targets: &BTreeMap<u32, Target>) {
                 "agent_guard",
             )
             .set_hint(format!("To mask it for agents: {stmt}"))
-            .report(pgrx::PgLogLevel::WARNING);
+            .report(level);
         }
     }
 }
@@ -345,43 +333,9 @@ fn sync(affected: Option<&[pg_sys::Oid]>, warn: bool) {
     if changed || touches_masked {
         crate::shmem::bump_at_commit();
     }
-    if warn {
-        if let Some(a) = affected {
-            warn_unlabelled(a, &targets);
-        }
+    if let (true, Some(a), Some(level)) = (warn, affected, crate::gucs::discovery_messages()) {
+        warn_unlabelled(a, &targets, level);
     }
-}
-
-/// The relation and its inheritance descendants.
-fn with_descendants(relid: pg_sys::Oid) -> Vec<pg_sys::Oid> {
-    Spi::connect(|client| {
-        client
-            .select(
-                "WITH RECURSIVE tree(relid) AS (SELECT $1::pg_catalog.oid \
-                   UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.relid) \
-                 SELECT relid FROM tree",
-                None,
-                &[relid.into()],
-            )
-            .map(|rows| rows.filter_map(|r| r.get::<pg_sys::Oid>(1).ok().flatten()).collect())
-            .unwrap_or_else(|_| vec![relid])
-    })
-}
-
-unsafe fn range_var_oid(rv: *mut pg_sys::RangeVar) -> Option<pg_sys::Oid> {
-    if rv.is_null() {
-        return None;
-    }
-    let oid = unsafe {
-        pg_sys::RangeVarGetRelidExtended(
-            rv,
-            pg_sys::NoLock as i32,
-            pg_sys::RVROption::RVR_MISSING_OK,
-            None,
-            std::ptr::null_mut(),
-        )
-    };
-    (oid != pg_sys::InvalidOid).then_some(oid)
 }
 
 /// Relations a utility statement is about to alter or drop, or None.
@@ -389,7 +343,8 @@ unsafe fn blocked_relations(node: *mut pg_sys::Node) -> Option<Vec<pg_sys::Oid>>
     unsafe {
         match (*node).type_ {
             NodeTag::T_AlterTableStmt => {
-                range_var_oid((*(node as *mut pg_sys::AlterTableStmt)).relation).map(|o| vec![o])
+                crate::extract::range_var_relid((*(node as *mut pg_sys::AlterTableStmt)).relation)
+                    .map(|o| vec![o])
             }
             NodeTag::T_DropStmt => {
                 let s = node as *mut pg_sys::DropStmt;
@@ -403,8 +358,7 @@ unsafe fn blocked_relations(node: *mut pg_sys::Node) -> Option<Vec<pg_sys::Oid>>
                 let mut out = vec![];
                 for obj in PgList::<pg_sys::Node>::from_pg((*s).objects).iter_ptr() {
                     if is_a(obj, NodeTag::T_List) {
-                        let rv = pg_sys::makeRangeVarFromNameList(obj as *mut pg_sys::List);
-                        out.extend(range_var_oid(rv));
+                        out.extend(crate::extract::name_list_relid(obj as *mut pg_sys::List));
                     }
                 }
                 Some(out)
@@ -448,10 +402,9 @@ pub unsafe fn before_utility(node: *mut pg_sys::Node) {
         {
             return;
         }
+        // Catalog reads and deletions only: no query, no snapshot of our own.
         if drops_guard_extension(node) {
-            crate::identity::internal(|| {
-                super::with_snapshot(|| existing_views().into_iter().for_each(drop_view))
-            });
+            existing_views().into_iter().for_each(drop_view);
             return;
         }
         let rules = super::rules::rules();
@@ -483,26 +436,26 @@ pub unsafe fn before_utility(node: *mut pg_sys::Node) {
         if targets.is_empty() {
             return;
         }
-        crate::identity::internal(|| {
-            super::with_snapshot(|| {
-                let mut all = HashSet::new();
-                for t in &targets {
-                    all.extend(with_descendants(*t).into_iter().map(|o| o.to_u32()));
-                }
-                for (rel, view) in &views {
-                    if all.contains(&rel.to_u32())
-                        && pg_sys::SearchSysCacheExists(
-                            pg_sys::SysCacheIdentifier::RELOID as i32,
-                            pg_sys::Datum::from(*view),
-                            pg_sys::Datum::from(0),
-                            pg_sys::Datum::from(0),
-                            pg_sys::Datum::from(0),
-                        )
-                    {
-                        drop_view(*view);
-                    }
-                }
-            })
-        });
+        let mut all = HashSet::new();
+        for t in &targets {
+            all.extend(
+                crate::catalog::with_descendants(*t)
+                    .into_iter()
+                    .map(|o| o.to_u32()),
+            );
+        }
+        for (rel, view) in &views {
+            if all.contains(&rel.to_u32())
+                && pg_sys::SearchSysCacheExists(
+                    pg_sys::SysCacheIdentifier::RELOID as i32,
+                    pg_sys::Datum::from(*view),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                    pg_sys::Datum::from(0),
+                )
+            {
+                drop_view(*view);
+            }
+        }
     }
 }

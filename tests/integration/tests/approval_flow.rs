@@ -656,3 +656,77 @@ fn privilege_and_admin_are_refused_at_request_time() {
     drop((agent, human));
     cleanup(&c, &[]);
 }
+
+/// A nested statement belongs to the top-level statement whose execution is
+/// on the stack, not to the one that started last: a portal bound before an
+/// approved single-statement UPDATE and run after it gets nothing from the
+/// UPDATE's grant (the extended protocol lets both be open at once).
+#[test]
+fn a_second_portal_does_not_borrow_a_single_statement_grant() {
+    let c = cast("portal");
+    let del = unique_name("portal_del");
+    admin()
+        .batch_execute(&format!(
+            "CREATE FUNCTION {del}(i int) RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN DELETE FROM {t} WHERE id = i; RETURN i; END $$;",
+            t = c.table
+        ))
+        .unwrap();
+    let mut agent = connect(&c.agent);
+    let stmt = format!("UPDATE {} SET v = 'approved' WHERE id = 1", c.table);
+    let id = request(
+        &mut agent,
+        &format!("SELECT agent_guard.request_access('write', statement => $q${stmt}$q$, reason => 'one fix')"),
+    );
+    approve(
+        &mut connect(&c.approver),
+        &format!("SELECT agent_guard.approve({id})"),
+    );
+    let before = rows(&c.table);
+    {
+        let mut tx = agent.transaction().unwrap();
+        // P1 is bound (its executor started) but has not run yet.
+        let p1 = tx
+            .bind(
+                format!("SELECT {del}(id) FROM {} WHERE id > 5", c.table).as_str(),
+                &[],
+            )
+            .unwrap_or_else(|e| panic!("bind: {}", describe(&e)));
+        // P2, the approved statement, runs under its grant.
+        assert_eq!(
+            tx.execute(stmt.as_str(), &[])
+                .unwrap_or_else(|e| panic!("{}", describe(&e))),
+            1
+        );
+        // P1 resumes: its nested DELETEs are P1's, which no grant covers.
+        refused(tx.query_portal(&p1, 5));
+        let _ = tx.rollback();
+    }
+    assert_eq!(rows(&c.table), before, "no row may be deleted");
+    // The trail gives the refused DELETE P1 as its parent, not the UPDATE.
+    let mut a = admin();
+    // (P1's own record is asynchronous: wait for the writer.)
+    let mut parent: Option<String> = None;
+    for _ in 0..100 {
+        parent = a
+            .query_opt(
+                "SELECT p.statement_text FROM agent_guard.audit_log d
+                   JOIN agent_guard.audit_log p
+                     ON p.session_key = d.session_key AND p.statement_no = d.parent_statement
+                  WHERE d.agent = $1 AND d.command = 'DELETE' AND d.decision = 'denied'
+                  ORDER BY d.id DESC LIMIT 1",
+                &[&c.agent],
+            )
+            .unwrap_or_else(|e| panic!("{}", describe(&e)))
+            .map(|r| r.get(0));
+        if parent.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let parent = parent.unwrap_or_default();
+    assert!(parent.contains(&del), "parent statement: {parent}");
+    drop(agent);
+    let _ = a.batch_execute(&format!("DROP FUNCTION IF EXISTS {del}(int)"));
+    cleanup(&c, &[]);
+}

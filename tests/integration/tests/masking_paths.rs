@@ -609,3 +609,71 @@ fn a_session_that_becomes_an_agent_reads_masked_values_from_then_on() {
     drop(c);
     s.assert_clean("agent_guard.audit_log", &audit_texts(&mut a, other_pid, 1));
 }
+
+/// Only PostgreSQL's own referential-integrity queries run unmasked: a CHECK
+/// constraint evaluated by an `ON DELETE SET NULL` update and a BEFORE
+/// DELETE trigger fired by an `ON DELETE CASCADE` (and whatever they call)
+/// read masked values like every other statement of the agent.
+#[test]
+fn statements_nested_in_foreign_key_actions_are_masked() {
+    let s = shop("fk");
+    let t = &s.t;
+    let mut a = admin();
+    a.batch_execute(&format!(
+        "CREATE TABLE {t}_loot (what text);
+         GRANT INSERT ON {t}_loot TO PUBLIC;
+         CREATE FUNCTION {t}_peek() RETURNS boolean LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO {t}_loot SELECT pg_catalog.query_to_xml('SELECT ssn, card_number FROM {t}', true, false, '')::text;
+             RETURN true;
+           END $$;
+         CREATE TABLE {t}_orders (id int PRIMARY KEY,
+                                  customer int REFERENCES {t}(id) ON DELETE SET NULL,
+                                  CHECK ({t}_peek()));
+         CREATE TABLE {t}_notes (id int PRIMARY KEY,
+                                 customer int REFERENCES {t}(id) ON DELETE CASCADE);
+         CREATE FUNCTION {t}_grab() RETURNS trigger LANGUAGE plpgsql AS $$
+           BEGIN
+             INSERT INTO {t}_loot SELECT ssn || ' ' || card_number FROM {t};
+             RETURN OLD;
+           END $$;
+         CREATE TRIGGER {t}_grab BEFORE DELETE ON {t}_notes FOR EACH ROW EXECUTE FUNCTION {t}_grab();
+         INSERT INTO {t} SELECT 3, name, email, ssn, card_number, note, score FROM {t} WHERE id = 1;
+         INSERT INTO {t}_orders VALUES (1, 1);
+         INSERT INTO {t}_notes VALUES (1, 2);
+         TRUNCATE {t}_loot;
+         GRANT DELETE ON {t} TO {agent};",
+        agent = s.agent
+    ))
+    .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
+    let mut c = connect(&s.agent);
+    grant(&mut c, &s.approver, "write");
+    // SET NULL on the orders row: its CHECK constraint reads customers.
+    ok(&mut c, &format!("DELETE FROM {t} WHERE id = 1"));
+    // CASCADE to the notes row: its BEFORE DELETE trigger reads customers.
+    ok(&mut c, &format!("DELETE FROM {t} WHERE id = 2"));
+    let loot: Vec<String> = a
+        .query(&format!("SELECT what FROM {t}_loot"), &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(loot.len() >= 2, "the nested statements did not run: {loot:?}");
+    let all = loot.join("\n");
+    s.assert_clean("statements nested in foreign-key actions", &all);
+    // the referential actions themselves still worked
+    let nulls: i64 = a
+        .query_one(&format!("SELECT count(*) FROM {t}_orders WHERE customer IS NULL"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(nulls, 1);
+    let notes: i64 = a
+        .query_one(&format!("SELECT count(*) FROM {t}_notes"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(notes, 0);
+    drop(c);
+    let _ = a.batch_execute(&format!(
+        "DROP TABLE {t}_orders, {t}_notes, {t}_loot; DROP FUNCTION {t}_peek(); DROP FUNCTION {t}_grab();"
+    ));
+}

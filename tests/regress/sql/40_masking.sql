@@ -176,9 +176,14 @@ DROP TABLE scratch;
 SELECT relname FROM pg_class WHERE relnamespace = 'agent_guard_masked'::regnamespace ORDER BY 1;
 
 -- ---- discovery ----
--- a migration adding a column that looks sensitive by name gets a warning
+-- a migration adding a column that looks sensitive by name says so only when
+-- the DBA asks (agent_guard.discovery_messages, default off)
+SHOW agent_guard.discovery_messages;
+SET agent_guard.discovery_messages = warning;
 ALTER TABLE customers ADD COLUMN phone text;
+SET agent_guard.discovery_messages = notice;
 CREATE TABLE orders (id int, ref text, iban text, amount int);
+RESET agent_guard.discovery_messages;
 INSERT INTO orders SELECT g, (ARRAY['4111111111111111', '5555555555554444', '4012888888881881'])[g % 3 + 1], NULL, g
 FROM generate_series(1, 30) g;
 -- by name and by content (the card numbers under the innocent name "ref")
