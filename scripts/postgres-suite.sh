@@ -154,7 +154,7 @@ debian_source_tree() {
     rm -rf "$dl" "$dl.log"
     [ "$got" = "$srcver" ] || printf '%s\n' "$got" >"$cache/${srcpkg}_$srcver.use"
   fi
-  [ "$got" = "$srcver" ] || [ $prepare_only = 1 ] || echo "note: $srcpkg $srcver (installed) is not in the archive; using its tests from $got" >&2
+  [ "$got" = "$srcver" ] || [ $prepare_only = 1 ] || echo "note: the source of $srcpkg $srcver (installed) could not be downloaded; using the tests of $got (delete $cache/${srcpkg}_$srcver.use to try again)" >&2
   printf '%s\n' "$cache/${srcpkg}_$got/tree"
 }
 
