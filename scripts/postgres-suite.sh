@@ -327,6 +327,13 @@ self_test() {
 }
 self_test || ag_die "the compare's self-test failed; fix scripts/postgres-suite.sh"
 
+# server_log_problems LOG: print (and succeed on) lines of a postmaster log
+# that show a crash or a failing agent_guard background worker.
+server_log_problems() {
+  [ -f "$1" ] || { echo "no server log $1"; return 0; }
+  grep -E 'terminated by signal|PANIC:|agent_guard audit writer\[[0-9]+\] (ERROR|FATAL)|background worker "agent_guard audit writer[^"]*" \(PID [0-9]+\) exited with exit code [1-9]|agent_guard: .*(dropped|could not)' "$1"
+}
+
 # ---- run A -----------------------------------------------------------------------
 a_ok=0
 run_a() {
@@ -389,6 +396,14 @@ run_bc() {
       differ+=("$t")
     fi
   done
+  # The server itself: no crash, and agent_guard's audit writer neither
+  # failed nor dropped or lost a record (humans are never blocked by it, so
+  # the outputs alone would not show it).
+  if bad=$(server_log_problems "$work/$run/log/postmaster.log"); then
+    differ+=("server-log")
+    echo "postgres $run: the server log shows problems ($work/$run/log/postmaster.log):"
+    printf '%s\n' "$bad" | head -n 10 | sed 's/^/  /'
+  fi
   passed=$((passed + same + ${#listed[@]}))
   failed=$((failed + ${#differ[@]}))
   echo "postgres $run ($label): ${#all_tests[@]} tests, $same identical to A, ${#listed[@]} allow-listed${listed:+ ($(joined "${listed[@]}"))}, ${#differ[@]} differ${differ:+ ($(joined "${differ[@]}"))} [$(elapsed "$t0")]"
