@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # agent_guard's whole test suite (the README's test command; CI runs it).
 #
-#   bash scripts/test.sh [--layer core|pgrx|regress|integration|postgres]... [--no-setup] [--no-install]
+#   bash scripts/test.sh [--layer core|pgrx|regress|integration|postgres|upgrade]... [--no-setup] [--no-install]
 #
 # Layers, in this order:
 #   core         cargo test -p agent_guard_core            (pure Rust logic)
@@ -16,6 +16,9 @@
 #                preloaded + created + audit_non_agents = 'all' (C); B and C must
 #                equal A test by test (tests/postgres/allowlist-MAJOR.txt); and
 #                pgaudit's own regression test with agent_guard preloaded beside it
+#   upgrade      scripts/upgrade-test.sh: every released version (releases.txt),
+#                built from its commit and used, then upgraded in place with
+#                ALTER EXTENSION UPDATE (own cluster, pgrx.toml [upgrade_cluster])
 # Before regress/integration/postgres the (debug) extension is built and
 # installed (scripts/install-extension.sh; after the pgrx layer, which installs
 # its own test build; once per run). regress/integration get a fresh test
@@ -40,7 +43,7 @@ ag_cargo_path
 root=$(ag_root)
 cd "$root" || exit 1
 
-all_layers=(core pgrx regress integration postgres)
+all_layers=(core pgrx regress integration postgres upgrade)
 layers=()
 do_setup=1
 do_install=1
@@ -48,13 +51,13 @@ while [ $# -gt 0 ]; do
   case $1 in
     --layer)
       [ $# -ge 2 ] || ag_die "--layer needs one of: ${all_layers[*]}"
-      case $2 in core|pgrx|regress|integration|postgres) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
+      case $2 in core|pgrx|regress|integration|postgres|upgrade) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
       shift ;;
     --layer=*)
       set -- --layer "${1#--layer=}" "${@:2}"; continue ;;
     --no-setup) do_setup=0 ;;
     --no-install) do_install=0 ;;
-    -h|--help) sed -n '2,35p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -251,6 +254,18 @@ if want postgres; then
   else
     record postgres 0 1 "$install_note"
   fi
+fi
+
+# ---- layer 6: upgrade (installs released versions, then this tree's build) -----
+if want upgrade; then
+  ag_log "layer upgrade: scripts/upgrade-test.sh"
+  bash "$root/scripts/upgrade-test.sh" 2>&1 9>&- | tee "$logdir/upgrade.log"
+  rc=${PIPESTATUS[0]}
+  line=$(strip_ansi <"$logdir/upgrade.log" | grep -E '^upgrade: [0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+  p=$(printf '%s' "$line" | awk '{print $2}'); f=$(printf '%s' "$line" | awk '{print $4}')
+  p=${p:-0}; f=${f:-0}; unote=""
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; unote="upgrade runner error (exit $rc)"; fi
+  record upgrade "$p" "$f" "$unote"
 fi
 
 finish
