@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # agent_guard's whole test suite (the README's test command; CI runs it).
 #
-#   bash scripts/test.sh [--layer core|pgrx|regress|integration]... [--no-setup] [--no-install]
+#   bash scripts/test.sh [--layer core|pgrx|regress|integration|upgrade]... [--no-setup] [--no-install]
 #
 # Layers, in this order:
 #   core         cargo test -p agent_guard_core            (pure Rust logic)
@@ -11,6 +11,9 @@
 #                with pg_regress, against the test cluster (pgrx.toml [test_cluster])
 #   integration  cargo test -p agent_guard_integration: real clients against
 #                the test cluster (env AG_PGHOST/AG_PGPORT/AG_PGUSER/AG_PGDATA/AG_PGBINDIR)
+#   upgrade      scripts/upgrade-test.sh: every released version (releases.txt),
+#                built from its commit and used, then upgraded in place with
+#                ALTER EXTENSION UPDATE (own cluster, pgrx.toml [upgrade_cluster])
 # Before regress/integration the (debug) extension is built and installed
 # (scripts/install-extension.sh; after the pgrx layer, which installs its own
 # test build) and a fresh test cluster is started with
@@ -34,7 +37,7 @@ ag_cargo_path
 root=$(ag_root)
 cd "$root" || exit 1
 
-all_layers=(core pgrx regress integration)
+all_layers=(core pgrx regress integration upgrade)
 layers=()
 do_setup=1
 do_install=1
@@ -42,13 +45,13 @@ while [ $# -gt 0 ]; do
   case $1 in
     --layer)
       [ $# -ge 2 ] || ag_die "--layer needs one of: ${all_layers[*]}"
-      case $2 in core|pgrx|regress|integration) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
+      case $2 in core|pgrx|regress|integration|upgrade) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
       shift ;;
     --layer=*)
       set -- --layer "${1#--layer=}" "${@:2}"; continue ;;
     --no-setup) do_setup=0 ;;
     --no-install) do_install=0 ;;
-    -h|--help) sed -n '2,29p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -214,6 +217,18 @@ if want regress || want integration; then
     ag_cluster_stop "$datadir" fast
   fi
   trap - EXIT
+fi
+
+# ---- layer 5: upgrade (installs released versions, then this tree's build) -----
+if want upgrade; then
+  ag_log "layer upgrade: scripts/upgrade-test.sh"
+  bash "$root/scripts/upgrade-test.sh" 2>&1 9>&- | tee "$logdir/upgrade.log"
+  rc=${PIPESTATUS[0]}
+  line=$(strip_ansi <"$logdir/upgrade.log" | grep -E '^upgrade: [0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+  p=$(printf '%s' "$line" | awk '{print $2}'); f=$(printf '%s' "$line" | awk '{print $4}')
+  p=${p:-0}; f=${f:-0}; unote=""
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; unote="upgrade runner error (exit $rc)"; fi
+  record upgrade "$p" "$f" "$unote"
 fi
 
 finish

@@ -18,7 +18,8 @@ fn _preloaded() -> bool {
     crate::hooks_active()
 }
 
-/// Hooks, settings and the session's identity, as jsonb.
+/// Hooks, settings, the session's identity and agent_guard's background
+/// workers (the audit writers and the activity sampler, as they run now), as jsonb.
 #[pg_extern(parallel_safe)]
 fn status() -> JsonB {
     JsonB(serde_json::json!({
@@ -27,7 +28,10 @@ fn status() -> JsonB {
         "registry_generation": crate::shmem::generation(),
         "settings": crate::gucs::settings(),
         "session_is_agent": crate::identity::current_agent().is_some(),
-        "background_worker": "not part of this release",
+        "background_workers": {
+            "audit_writers": crate::audit::writers_status(),
+            "activity_sampler": crate::review::sampler_status(),
+        },
     }))
 }
 

@@ -432,7 +432,7 @@ unsafe fn set_stmt(u: &mut UtilityFacts, s: *mut pg_sys::VariableSetStmt) {
 /// A boolean option's value as `defGetBoolean()` reads it, without raising
 /// for a value it would reject (PostgreSQL reports that itself; here it
 /// counts as true, the cautious reading for EXPLAIN ANALYZE).
-fn defelem_bool(opt: *mut pg_sys::DefElem) -> bool {
+pub(crate) fn defelem_bool(opt: *mut pg_sys::DefElem) -> bool {
     unsafe {
         let arg = (*opt).arg;
         if arg.is_null() {

@@ -358,16 +358,20 @@ fn arg<T: IntoDatum>(v: T) -> (pg_sys::Oid, Option<pg_sys::Datum>) {
 
 // ---- the grant source ----------------------------------------------------------------
 
-/// The live grants of an agent login, soonest-expiring first.
+/// The live grants of an agent login, soonest-expiring first. The roles'
+/// names must match too: a grant restored from another cluster's dump
+/// carries that cluster's OIDs, which may be other roles here.
 fn live_grants(agent: pg_sys::Oid, login: pg_sys::Oid) -> Vec<Grant> {
+    let (agent_name, login_name) = (identity::role_name(agent), identity::role_name(login));
     latest(
         "SELECT r.id, r.risk, r.objects::pg_catalog.oid[]::pg_catalog.int8[], \
                 u.created_objects::pg_catalog.oid[]::pg_catalog.int8[], r.fingerprint, r.max_statements, u.uses \
          FROM agent_guard.access_requests r JOIN agent_guard.grant_usage u ON u.request = r.id \
          WHERE r.agent = $1 AND r.login = $2 AND r.status = 'approved' \
+           AND r.agent_name = $3::pg_catalog.name AND r.login_name = $4::pg_catalog.name \
            AND r.expires_at > pg_catalog.clock_timestamp() \
          ORDER BY r.expires_at, r.id",
-        vec![arg(agent), arg(login)],
+        vec![arg(agent), arg(login), arg(agent_name.as_str()), arg(login_name.as_str())],
         true,
         |row| {
             let objects = row.get::<Vec<Option<i64>>>(3).map(|v| v.into_iter().flatten().map(|o| o as u32).collect::<Vec<_>>());
@@ -757,7 +761,7 @@ fn request_access(
         agent.agent_name.as_str().into(),
         login.into(),
         agent.login_name.as_str().into(),
-        pg_sys::Oid::from(agent.label.sponsor_oid).into(),
+        agent.sponsor.into(),
         agent.label.sponsor_name.as_str().into(),
         request_id.as_deref().into(),
         traceparent.as_deref().into(),
@@ -970,8 +974,7 @@ fn approve(
     let rule = crate::gucs::require_distinct_sponsor();
     if rule.applies(r.risk) {
         // the sponsor recorded with the request and the agent's sponsor now
-        let current =
-            identity::agent_of_role(r.agent).map(|a| pg_sys::Oid::from(a.label.sponsor_oid));
+        let current = identity::agent_of_role(r.agent).map(|a| a.sponsor);
         for who in [caller, session] {
             if who == r.sponsor || Some(who) == current {
                 fail(

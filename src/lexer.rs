@@ -16,10 +16,10 @@ use std::ffi::{CStr, CString};
 
 // Token codes from PostgreSQL's gram.h (the same in 13–17).
 pub const IDENT: i32 = 258;
-const UIDENT: i32 = 259;
+pub const UIDENT: i32 = 259;
 pub const FCONST: i32 = 260;
 pub const SCONST: i32 = 261;
-const USCONST: i32 = 262;
+pub const USCONST: i32 = 262;
 pub const BCONST: i32 = 263;
 pub const XCONST: i32 = 264;
 pub const OP: i32 = 265;
@@ -213,4 +213,22 @@ pub fn redact(text: &str, hide_all: bool) -> String {
     }
     let literals = literals(text).unwrap_or_else(|| r::scan_literals(text));
     r::redact_regulated(&r::redact(text, &literals, hide_all))
+}
+
+/// The tokens of `text` as (code, start, end, raw starts with a double
+/// quote), as far as the text lexes; the flag is false when the rest does
+/// not (an unterminated quote or comment, e.g. in a truncated text). Never
+/// raises.
+pub fn tokens(text: &str) -> (Vec<(i32, usize, usize, bool)>, bool) {
+    let out = std::cell::RefCell::new(vec![]);
+    let complete = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+        scan(text, Reading::Session, |code, start, raw, _| {
+            out.borrow_mut()
+                .push((code, start, start + raw.len(), raw.first() == Some(&b'"')))
+        });
+        true
+    }))
+    .catch_others(|_| false)
+    .execute();
+    (out.into_inner(), complete)
 }

@@ -47,6 +47,9 @@ extension_sql_file!(
         registry::register_agent,
         registry::unregister_agent,
         registry::registered_agents,
+        registry::registry_check,
+        registry::repair_registry,
+        registry::registry_changed_bump,
         api::sponsor_status
     ]
 );

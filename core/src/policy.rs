@@ -51,6 +51,10 @@ pub struct Actor {
     pub login: String,
     pub sponsor: String,
     pub sponsor_status: SponsorStatus,
+    /// Set when the session counts as an agent only because this database's
+    /// agent registry names it and no role label confirms it (see
+    /// [`crate::registry`]): why, for the refusal. Such sessions fail closed.
+    pub unverified: Option<String>,
 }
 
 /// Session facts that bear on every statement.
@@ -227,6 +231,13 @@ pub fn decide(
             "Agents can work only in databases where CREATE EXTENSION agent_guard has been run.",
         );
     }
+    if let Some(why) = &actor.unverified {
+        return deny(
+            "unverified_registration",
+            format!("role \"{}\" may not run statements here: {why}", actor.login),
+            "A superuser or member of agent_guard_admin must settle the registration: register the agent again with agent_guard.register_agent(), or, if the row is left over, remove it with agent_guard.repair_registry(forget_unmatched => true). agent_guard.registry_check() shows every such row.",
+        );
+    }
     if actor.sponsor_status != SponsorStatus::Active {
         return deny(
             "orphaned",
@@ -320,6 +331,7 @@ mod tests {
             login: "ci_bot".into(),
             sponsor: "alice".into(),
             sponsor_status: status,
+            unverified: None,
         }
     }
 
@@ -435,6 +447,30 @@ mod tests {
             ..Default::default()
         }));
         assert!(!allowed_under_nonstandard_strings(&prepare));
+    }
+
+    #[test]
+    fn unverified_registrations_keep_only_housekeeping() {
+        let mut a = actor(SponsorStatus::Active);
+        a.unverified =
+            Some("this database's agent registry lists role \"ci_bot\" as an agent".into());
+        match decide(Some(&a), &session(), &read(), &NoGrants) {
+            Decision::Deny(r) => {
+                assert_eq!(r.code, "unverified_registration");
+                assert!(
+                    r.message
+                        .starts_with("role \"ci_bot\" may not run statements here: "),
+                    "{}",
+                    r.message
+                );
+                assert!(r.hint.contains("register_agent"), "{}", r.hint);
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants),
+            Decision::Allow { .. }
+        ));
     }
 
     #[test]

@@ -783,6 +783,31 @@ pub fn stats() -> Value {
 
 pub mod functions;
 
+/// The audit writers running or starting now, for `agent_guard.status()`.
+pub fn writers_status() -> Value {
+    if !queue::attached() {
+        return json!([]);
+    }
+    let mut out = vec![];
+    for i in 0..queue::SLOTS {
+        let w = queue::with_slot(i, |s, _| {
+            (s.dboid != pg_sys::InvalidOid && s.worker_state != queue::WORKER_NONE).then(|| {
+                json!({
+                    "database_oid": s.dboid.to_u32(),
+                    "pid": (s.worker_pid != 0).then_some(s.worker_pid),
+                    "state": if s.worker_state == queue::WORKER_RUNNING { "running" } else { "starting" },
+                })
+            })
+        });
+        out.extend(w);
+    }
+    for w in out.iter_mut() {
+        let oid = pg_sys::Oid::from(w["database_oid"].as_u64().unwrap_or(0) as u32);
+        w["database"] = json!(cstr(unsafe { pg_sys::get_database_name(oid) }));
+    }
+    Value::Array(out)
+}
+
 /// Put an administrative event (a purge, a decision on a grant) into the
 /// trail, durably, whether or not the session is otherwise audited.
 pub fn record_admin_event(command: &str, text: &str) {
