@@ -124,6 +124,9 @@ pub unsafe fn plan_facts(
             let relid = (*rte).relid;
             if seen.insert(relid.to_u32()) {
                 facts.read.push(relation(relid));
+                if (*rte).relkind as u8 == pg_sys::RELKIND_FOREIGN_TABLE {
+                    facts.foreign.push(relation(relid));
+                }
             }
             if let Some(cols) = sensitive.of_relation(relid) {
                 let selected = selected_columns(pstmt, rte);
@@ -140,6 +143,13 @@ pub unsafe fn plan_facts(
                 if !facts.written.contains(&r) {
                     facts.written.push(r);
                 }
+            }
+        }
+        // rows routed into partitions at run time: a foreign partition is written too
+        for r in &facts.written {
+            let relid = pg_sys::Oid::from(r.oid);
+            if pg_sys::get_rel_relkind(relid) as u8 == pg_sys::RELKIND_PARTITIONED_TABLE {
+                foreign_descendants(relid, &mut facts.foreign);
             }
         }
         for mark in PgList::<pg_sys::PlanRowMark>::from_pg((*pstmt).rowMarks).iter_ptr() {
@@ -175,6 +185,9 @@ unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
         for rte in rtable.iter_ptr() {
             if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
                 facts.read.push(relation((*rte).relid));
+                if (*rte).relkind as u8 == pg_sys::RELKIND_FOREIGN_TABLE {
+                    facts.foreign.push(relation((*rte).relid));
+                }
             }
         }
         if let Some(r) = rel_at((*query).resultRelation as u32) {
@@ -669,7 +682,23 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
             }
             _ => {}
         }
+        // COPY FROM routes rows into partitions, TRUNCATE empties children too
+        for r in &u.relations {
+            foreign_descendants(pg_sys::Oid::from(r.oid), &mut u.foreign);
+        }
         u
+    }
+}
+
+/// `relid` and its partitions and inheritance descendants that are foreign tables.
+fn foreign_descendants(relid: pg_sys::Oid, out: &mut Vec<Relation>) {
+    for d in crate::catalog::with_descendants(relid) {
+        if unsafe { pg_sys::get_rel_relkind(d) } as u8 == pg_sys::RELKIND_FOREIGN_TABLE {
+            let r = relation(d);
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
     }
 }
 

@@ -222,7 +222,7 @@ pub fn redact(text: &str, hide_all: bool) -> String {
 pub fn tokens(text: &str) -> (Vec<(i32, usize, usize, bool)>, bool) {
     let out = std::cell::RefCell::new(vec![]);
     let complete = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
-        scan(text, Reading::Session, |code, start, raw, _| {
+        scan(text, Reading::Standard, |code, start, raw, _| {
             out.borrow_mut()
                 .push((code, start, start + raw.len(), raw.first() == Some(&b'"')))
         });

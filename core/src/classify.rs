@@ -72,6 +72,23 @@ fn dedup(mut v: Vec<Relation>) -> Vec<Relation> {
     v
 }
 
+/// Reads and writes of foreign tables: the foreign server runs them as the
+/// user mapping's remote role (a human's, for all agent_guard knows), where
+/// no agent is recognised, nothing is masked and nothing is audited.
+fn foreign_access(command: &str, foreign: &[Relation]) -> Classification {
+    let names: Vec<String> = foreign.iter().map(Relation::qualified).collect();
+    let mut c = Classification::new(
+        &format!("{command} of a foreign table"),
+        Risk::Admin,
+        format!(
+            "{} is a foreign table: its rows are read and written by another server, as the user mapping's remote role, outside agent_guard's identification, masking and audit",
+            names.join(", ")
+        ),
+    );
+    c.objects = names;
+    c
+}
+
 /// Schemas whose objects agents may never write or change, not even under a
 /// grant: PostgreSQL's catalogs, TOAST tables and information schema, and
 /// agent_guard's own schemas (its registry labels live in `pg_shseclabel`, its
@@ -144,6 +161,9 @@ fn with_calls(mut c: Classification, functions: &[FunctionFacts], superuser: boo
 }
 
 fn classify_plan(p: &PlanFacts) -> Classification {
+    if !p.foreign.is_empty() {
+        return foreign_access(p.operation.tag(), &p.foreign);
+    }
     // A call whose risk exceeds the statement's decides (pg_read_file, nextval, …).
     with_calls(classify_plan_relations(p), &p.functions, p.runs_as_superuser)
 }
@@ -480,6 +500,17 @@ fn classify_utility_risk(u: &UtilityFacts) -> Classification {
             } else {
                 Classification::new("FETCH", Risk::Read, "fetches from a cursor")
             };
+        }
+        "CopyStmt" | "TruncateStmt" if !u.foreign.is_empty() => {
+            return foreign_access(&u.command, &u.foreign);
+        }
+        "ImportForeignSchemaStmt" => {
+            return Classification::new(
+                "IMPORT FOREIGN SCHEMA",
+                Risk::Admin,
+                "IMPORT FOREIGN SCHEMA connects to another server as the user mapping's remote role",
+            )
+            .with_objects(u.objects.clone());
         }
         "CopyStmt" => return classify_copy(u),
         "TruncateStmt" => {
@@ -968,6 +999,35 @@ mod tests {
 
     fn risk_of_call(f: &FunctionFacts) -> Option<Risk> {
         classify_function(f, AGENT).map(|c| c.risk)
+    }
+
+    #[test]
+    fn foreign_tables_are_administration() {
+        let ft = Relation::new(900, "public", "remote_customers");
+        for op in [Operation::Select, Operation::Insert, Operation::Update] {
+            let mut p = plan(op);
+            p.read = vec![ft.clone(), rel("orders")];
+            p.foreign = vec![ft.clone()];
+            let c = classify(&Facts::Plan(p));
+            assert_eq!(c.risk, Risk::Admin, "{op:?}");
+            assert_eq!(c.objects, vec!["public.remote_customers".to_string()]);
+            assert!(c.command.ends_with("of a foreign table"), "{}", c.command);
+        }
+        for (node, command) in [("CopyStmt", "COPY"), ("TruncateStmt", "TRUNCATE TABLE")] {
+            let mut u = util(node, command);
+            u.copy = Some(CopyFacts { from: true, file_or_program: false });
+            u.relations = vec![ft.clone()];
+            u.foreign = vec![ft.clone()];
+            assert_eq!(risk_of_util(u), Risk::Admin, "{node}");
+        }
+        assert_eq!(
+            risk_of_util(util("ImportForeignSchemaStmt", "IMPORT FOREIGN SCHEMA")),
+            Risk::Admin
+        );
+        // a local table stays a read
+        let mut p = plan(Operation::Select);
+        p.read = vec![rel("orders")];
+        assert_eq!(classify(&Facts::Plan(p)).risk, Risk::Read);
     }
 
     #[test]

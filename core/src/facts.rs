@@ -73,6 +73,10 @@ pub struct PlanFacts {
     pub functions: Vec<FunctionFacts>,
     /// The statement runs as a superuser.
     pub runs_as_superuser: bool,
+    /// Foreign tables it reads or writes (also as partitions or inheritance
+    /// children): their rows come from another server, fetched as the user
+    /// mapping's remote role.
+    pub foreign: Vec<Relation>,
 }
 
 impl PlanFacts {
@@ -88,6 +92,7 @@ impl PlanFacts {
             integrity_check: false,
             functions: vec![],
             runs_as_superuser: false,
+            foreign: vec![],
         }
     }
 }
@@ -202,6 +207,8 @@ pub struct UtilityFacts {
     pub runs_as_superuser: bool,
     /// The statement an EXPLAIN, DECLARE CURSOR, EXECUTE or CREATE TABLE AS carries, when known.
     pub inner: Option<Box<Facts>>,
+    /// Of `relations`, the foreign tables.
+    pub foreign: Vec<Relation>,
 }
 
 /// Everything agent_guard knows about one statement.

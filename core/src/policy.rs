@@ -425,6 +425,30 @@ mod tests {
     }
 
     #[test]
+    fn unverified_registrations_keep_only_housekeeping() {
+        let mut a = actor(SponsorStatus::Active);
+        a.unverified =
+            Some("this database's agent registry lists role \"ci_bot\" as an agent".into());
+        match decide(Some(&a), &session(), &read(), &NoGrants) {
+            Decision::Deny(r) => {
+                assert_eq!(r.code, "unverified_registration");
+                assert!(
+                    r.message
+                        .starts_with("role \"ci_bot\" may not run statements here: "),
+                    "{}",
+                    r.message
+                );
+                assert!(r.hint.contains("register_agent"), "{}", r.hint);
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants),
+            Decision::Allow { .. }
+        ));
+    }
+
+    #[test]
     fn nonstandard_strings_refuse_everything_but_housekeeping() {
         let a = actor(SponsorStatus::Active);
         for c in [read(), delete()] {
@@ -447,30 +471,6 @@ mod tests {
             ..Default::default()
         }));
         assert!(!allowed_under_nonstandard_strings(&prepare));
-    }
-
-    #[test]
-    fn unverified_registrations_keep_only_housekeeping() {
-        let mut a = actor(SponsorStatus::Active);
-        a.unverified =
-            Some("this database's agent registry lists role \"ci_bot\" as an agent".into());
-        match decide(Some(&a), &session(), &read(), &NoGrants) {
-            Decision::Deny(r) => {
-                assert_eq!(r.code, "unverified_registration");
-                assert!(
-                    r.message
-                        .starts_with("role \"ci_bot\" may not run statements here: "),
-                    "{}",
-                    r.message
-                );
-                assert!(r.hint.contains("register_agent"), "{}", r.hint);
-            }
-            d => panic!("{d:?}"),
-        }
-        assert!(matches!(
-            decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants),
-            Decision::Allow { .. }
-        ));
     }
 
     #[test]
