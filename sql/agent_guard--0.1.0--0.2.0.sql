@@ -611,3 +611,12 @@ LEFT JOIN members mb ON mb.role = v.oid
 LEFT JOIN readable_unlabelled ru ON ru.role = v.oid
 LEFT JOIN dbs db ON db.role = v.oid
 $$;
+
+-- sponsor_status() answers "dropped" for a registration whose sponsor no
+-- longer exists (labels name the sponsor; no OID is left to ask about).
+CREATE OR REPLACE FUNCTION agent_guard."sponsor_status"(
+	"sponsor" oid
+) RETURNS TEXT
+PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'sponsor_status_wrapper';

@@ -50,10 +50,14 @@ fn is_agent_session() -> bool {
     crate::identity::current_agent().is_some()
 }
 
-/// Status of a sponsor role: active, nologin, expired or dropped.
+/// Status of a sponsor role: active, nologin, expired or dropped (also when
+/// no role is given: a registration whose sponsor no longer exists here).
 #[pg_extern(parallel_safe)]
-fn sponsor_status(sponsor: pg_sys::Oid) -> &'static str {
-    crate::identity::sponsor_status(sponsor).as_str()
+fn sponsor_status(sponsor: Option<pg_sys::Oid>) -> &'static str {
+    match sponsor {
+        Some(oid) => crate::identity::sponsor_status(oid).as_str(),
+        None => agent_guard_core::SponsorStatus::Dropped.as_str(),
+    }
 }
 
 thread_local! {
