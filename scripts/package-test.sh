@@ -21,9 +21,10 @@
 #    ag_cluster_datadir test) with shared_preload_libraries = 'agent_guard';
 #    its postmaster must have mapped the packaged library (same inode, from
 #    /proc/PID/maps); then scripts/regress.sh runs every regress file.
-# 5. Clean-up: the cluster is stopped, the package removed (dpkg --purge) or
-#    the copied files deleted. The next layer that needs the extension
-#    installs the dev build again.
+# 5. Clean-up (also on failure or interruption): the cluster is stopped, the
+#    package removed (dpkg --purge) or the copied files deleted, and the
+#    dev-installed files saved in step 2 are put back as they were, so the
+#    server is left with the build it had before.
 # Last line: "package: N passed, M failed" (N, M: the regress files; a
 # failed step before regress counts as 1 failed). Run as root, under
 # scripts/test.sh's lock (it shares the test cluster's port).
@@ -45,6 +46,7 @@ datadir=$(ag_cluster_datadir test)
 port=$(ag_cluster_port test)
 mode=""
 stage=""
+saved=""
 
 fail() {
   echo "package: $*" >&2
@@ -60,8 +62,22 @@ cleanup() {
     copy) rm -f "$pkglibdir/agent_guard.so" "$extdir"/agent_guard.control "$extdir"/agent_guard--*.sql ;;
   esac
   [ -n "$stage" ] && rm -rf "$stage"
+  stage=""
   mode=""
+  restore_dev
 }
+
+# The dev-installed files, saved before they are removed, put back at the end.
+restore_dev() {
+  [ -n "$saved" ] || return 0
+  rm -f "$pkglibdir/agent_guard.so" "$extdir"/agent_guard.control "$extdir"/agent_guard--*.sql
+  [ -f "$saved/agent_guard.so" ] && install -m 755 "$saved/agent_guard.so" "$pkglibdir/agent_guard.so"
+  for f in "$saved"/ext/*; do [ -f "$f" ] && install -m 644 "$f" "$extdir/"; done
+  rm -rf "$saved"
+  saved=""
+  ag_log "dev-installed agent_guard files restored into $pkglibdir and $extdir"
+}
+trap 'cleanup' EXIT
 
 # ---- 1. the package ------------------------------------------------------------
 if [ -z "$deb" ]; then
@@ -74,6 +90,10 @@ dpkg-deb --info "$deb" | sed -n 's/^ \(Package\|Version\|Depends\):/  \1:/p'
 # ---- 2. remove the dev-installed files ---------------------------------------------
 ag_cluster_stop "$datadir" immediate >/dev/null 2>&1 || true
 rm -rf "$datadir"
+saved=$(mktemp -d /tmp/agent_guard-dev-install.XXXXXX)
+mkdir -p "$saved/ext"
+[ -f "$pkglibdir/agent_guard.so" ] && cp -p "$pkglibdir/agent_guard.so" "$saved/"
+for f in "$extdir"/agent_guard.control "$extdir"/agent_guard--*.sql; do [ -f "$f" ] && cp -p "$f" "$saved/ext/"; done
 rm -f "$pkglibdir/agent_guard.so" "$extdir"/agent_guard.control "$extdir"/agent_guard--*.sql
 
 # ---- 3. install ------------------------------------------------------------------------

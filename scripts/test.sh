@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # agent_guard's whole test suite (the README's test command; CI runs it).
 #
-#   bash scripts/test.sh [--pg MAJOR]... [--layer core|pgrx|regress|integration|package]...
-#                        [--no-setup] [--no-install]
+#   bash scripts/test.sh [--pg MAJOR]... [--no-setup] [--no-install]
+#        [--layer core|pgrx|regress|integration|postgres|upgrade|package]...
 #
 # Layers, in this order (core once; the others once per PostgreSQL major):
 #   core         cargo test -p agent_guard_core            (pure Rust logic)
@@ -12,6 +12,16 @@
 #                with pg_regress, against the test cluster (pgrx.toml [test_cluster])
 #   integration  cargo test -p agent_guard_integration: real clients against
 #                the test cluster (env AG_PGHOST/AG_PGPORT/AG_PGUSER/AG_PGDATA/AG_PGBINDIR)
+#   postgres     scripts/postgres-suite.sh: the major's own regression suite
+#                (parallel_schedule) without agent_guard (A), preloaded (B) and
+#                preloaded + created + audit_non_agents = 'all' (C); B and C must
+#                equal A test by test (tests/postgres/allowlist-MAJOR.txt); and
+#                pgaudit's own regression test with agent_guard preloaded beside it
+#   upgrade      scripts/upgrade-test.sh: every released version (releases.txt)
+#                that supports the major, built from its commit and used, then
+#                upgraded in place with ALTER EXTENSION UPDATE (own cluster,
+#                pgrx.toml [upgrade_cluster]); a major no release supports
+#                reports the layer as skipped (0 passed, 0 failed, and why)
 #   package      scripts/package-test.sh: builds the .deb (scripts/package.sh),
 #                removes the dev-installed files, installs the package (dpkg -i
 #                for Debian's postgresql-MAJOR; a copy of its files for a server
@@ -23,10 +33,13 @@
 # scripts use that server (ag_use_major: AG_PG_CONFIG/AG_PG_MAJOR), its
 # pg_regress and binaries, and a test cluster of its own (data dir suffixed
 # -MAJOR for majors other than the packaged one; same port, one at a time).
-# Before regress/integration the (debug) extension is built and installed
-# into that server (scripts/install-extension.sh; after the pgrx layer, which
-# installs its own test build) and a fresh test cluster is started with
-# shared_preload_libraries = 'agent_guard'; it is stopped at the end.
+# Before regress/integration/postgres the (debug) extension is built and
+# installed into that server (scripts/install-extension.sh; after the pgrx
+# layer, which installs its own test build; once per major and run).
+# regress/integration get a fresh test cluster started with
+# shared_preload_libraries = 'agent_guard'; it is stopped at the end. The
+# postgres layer starts its own temporary instances. upgrade and package leave
+# the dev build installed again.
 #
 # Options: --layer L (repeatable; default: all), --no-setup (skip scripts/setup.sh),
 #          --no-install (regress/integration: use the extension as installed).
@@ -48,7 +61,7 @@ ag_cargo_path
 root=$(ag_root)
 cd "$root" || exit 1
 
-all_layers=(core pgrx regress integration package)
+all_layers=(core pgrx regress integration postgres upgrade package)
 layers=()
 majors=()
 do_setup=1
@@ -57,7 +70,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --layer)
       [ $# -ge 2 ] || ag_die "--layer needs one of: ${all_layers[*]}"
-      case $2 in core|pgrx|regress|integration|package) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
+      case $2 in core|pgrx|regress|integration|postgres|upgrade|package) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
       shift ;;
     --layer=*)
       set -- --layer "${1#--layer=}" "${@:2}"; continue ;;
@@ -70,7 +83,7 @@ while [ $# -gt 0 ]; do
       set -- --pg "${1#--pg=}" "${@:2}"; continue ;;
     --no-setup) do_setup=0 ;;
     --no-install) do_install=0 ;;
-    -h|--help) sed -n '2,40p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,56p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -161,7 +174,33 @@ if want core; then
   run_cargo_layer core cargo test -p agent_guard_core --no-fail-fast
 fi
 
-# ---- per PostgreSQL major: layers 2 to 4 ------------------------------------------
+# ---- the installed extension (regress, integration, postgres) -------------------
+# Build and install the debug extension into the major under test once per
+# major (unless --no-install); install_state is reset for each major.
+install_state=todo
+install_note=""
+ensure_installed() {
+  if [ $do_install = 0 ] || [ $install_state = done ]; then return 0; fi
+  if [ $install_state = failed ]; then return 1; fi
+  ag_log "build + install the extension (debug) into PostgreSQL $AG_PG_MAJOR for regress/integration/postgres"
+  if bash "$root/scripts/install-extension.sh" >"$logdir/install-pg$AG_PG_MAJOR.log" 2>&1 9>&-; then
+    install_state=done; return 0
+  fi
+  tail -n 60 "$logdir/install-pg$AG_PG_MAJOR.log"
+  install_state=failed
+  install_note="extension build/install failed, see target/agent_guard-test/install-pg$AG_PG_MAJOR.log"
+  return 1
+}
+
+# summary_of LOG PREFIX: "P F" from the last "PREFIX: P passed, F failed" line.
+summary_of() {
+  local line p f
+  line=$(strip_ansi <"$1" | grep -E "^$2: [0-9]+ passed, [0-9]+ failed" | tail -n 1)
+  p=$(printf '%s' "$line" | awk '{print $2}'); f=$(printf '%s' "$line" | awk '{print $4}')
+  echo "${p:-0} ${f:-0}"
+}
+
+# ---- per PostgreSQL major: layers 2 to 7 ------------------------------------------
 if [ ${#majors[@]} -eq 0 ]; then
   mapfile -t majors < <(ag_installed_majors)
   missing_majors=""
@@ -180,6 +219,8 @@ for major in "${majors[@]}"; do
     continue
   fi
   ag_log "PostgreSQL $major ($AG_PG_CONFIG)"
+  install_state=todo
+  install_note=""
 
   # ---- layer 2: pgrx ---------------------------------------------------------------
   if want pgrx; then
@@ -208,12 +249,8 @@ for major in "${majors[@]}"; do
     cluster_ok=1
     note=""
     layer_start
-    if [ $do_install = 1 ]; then
-      ag_log "build + install the extension (debug) into PostgreSQL $major for regress/integration"
-      if ! bash "$root/scripts/install-extension.sh" >"$logdir/install-pg$major.log" 2>&1 9>&-; then
-        tail -n 60 "$logdir/install-pg$major.log"
-        cluster_ok=0; note="extension build/install failed, see target/agent_guard-test/install-pg$major.log"
-      fi
+    if ! ensure_installed; then
+      cluster_ok=0; note=$install_note
     fi
     if [ $cluster_ok = 1 ]; then
       if [ "${AG_KEEP_CLUSTER:-0}" != 1 ]; then
@@ -269,15 +306,43 @@ for major in "${majors[@]}"; do
     trap - EXIT
   fi
 
-  # ---- layer 5: package (the .deb, installed, against the regress files) ---------
+  # ---- layer 5: postgres (the major's own and pgaudit's regression suites) -----
+  if want postgres; then
+    layer_start
+    if ensure_installed; then
+      ag_log "layer postgres (PostgreSQL $major): scripts/postgres-suite.sh"
+      bash "$root/scripts/postgres-suite.sh" 2>&1 9>&- | tee "$logdir/postgres-pg$major.log"
+      rc=${PIPESTATUS[0]}
+      read -r p f < <(summary_of "$logdir/postgres-pg$major.log" postgres)
+      pnote=$(strip_ansi <"$logdir/postgres-pg$major.log" | sed -n 's/^postgres pgaudit: skipped: /pgaudit skipped: /p' | tail -n 1)
+      if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; pnote="postgres-suite.sh error (exit $rc)"; fi
+      record postgres "$p" "$f" "$pnote"
+    else
+      record postgres 0 1 "$install_note"
+    fi
+  fi
+
+  # ---- layer 6: upgrade (released versions, then this tree's build) -------------
+  if want upgrade; then
+    layer_start
+    ag_log "layer upgrade (PostgreSQL $major): scripts/upgrade-test.sh"
+    bash "$root/scripts/upgrade-test.sh" 2>&1 9>&- | tee "$logdir/upgrade-pg$major.log"
+    rc=${PIPESTATUS[0]}
+    read -r p f < <(summary_of "$logdir/upgrade-pg$major.log" upgrade)
+    unote=$(strip_ansi <"$logdir/upgrade-pg$major.log" | sed -n 's/^upgrade: skipped: //p' | tail -n 1)
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; unote="upgrade-test.sh error (exit $rc)"; fi
+    record upgrade "$p" "$f" "${unote:+skipped: $unote}"
+    # it leaves this tree's debug build installed (scripts/install-extension.sh)
+  fi
+
+  # ---- layer 7: package (the .deb, installed, against the regress files) ---------
   if want package; then
     layer_start
     ag_log "layer package (PostgreSQL $major): scripts/package-test.sh $major"
     bash "$root/scripts/package-test.sh" "$major" 2>&1 9>&- | tee "$logdir/package-pg$major.log"
     rc=${PIPESTATUS[0]}
-    line=$(strip_ansi <"$logdir/package-pg$major.log" | grep -E '^package: [0-9]+ passed, [0-9]+ failed$' | tail -n 1)
-    p=$(printf '%s' "$line" | awk '{print $2}'); f=$(printf '%s' "$line" | awk '{print $4}')
-    p=${p:-0}; f=${f:-0}; pknote=""
+    read -r p f < <(summary_of "$logdir/package-pg$major.log" package)
+    pknote=""
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; pknote="package-test.sh error (exit $rc)"; fi
     record package "$p" "$f" "$pknote"
   fi

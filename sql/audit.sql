@@ -77,6 +77,14 @@ CREATE TABLE agent_guard.audit_purges (
 );
 REVOKE ALL ON agent_guard.audit_purges FROM PUBLIC;
 
+-- The trail is part of a database's dump: pg_dump carries its rows (with their
+-- ids and hashes, so verify_audit() holds on the restored copy) and the ids'
+-- sequences; the writer continues the chain from the last restored row.
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges_id_seq', '');
+
 -- The hashed content of a row: its immutable columns, time zone independent.
 CREATE FUNCTION agent_guard._row_content(a agent_guard.audit_log) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -42,3 +42,37 @@ LEFT JOIN agent_guard.agent_registry AS r ON r.agent = a.agent;
 COMMENT ON VIEW agent_guard.agents IS
     'Registered agents of the cluster, their human sponsors and whether each sponsor can still log in';
 GRANT SELECT ON agent_guard.agents TO PUBLIC;
+
+-- Rows of agent_registry restored (pg_restore) or changed by hand move the
+-- registry generation, so sessions re-read who is an agent.
+CREATE FUNCTION agent_guard._registry_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM agent_guard._registry_changed_bump();
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._registry_changed_bump() FROM PUBLIC;
+CREATE TRIGGER agent_registry_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON agent_guard.agent_registry
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._registry_changed();
+
+-- Whether this database's registry rows match the cluster's role labels
+-- (after a restore they may not): one row per role concerned.
+REVOKE ALL ON FUNCTION agent_guard.registry_check() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.registry_check() TO agent_guard_admin;
+COMMENT ON FUNCTION agent_guard.registry_check() IS
+    'Registry rows of this database and whether role labels confirm them: ok, renamed, moved (restored from another cluster), unmatched (its roles fail closed), gone';
+
+CREATE FUNCTION agent_guard.repair_registry(forget_unmatched boolean DEFAULT false)
+RETURNS TABLE (agent_name text, registered_oid oid, state text, action text)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM agent_guard._repair_registry(forget_unmatched) $$;
+REVOKE ALL ON FUNCTION agent_guard.repair_registry(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION agent_guard._repair_registry(boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.repair_registry(boolean) TO agent_guard_admin;
+COMMENT ON FUNCTION agent_guard.repair_registry(boolean) IS
+    'After a restore: relink registry rows to the roles their labels are on, re-write labels restored from another cluster, remove rows of dropped roles (and, with forget_unmatched, rows no label confirms)';

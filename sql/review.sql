@@ -115,6 +115,11 @@ reg AS MATERIALIZED (
     SELECT g.agent, g.sponsor, g.sponsor_name, agent_guard.sponsor_status(g.sponsor) AS sponsor_status
     FROM agent_guard._registered_agents() g
 ),
+-- registry rows of this database that no role label confirms (restores): per role concerned
+stale AS MATERIALIZED (
+    SELECT c.* FROM agent_guard.registry_check() c
+    WHERE c.state IN ('unmatched', 'moved') AND c.role_oid IS NOT NULL
+),
 -- every role a role can act as (itself, and every role it is a member of,
 -- directly or not, with or without INHERIT: it can SET ROLE to them), with
 -- the first step of the shortest way there
@@ -145,7 +150,8 @@ reviewed AS MATERIALIZED (
     LEFT JOIN registration g ON g.role = r.oid
     LEFT JOIN pg_catalog.pg_roles ga ON ga.oid = g.agent
     WHERE r.rolname !~ '^pg_'
-      AND (r.rolcanlogin OR EXISTS (SELECT 1 FROM reg x WHERE x.agent = r.oid))
+      AND (r.rolcanlogin OR EXISTS (SELECT 1 FROM reg x WHERE x.agent = r.oid)
+           OR EXISTS (SELECT 1 FROM stale x WHERE x.role_oid = r.oid))
 ),
 rclosure AS MATERIALIZED (
     SELECT c.* FROM closure c JOIN reviewed v ON v.oid = c.role
@@ -471,6 +477,12 @@ SELECT v.oid,
                'agent', v.reg_agent_name, 'via_group', v.via_group,
                'sponsor', v.sponsor_name, 'sponsor_status', v.sponsor_status) END,
            'is_sponsor', EXISTS (SELECT 1 FROM reg g WHERE g.sponsor = v.oid),
+           'registry_problems', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                     'state', x.state, 'agent_name', x.agent_name,
+                                     'registered_oid', x.registered_oid::bigint,
+                                     'sponsor_name', x.sponsor_name, 'kind', x.kind)
+                                     ORDER BY x.agent_name, x.registered_oid), '[]')
+                                 FROM stale x WHERE x.role_oid = v.oid),
            'attributes', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                               'name', x.attr, 'source', x.source, 'first_hop', x.first_hop) ORDER BY x.attr), '[]')
                           FROM attrs x WHERE x.role = v.oid),

@@ -28,7 +28,10 @@ CREATE TABLE agent_guard.agent_registry (
     kind          text NOT NULL,
     note          text,
     registered_by name NOT NULL DEFAULT session_user,
-    registered_at timestamptz NOT NULL DEFAULT pg_catalog.now()
+    registered_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- the cluster whose OIDs agent and sponsor are (pg_control's system
+    -- identifier): a row restored into another cluster is judged by agent_name
+    system_identifier text
 );
 REVOKE ALL ON agent_guard.agent_registry FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('agent_guard.agent_registry', '');

@@ -142,6 +142,38 @@ impl Tuple {
         }
     }
 
+    /// The tuple's location (for deleting it).
+    pub fn tid(&self) -> pg_sys::ItemPointerData {
+        unsafe { (*self.tuple).t_self }
+    }
+
+    /// An `int2[]` column (NULL elements skipped).
+    pub fn int2_array(&self, column: i16) -> Vec<i16> {
+        let Some(d) = self.datum(column) else {
+            return vec![];
+        };
+        unsafe {
+            let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+            let mut elems: *mut Datum = std::ptr::null_mut();
+            let mut nulls: *mut bool = std::ptr::null_mut();
+            let mut n: i32 = 0;
+            pg_sys::deconstruct_array(
+                arr,
+                pg_sys::INT2OID,
+                2,
+                true,
+                pg_sys::TYPALIGN_SHORT as std::ffi::c_char,
+                &mut elems,
+                &mut nulls,
+                &mut n,
+            );
+            (0..n as usize)
+                .filter(|i| !*nulls.add(*i))
+                .map(|i| (*elems.add(i)).value() as i16)
+                .collect()
+        }
+    }
+
     /// A `name` column.
     pub fn name(&self, column: i16) -> Option<String> {
         let d = self.datum(column)?;
@@ -198,6 +230,49 @@ pub fn scan(catalog: u32, index: Option<u32>, keys: &[Key], mut each: impl FnMut
         }
         pg_sys::systable_endscan(scan);
         pg_sys::table_close(rel, pg_sys::AccessShareLock as i32);
+    }
+}
+
+/// Visit every row of one of agent_guard's own small tables (`relid`), for
+/// metadata the per-backend caches need (`agent_guard.agent_registry`),
+/// without a query: committed rows as of now (and the transaction's own),
+/// whatever the transaction's isolation level; no snapshot of the
+/// transaction's is set and no predicate lock taken. Never
+/// waits for a lock: false (nothing visited) when someone holds the table
+/// exclusively (DROP EXTENSION or TRUNCATE in an open transaction) or it is gone.
+pub fn try_scan_table(relid: Oid, mut each: impl FnMut(&Tuple)) -> bool {
+    unsafe {
+        let lock = pg_sys::AccessShareLock as i32;
+        if !pg_sys::ConditionalLockRelationOid(relid, lock) {
+            return false;
+        }
+        let rel = pg_sys::try_table_open(relid, pg_sys::NoLock as i32);
+        if rel.is_null() {
+            pg_sys::UnlockRelationOid(relid, lock);
+            return false;
+        }
+        // SnapshotSelf (committed rows and the transaction's own, not an MVCC
+        // snapshot): a SERIALIZABLE transaction gets no predicate lock on
+        // agent_guard's table from this read (pg_locks stays as without it).
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData),
+            0,
+            std::ptr::null_mut(),
+        );
+        let desc = (*rel).rd_att;
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            each(&Tuple { tuple, desc });
+        }
+        pg_sys::systable_endscan(scan);
+        pg_sys::table_close(rel, lock);
+        true
     }
 }
 
@@ -303,11 +378,7 @@ pub fn rule(rule: Oid) -> Option<(Oid, String)> {
 /// `(relid[, attnum])`, other than `relid` itself.
 pub fn reading_views(relid: Oid, attnum: Option<i16>) -> Vec<Oid> {
     let mut out = vec![];
-    for (class, object, _) in dependents(
-        pg_sys::RelationRelationId,
-        relid,
-        attnum.map(i32::from),
-    ) {
+    for (class, object, _) in dependents(pg_sys::RelationRelationId, relid, attnum.map(i32::from)) {
         if class != Oid::from(REWRITE) {
             continue;
         }
@@ -367,7 +438,10 @@ pub fn attribute(relid: Oid, attnum: i16) -> Option<Attribute> {
 /// A relation's TOAST table, from the syscache.
 pub fn toast_relation(relid: Oid) -> Option<Oid> {
     unsafe {
-        let tup = pg_sys::SearchSysCache1(pg_sys::SysCacheIdentifier::RELOID as i32, Datum::from(relid));
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            Datum::from(relid),
+        );
         if tup.is_null() {
             return None;
         }

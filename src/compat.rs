@@ -248,11 +248,12 @@ pub unsafe fn rte_columns(
     unsafe { rte_columns_in(perminfos, rte) }
 }
 
-/// The columns a range-table entry of (rewritten) query `q` selects.
-pub unsafe fn query_rte_selected(
+/// The column sets (selected, inserted, updated) of a range-table entry of
+/// (rewritten) query `q`.
+pub unsafe fn query_rte_columns(
     q: *mut pg_sys::Query,
     rte: *mut pg_sys::RangeTblEntry,
-) -> *mut pg_sys::Bitmapset {
+) -> [*mut pg_sys::Bitmapset; 3] {
     #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
     let perminfos = {
         let _ = q;
@@ -260,7 +261,54 @@ pub unsafe fn query_rte_selected(
     };
     #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
     let perminfos = unsafe { (*q).rteperminfos };
-    unsafe { rte_columns_in(perminfos, rte)[0] }
+    unsafe { rte_columns_in(perminfos, rte) }
+}
+
+/// The columns a range-table entry of (rewritten) query `q` selects.
+pub unsafe fn query_rte_selected(
+    q: *mut pg_sys::Query,
+    rte: *mut pg_sys::RangeTblEntry,
+) -> *mut pg_sys::Bitmapset {
+    unsafe { query_rte_columns(q, rte)[0] }
+}
+
+/// `expandRTE` without dropped columns, at no location: the column names and
+/// Vars of a range-table entry. 18 added the Vars' `returning_type`
+/// (RETURNING OLD/NEW; the default here).
+pub unsafe fn expand_rte(
+    rte: *mut pg_sys::RangeTblEntry,
+    rtindex: i32,
+    sublevels_up: i32,
+    names: *mut *mut pg_sys::List,
+    vars: *mut *mut pg_sys::List,
+) {
+    unsafe {
+        #[cfg(not(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16",
+            feature = "pg17"
+        )))]
+        pg_sys::expandRTE(
+            rte,
+            rtindex,
+            sublevels_up,
+            pg_sys::VarReturningType::VAR_RETURNING_DEFAULT,
+            -1,
+            false,
+            names,
+            vars,
+        );
+        #[cfg(any(
+            feature = "pg13",
+            feature = "pg14",
+            feature = "pg15",
+            feature = "pg16",
+            feature = "pg17"
+        ))]
+        pg_sys::expandRTE(rte, rtindex, sublevels_up, -1, false, names, vars);
+    }
 }
 
 /// The masking rewrite turns relation entry `rte` of `q` into a subquery `sub`
@@ -409,4 +457,3 @@ pub unsafe fn insert_index_tuples(
         pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list, false);
     }
 }
-

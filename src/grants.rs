@@ -347,16 +347,20 @@ fn arg<T: IntoDatum>(v: T) -> (pg_sys::Oid, Option<pg_sys::Datum>) {
 
 // ---- the grant source ----------------------------------------------------------------
 
-/// The live grants of an agent login, soonest-expiring first.
+/// The live grants of an agent login, soonest-expiring first. The roles'
+/// names must match too: a grant restored from another cluster's dump
+/// carries that cluster's OIDs, which may be other roles here.
 fn live_grants(agent: pg_sys::Oid, login: pg_sys::Oid) -> Vec<Grant> {
+    let (agent_name, login_name) = (identity::role_name(agent), identity::role_name(login));
     latest(
         "SELECT r.id, r.risk, r.objects::pg_catalog.oid[]::pg_catalog.int8[], \
                 u.created_objects::pg_catalog.oid[]::pg_catalog.int8[], r.fingerprint, r.max_statements, u.uses \
          FROM agent_guard.access_requests r JOIN agent_guard.grant_usage u ON u.request = r.id \
          WHERE r.agent = $1 AND r.login = $2 AND r.status = 'approved' \
+           AND r.agent_name = $3::pg_catalog.name AND r.login_name = $4::pg_catalog.name \
            AND r.expires_at > pg_catalog.clock_timestamp() \
          ORDER BY r.expires_at, r.id",
-        vec![arg(agent), arg(login)],
+        vec![arg(agent), arg(login), arg(agent_name.as_str()), arg(login_name.as_str())],
         true,
         |row| {
             let objects = row.get::<Vec<Option<i64>>>(3).map(|v| v.into_iter().flatten().map(|o| o as u32).collect::<Vec<_>>());
@@ -450,8 +454,12 @@ impl GrantSource for PgGrants {
             (c.statement.clone(), vec![])
         };
         let grants = live_grants(self.agent, self.login);
+        // A statement whose meaning depends on standard_conforming_strings
+        // has no fingerprint: no single-statement grant covers it.
         let fp = if core_grants::needs_fingerprint(&grants, &used) {
-            text.as_deref().map(fingerprint)
+            text.as_deref()
+                .filter(|t| crate::lexer::reads_the_same_either_way(t))
+                .map(fingerprint)
         } else {
             None
         };
@@ -685,15 +693,15 @@ fn request_access(
                 );
             };
             let rel = crate::extract::relation(o);
-            if rel.schema == agent_guard_core::GUARD_SCHEMA {
+            if agent_guard_core::classify::is_protected_schema(&rel.schema) {
                 fail(
                     PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                     format!(
-                        "agent_guard's own objects are never granted to agents ({})",
+                        "{} is never granted to agents: PostgreSQL's catalogs and agent_guard's own objects are changed by humans only",
                         rel.qualified()
                     ),
                     None,
-                    None,
+                    Some("Writes and schema changes of pg_catalog, pg_toast, information_schema and agent_guard are administration."),
                 );
             }
             if !out.contains(&o) {
@@ -721,6 +729,14 @@ fn request_access(
     let (statement, fingerprint) = match statement.map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => {
             let one = single_statement(s);
+            if !crate::lexer::reads_the_same_either_way(&one) {
+                fail(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "the statement reads differently with standard_conforming_strings off: it cannot be approved as one statement".into(),
+                    Some("A backslash in a '...' string means itself with the standard setting and escapes the next character otherwise, so the approver could read another statement than the one that would run.".into()),
+                    Some("Write backslashes in E'...' strings (E'\\\\' for one backslash), or request the objects instead of the statement."),
+                );
+            }
             let fp = fingerprint(&one);
             (Some(one), Some(fp))
         }
@@ -734,7 +750,7 @@ fn request_access(
         agent.agent_name.as_str().into(),
         login.into(),
         agent.login_name.as_str().into(),
-        pg_sys::Oid::from(agent.label.sponsor_oid).into(),
+        agent.sponsor.into(),
         agent.label.sponsor_name.as_str().into(),
         request_id.as_deref().into(),
         traceparent.as_deref().into(),
@@ -776,6 +792,8 @@ struct Locked {
     grant_expired: bool,
     decided_by: Option<String>,
     revoked_by: Option<String>,
+    /// The requested relations (none: any).
+    objects: Vec<pg_sys::Oid>,
 }
 
 fn lock_request(id: i64) -> Locked {
@@ -785,7 +803,7 @@ fn lock_request(id: i64) -> Locked {
                 "SELECT status, agent, agent_name::pg_catalog.text, login, sponsor, sponsor_name::pg_catalog.text, risk, \
                         statement IS NOT NULL, answer_by <= pg_catalog.clock_timestamp(), \
                         COALESCE(expires_at <= pg_catalog.clock_timestamp(), false), \
-                        decided_by::pg_catalog.text, revoked_by::pg_catalog.text \
+                        decided_by::pg_catalog.text, revoked_by::pg_catalog.text, objects::pg_catalog.oid[] \
                  FROM agent_guard.access_requests WHERE id = $1 FOR UPDATE",
                 None,
                 &[id.into()],
@@ -807,6 +825,12 @@ fn lock_request(id: i64) -> Locked {
                 grant_expired: r.get::<bool>(10)?.unwrap_or(false),
                 decided_by: r.get::<String>(11)?,
                 revoked_by: r.get::<String>(12)?,
+                objects: r
+                    .get::<Vec<Option<pg_sys::Oid>>>(13)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             }))
         })
     })
@@ -921,11 +945,25 @@ fn approve(
     let r = lock_request(request);
     require_pending(request, &r);
     require_not_the_agent(request, &r, caller, session);
+    // requests filed before catalogs were protected, or by a direct insert
+    for o in &r.objects {
+        let rel = crate::extract::relation(*o);
+        if agent_guard_core::classify::is_protected_schema(&rel.schema) {
+            fail(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "request {request} names {}, which is never granted to agents",
+                    rel.qualified()
+                ),
+                Some("Writes and schema changes of PostgreSQL's catalogs (pg_catalog, pg_toast, information_schema) and of agent_guard are administration; no grant covers them.".into()),
+                Some("Deny the request; a human administrator must make such a change."),
+            );
+        }
+    }
     let rule = crate::gucs::require_distinct_sponsor();
     if rule.applies(r.risk) {
         // the sponsor recorded with the request and the agent's sponsor now
-        let current =
-            identity::agent_of_role(r.agent).map(|a| pg_sys::Oid::from(a.label.sponsor_oid));
+        let current = identity::agent_of_role(r.agent).map(|a| a.sponsor);
         for who in [caller, session] {
             if who == r.sponsor || Some(who) == current {
                 fail(

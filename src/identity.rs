@@ -23,6 +23,14 @@ pub struct AgentRecord {
     pub agent_name: String,
     pub login_name: String,
     pub label: AgentLabel,
+    /// The sponsor's role in this cluster (see
+    /// [`agent_guard_core::label::resolve_sponsor`]); InvalidOid when no role
+    /// is the sponsor any more (dropped).
+    pub sponsor: pg_sys::Oid,
+    /// Set when no label makes the role an agent, but a row of this
+    /// database's agent registry that no label confirms points at it: why.
+    /// Such a session fails closed (see [`crate::registry::unverified_suspects`]).
+    pub unverified: Option<String>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -106,11 +114,57 @@ pub fn role_labels() -> Vec<(pg_sys::Oid, String)> {
 }
 
 /// The registered agent labels of the cluster: (role oid, label).
-fn read_agent_labels() -> Vec<(pg_sys::Oid, AgentLabel)> {
+pub fn read_agent_labels() -> Vec<(pg_sys::Oid, AgentLabel)> {
     role_labels()
         .into_iter()
         .filter_map(|(oid, label)| parse_agent_label(&label).ok().map(|l| (oid, l)))
         .collect()
+}
+
+/// This cluster's system identifier (what agent labels and registry rows
+/// record with the OIDs they hold; the same on a streaming standby).
+pub fn system_identifier() -> u64 {
+    unsafe { pg_sys::GetSystemIdentifier() }
+}
+
+/// A role's name, if the role exists.
+pub fn role_name_opt(oid: u32) -> Option<String> {
+    if oid == 0 {
+        return None;
+    }
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(pg_sys::Oid::from(oid), true);
+        (!p.is_null()).then(|| CStr::from_ptr(p).to_string_lossy().into_owned())
+    }
+}
+
+/// A role's OID by name, if the role exists (a syscache lookup).
+pub fn role_oid_opt(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let oid = unsafe { pg_sys::get_role_oid(c.as_ptr(), true) };
+    (oid != pg_sys::InvalidOid).then(|| oid.to_u32())
+}
+
+/// The sponsor role a label means in this cluster (InvalidOid: none).
+pub fn resolve_sponsor(label: &AgentLabel) -> pg_sys::Oid {
+    agent_guard_core::label::resolve_sponsor(
+        label,
+        system_identifier(),
+        role_name_opt,
+        role_oid_opt,
+    )
+    .map_or(pg_sys::InvalidOid, pg_sys::Oid::from)
+}
+
+fn record(agent: pg_sys::Oid, login: pg_sys::Oid, label: AgentLabel) -> AgentRecord {
+    AgentRecord {
+        agent_oid: agent,
+        agent_name: role_name(agent),
+        login_name: role_name(login),
+        sponsor: resolve_sponsor(&label),
+        label,
+        unverified: None,
+    }
 }
 
 /// Find the registration that makes `roles` (login role first) an agent.
@@ -133,15 +187,39 @@ fn agent_for(
     None
 }
 
-/// Agent registration of an arbitrary role (for `classify(as_role)` and the registry functions).
+/// A role that no label makes an agent, but that an unconfirmed registry row
+/// of this database points at (itself or a group it belongs to): a record
+/// that fails closed.
+fn unverified_for(role: pg_sys::Oid, labels: &[(pg_sys::Oid, AgentLabel)]) -> Option<AgentRecord> {
+    let suspects = crate::registry::unverified_suspects(labels);
+    let (suspect, row) = suspects.iter().find(|(s, _)| *s == role).or_else(|| {
+        suspects
+            .iter()
+            .find(|(s, _)| unsafe { pg_sys::is_member_of_role_nosuper(role, *s) })
+    })?;
+    let name = role_name(*suspect);
+    Some(AgentRecord {
+        agent_oid: *suspect,
+        agent_name: name.clone(),
+        login_name: role_name(role),
+        label: AgentLabel {
+            sponsor_name: row.sponsor_name.clone(),
+            kind: row.kind.clone(),
+            sponsor_oid: None,
+            cluster: None,
+        },
+        sponsor: pg_sys::InvalidOid,
+        unverified: Some(agent_guard_core::registry::unverified_reason(row, &name)),
+    })
+}
+
+/// Agent registration of an arbitrary role (for `classify(as_role)` and the
+/// registry functions); an unverified one (see [`AgentRecord::unverified`]) too.
 pub fn agent_of_role(role: pg_sys::Oid) -> Option<AgentRecord> {
     let labels = read_agent_labels();
-    agent_for(&[role], &labels).map(|(oid, label)| AgentRecord {
-        agent_oid: oid,
-        agent_name: role_name(oid),
-        login_name: role_name(role),
-        label,
-    })
+    agent_for(&[role], &labels)
+        .map(|(oid, label)| record(oid, role, label))
+        .or_else(|| unverified_for(role, &labels))
 }
 
 fn refresh(generation: u64) {
@@ -157,15 +235,16 @@ fn refresh(generation: u64) {
     let guard_installed = extension_installed();
     let (agent, agent_is_login) = match found {
         Some(((oid, label), is_login)) => (
-            Some(AgentRecord {
-                agent_oid: oid,
-                agent_name: role_name(oid),
-                login_name: role_name(if is_login { auth } else { session }),
-                label,
-            }),
+            Some(record(oid, if is_login { auth } else { session }, label)),
             is_login,
         ),
-        None => (None, false),
+        // not an agent by any label: unless an unconfirmed registry row of
+        // this database points at the session's role (fail closed)
+        None => match unverified_for(auth, &labels) {
+            Some(r) => (Some(r), true),
+            None if session != auth => (unverified_for(session, &labels), false),
+            None => (None, false),
+        },
     };
     CACHE.with(|c| {
         *c.borrow_mut() = Cache {
@@ -294,7 +373,8 @@ pub fn actor(agent: &AgentRecord) -> Actor {
         agent: agent.agent_name.clone(),
         login: agent.login_name.clone(),
         sponsor: agent.label.sponsor_name.clone(),
-        sponsor_status: sponsor_status(pg_sys::Oid::from(agent.label.sponsor_oid)),
+        sponsor_status: sponsor_status(agent.sponsor),
+        unverified: agent.unverified.clone(),
     }
 }
 
@@ -367,7 +447,7 @@ pub fn context_json(nesting_level: i32) -> serde_json::Value {
         let xid = pg_sys::GetCurrentTransactionIdIfAny();
         let pid = pg_sys::MyProcPid;
         let sponsor = agent.as_ref().map(|a| {
-            let status = sponsor_status(pg_sys::Oid::from(a.label.sponsor_oid));
+            let status = sponsor_status(a.sponsor);
             serde_json::json!({"name": a.label.sponsor_name, "status": status.as_str()})
         });
         serde_json::json!({

@@ -2,7 +2,12 @@
 //!
 //! Column labels (`SENSITIVE`) live in `pg_seclabel`, survive pg_dump and
 //! follow the column through renames. Role labels record agent registrations
-//! and may only be written by `agent_guard.register_agent()`.
+//! and are written by `agent_guard.register_agent()`; the one other writer is
+//! a superuser restoring a dump (`pg_dumpall --roles-only` emits
+//! `SECURITY LABEL FOR agent_guard ON ROLE … IS 'AGENT SPONSOR "…" KIND …'`),
+//! whose label is accepted when it is well formed: it can only make a role an
+//! agent, never the reverse (removing a registration takes
+//! `agent_guard.unregister_agent()`).
 
 use agent_guard_core::label::parse_agent_label;
 use pgrx::prelude::*;
@@ -50,13 +55,8 @@ unsafe extern "C-unwind" fn check_relabel(
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(object_id) };
     } else if class_id == pg_sys::AuthIdRelationId {
         if !REGISTRY_WRITE.with(|w| w.get()) {
-            ereport!(
-                ERROR,
-                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                "agent_guard role labels are managed by agent_guard.register_agent() and agent_guard.unregister_agent()"
-            );
-        }
-        if let Some(l) = &label {
+            check_restored_role_label(object_id, label.as_deref());
+        } else if let Some(l) = &label {
             if let Err(e) = parse_agent_label(l) {
                 error!("{e}");
             }
@@ -70,6 +70,55 @@ unsafe extern "C-unwind" fn check_relabel(
         );
     }
     crate::shmem::bump_at_commit();
+}
+
+/// A role label written directly (not by register_agent()): accepted from a
+/// superuser in a human session when well formed and its sponsor is not the
+/// role itself, as a restore writes it. A sponsor that does not exist (yet:
+/// pg_dumpall emits roles alphabetically) leaves the agent orphaned, so
+/// refused, until a role of that name exists; the restoring session is told.
+fn check_restored_role_label(role: pg_sys::Oid, label: Option<&str>) {
+    let managed = "agent_guard role labels are managed by agent_guard.register_agent() and agent_guard.unregister_agent()";
+    let refuse = |hint: &str| -> ! {
+        report(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            managed.into(),
+            hint,
+        );
+        unreachable!("ERROR does not return")
+    };
+    if crate::identity::current_agent().is_some() {
+        refuse("Agent sessions may not change the agent registry.");
+    }
+    let Some(label) = label else {
+        refuse("To remove a registration, run SELECT agent_guard.unregister_agent('<role>');");
+    };
+    if !unsafe { pg_sys::superuser() } {
+        refuse("Only a superuser may write an agent label directly (to restore pg_dumpall output); otherwise use agent_guard.register_agent().");
+    }
+    let parsed = parse_agent_label(label).unwrap_or_else(|e| error!("{e}"));
+    let role_name = crate::identity::role_name(role);
+    if parsed.sponsor_name == role_name {
+        error!("an agent cannot sponsor itself (role \"{role_name}\")");
+    }
+    if crate::identity::resolve_sponsor(&parsed) == pg_sys::InvalidOid {
+        report(
+            PgLogLevel::WARNING,
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "sponsor \"{}\" of agent \"{role_name}\" does not exist (yet)",
+                parsed.sponsor_name
+            ),
+            "Until a role of that name exists the agent is refused as orphaned. After a restore, SELECT * FROM agent_guard.repair_registry(); re-writes the labels for this cluster.",
+        );
+    }
+}
+
+fn report(level: PgLogLevel, code: PgSqlErrorCode, message: String, hint: &str) {
+    pgrx::pg_sys::panic::ErrorReport::new(code, message, "agent_guard")
+        .set_hint(hint.to_string())
+        .report(level);
 }
 
 pub fn register_provider() {

@@ -23,6 +23,7 @@ mod catalog;
 mod compat;
 mod enforce;
 mod extract;
+mod functions;
 mod grants;
 mod gucs;
 mod hooks;
@@ -47,6 +48,9 @@ extension_sql_file!(
         registry::register_agent,
         registry::unregister_agent,
         registry::registered_agents,
+        registry::registry_check,
+        registry::repair_registry,
+        registry::registry_changed_bump,
         api::sponsor_status
     ]
 );

@@ -663,6 +663,7 @@ mod tests {
             login: "bot".into(),
             sponsor: "alice".into(),
             sponsor_status: SponsorStatus::Active,
+            unverified: None,
         };
         let session = SessionState {
             guard_installed: true,

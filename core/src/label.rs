@@ -39,31 +39,75 @@ pub fn parse_column_label(label: &str) -> Result<ColumnLabel, String> {
 }
 
 /// What a role label records about an agent.
+///
+/// The sponsor is named, so that a label restored into another cluster
+/// (`pg_dumpall --roles-only`, where every role has a new OID) still finds
+/// it; the OID it had when the label was written, with the system identifier
+/// of that cluster, makes it exact inside that cluster (a renamed sponsor is
+/// still the sponsor, a dropped one stays dropped even if a new role takes
+/// its name). See [`resolve_sponsor`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentLabel {
-    pub sponsor_oid: u32,
     pub sponsor_name: String,
     pub kind: String,
+    /// The sponsor's OID when the label was written, if recorded.
+    pub sponsor_oid: Option<u32>,
+    /// The system identifier of the cluster that OID belongs to (labels of
+    /// agent_guard 0.x before restore support recorded an OID without it).
+    pub cluster: Option<u64>,
 }
 
 impl AgentLabel {
-    /// The label text stored in `pg_shseclabel`.
+    /// The label text stored in `pg_shseclabel`:
+    /// `AGENT SPONSOR "<name>" KIND <kind> [OID <oid> CLUSTER <system identifier>]`.
     pub fn render(&self) -> String {
-        format!(
-            "AGENT SPONSOR {} {} KIND {}",
-            self.sponsor_oid,
+        let mut s = format!(
+            "AGENT SPONSOR {} KIND {}",
             quote_always(&self.sponsor_name),
             quote_ident(&self.kind)
-        )
+        );
+        if let (Some(oid), Some(cluster)) = (self.sponsor_oid, self.cluster) {
+            s.push_str(&format!(" OID {oid} CLUSTER {cluster}"));
+        }
+        s
     }
+}
+
+/// Which role is an agent label's sponsor in this cluster (`this_cluster`:
+/// its system identifier), given lookups of roles by OID and by name.
+///
+/// - The label was written in this cluster: the recorded OID, whatever the
+///   role is called now; None if that role was dropped (a role created later
+///   with the same name is not the sponsor).
+/// - Written elsewhere (restored from another cluster's dump), or an older
+///   label without a cluster: the recorded OID if that role still has the
+///   recorded name, else the role of that name, else None.
+pub fn resolve_sponsor(
+    label: &AgentLabel,
+    this_cluster: u64,
+    name_of: impl Fn(u32) -> Option<String>,
+    oid_of: impl Fn(&str) -> Option<u32>,
+) -> Option<u32> {
+    if let (Some(oid), Some(cluster)) = (label.sponsor_oid, label.cluster) {
+        if cluster == this_cluster {
+            return name_of(oid).map(|_| oid);
+        }
+    }
+    if let Some(oid) = label.sponsor_oid {
+        if name_of(oid).as_deref() == Some(label.sponsor_name.as_str()) {
+            return Some(oid);
+        }
+    }
+    oid_of(&label.sponsor_name)
 }
 
 fn quote_always(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
-/// Split into words, where `"…"` (with `""` for a quote) is one word.
-fn words(s: &str) -> Result<Vec<String>, String> {
+/// Split into words, where `"…"` (with `""` for a quote) is one word; the
+/// flag says whether the word was quoted.
+fn words(s: &str) -> Result<Vec<(String, bool)>, String> {
     let mut out = vec![];
     let mut chars = s.chars().peekable();
     while let Some(&c) = chars.peek() {
@@ -83,7 +127,7 @@ fn words(s: &str) -> Result<Vec<String>, String> {
                     None => return Err("unterminated quoted name".into()),
                 }
             }
-            out.push(w);
+            out.push((w, true));
         } else {
             let mut w = String::new();
             while let Some(&ch) = chars.peek() {
@@ -93,38 +137,60 @@ fn words(s: &str) -> Result<Vec<String>, String> {
                 w.push(ch);
                 chars.next();
             }
-            out.push(w);
+            out.push((w, false));
         }
     }
     Ok(out)
 }
 
-/// Parse a role label.
+/// Parse a role label: `AGENT SPONSOR "<name>" KIND <kind> [OID <oid> CLUSTER <id>]`,
+/// or the older `AGENT SPONSOR <oid> "<name>" KIND <kind>`.
 pub fn parse_agent_label(label: &str) -> Result<AgentLabel, String> {
     let bad = || {
         format!(
-            "\"{label}\" is not a valid agent_guard role label; use agent_guard.register_agent()"
+            "\"{label}\" is not a valid agent_guard role label; use agent_guard.register_agent() \
+             (or, restoring a dump: AGENT SPONSOR \"<sponsor role>\" KIND <kind>)"
         )
     };
     let w = words(label).map_err(|_| bad())?;
-    match w.as_slice() {
-        [agent, sponsor_kw, oid, name, kind_kw, kind]
-            if agent.eq_ignore_ascii_case("agent")
-                && sponsor_kw.eq_ignore_ascii_case("sponsor")
-                && kind_kw.eq_ignore_ascii_case("kind") =>
-        {
-            let sponsor_oid = oid.parse::<u32>().map_err(|_| bad())?;
-            if sponsor_oid == 0 || kind.is_empty() {
-                return Err(bad());
-            }
-            Ok(AgentLabel {
-                sponsor_oid,
-                sponsor_name: name.clone(),
-                kind: kind.clone(),
-            })
-        }
-        _ => Err(bad()),
+    let kw = |i: usize, k: &str| {
+        w.get(i)
+            .is_some_and(|(x, q)| !q && x.eq_ignore_ascii_case(k))
+    };
+    if !(kw(0, "agent") && kw(1, "sponsor")) {
+        return Err(bad());
     }
+    let positive = |s: &str| s.parse::<u32>().ok().filter(|o| *o != 0);
+    // the older form: AGENT SPONSOR <oid> "<name>" KIND <kind>
+    if w.len() == 6 && !w[2].1 && w[3].1 && kw(4, "kind") {
+        let sponsor_oid = positive(&w[2].0).ok_or_else(bad)?;
+        if w[3].0.is_empty() || w[5].0.is_empty() {
+            return Err(bad());
+        }
+        return Ok(AgentLabel {
+            sponsor_name: w[3].0.clone(),
+            kind: w[5].0.clone(),
+            sponsor_oid: Some(sponsor_oid),
+            cluster: None,
+        });
+    }
+    if !(w.len() == 5 || w.len() == 9) || !kw(3, "kind") || w[2].0.is_empty() || w[4].0.is_empty() {
+        return Err(bad());
+    }
+    let mut l = AgentLabel {
+        sponsor_name: w[2].0.clone(),
+        kind: w[4].0.clone(),
+        sponsor_oid: None,
+        cluster: None,
+    };
+    if w.len() == 9 {
+        if !(kw(5, "oid") && kw(7, "cluster")) || w[6].1 || w[8].1 {
+            return Err(bad());
+        }
+        l.sponsor_oid = Some(positive(&w[6].0).ok_or_else(bad)?);
+        l.cluster = Some(w[8].0.parse::<u64>().map_err(|_| bad())?);
+    }
+    Ok(l)
 }
 
 #[cfg(test)]
@@ -153,19 +219,89 @@ mod tests {
         );
     }
 
+    fn label(oid: Option<u32>, cluster: Option<u64>) -> AgentLabel {
+        AgentLabel {
+            sponsor_name: "alice".into(),
+            kind: "agent".into(),
+            sponsor_oid: oid,
+            cluster,
+        }
+    }
+
     #[test]
     fn agent_labels_round_trip() {
         let l = AgentLabel {
-            sponsor_oid: 16384,
             sponsor_name: "Alice \"Al\" Smith".into(),
             kind: "agent".into(),
+            sponsor_oid: Some(16384),
+            cluster: Some(7301234567890123456),
         };
         let text = l.render();
         assert_eq!(
             text,
-            "AGENT SPONSOR 16384 \"Alice \"\"Al\"\" Smith\" KIND agent"
+            "AGENT SPONSOR \"Alice \"\"Al\"\" Smith\" KIND agent OID 16384 CLUSTER 7301234567890123456"
         );
         assert_eq!(parse_agent_label(&text), Ok(l));
+        // by name only: what a DBA writes by hand when restoring
+        let by_name = parse_agent_label("AGENT SPONSOR \"alice\" KIND agent").unwrap();
+        assert_eq!(by_name, label(None, None));
+        assert_eq!(by_name.render(), "AGENT SPONSOR \"alice\" KIND agent");
+        // the older form (in dumps of earlier versions)
+        assert_eq!(
+            parse_agent_label("AGENT SPONSOR 16384 \"alice\" KIND agent"),
+            Ok(label(Some(16384), None))
+        );
+        assert_eq!(
+            parse_agent_label("agent sponsor \"alice\" kind agent oid 16384 cluster 9"),
+            Ok(label(Some(16384), Some(9)))
+        );
+    }
+
+    #[test]
+    fn sponsors_resolve_by_oid_in_their_cluster_and_by_name_elsewhere() {
+        let roles = |oid: u32| match oid {
+            16384 => Some("alice".to_string()),
+            16390 => Some("mallory".to_string()),
+            16400 => Some("alice_renamed".to_string()),
+            _ => None,
+        };
+        let by_name = |n: &str| match n {
+            "alice" => Some(16384),
+            _ => None,
+        };
+        let here = 42;
+        // written here: the OID decides, renamed or not; a dropped sponsor stays dropped
+        assert_eq!(
+            resolve_sponsor(&label(Some(16400), Some(here)), here, roles, by_name),
+            Some(16400)
+        );
+        assert_eq!(
+            resolve_sponsor(&label(Some(16500), Some(here)), here, roles, by_name),
+            None
+        );
+        // restored from another cluster: its OIDs mean nothing here (16390 is someone else)
+        assert_eq!(
+            resolve_sponsor(&label(Some(16390), Some(7)), here, roles, by_name),
+            Some(16384)
+        );
+        assert_eq!(
+            resolve_sponsor(&label(None, None), here, roles, by_name),
+            Some(16384)
+        );
+        // older labels: the OID when it still has the name, else the name
+        assert_eq!(
+            resolve_sponsor(&label(Some(16384), None), here, roles, by_name),
+            Some(16384)
+        );
+        assert_eq!(
+            resolve_sponsor(&label(Some(16390), None), here, roles, by_name),
+            Some(16384)
+        );
+        let nobody = |_: &str| None;
+        assert_eq!(
+            resolve_sponsor(&label(Some(16390), Some(7)), here, roles, nobody),
+            None
+        );
     }
 
     #[test]
@@ -176,6 +312,13 @@ mod tests {
             "AGENT SPONSOR 0 \"a\" KIND agent",
             "SENSITIVE",
             "AGENT SPONSOR 1 \"a KIND agent",
+            "AGENT SPONSOR \"\" KIND agent",
+            "AGENT SPONSOR \"a\" KIND",
+            "AGENT SPONSOR \"a\" KIND agent OID 5",
+            "AGENT SPONSOR \"a\" KIND agent OID 0 CLUSTER 1",
+            "AGENT SPONSOR \"a\" KIND agent OID x CLUSTER 1",
+            "AGENT SPONSOR \"a\" KIND agent CLUSTER 1 OID 5",
+            "AGENT SPONSOR \"a\" \"KIND\" agent",
         ] {
             assert!(parse_agent_label(bad).is_err(), "{bad}");
         }

@@ -51,6 +51,10 @@ pub struct Actor {
     pub login: String,
     pub sponsor: String,
     pub sponsor_status: SponsorStatus,
+    /// Set when the session counts as an agent only because this database's
+    /// agent registry names it and no role label confirms it (see
+    /// [`crate::registry`]): why, for the refusal. Such sessions fail closed.
+    pub unverified: Option<String>,
 }
 
 /// Session facts that bear on every statement.
@@ -169,6 +173,28 @@ fn detail(actor: &Actor, c: &Classification) -> String {
     )
 }
 
+/// Whether `c` may run in an agent session whose `standard_conforming_strings`
+/// is off or `backslash_quote` is on — string literals are then read otherwise
+/// than an approver or the trail's reader reads them: only session
+/// housekeeping that puts the settings back, not PREPARE (its text would run
+/// later, read under these settings). Needs no catalog access.
+pub fn allowed_under_nonstandard_strings(c: &Classification) -> bool {
+    c.is_housekeeping() && !c.touches_guard && c.command != "PREPARE"
+}
+
+/// The refusal of a statement [`allowed_under_nonstandard_strings`] keeps out.
+pub fn nonstandard_strings_refusal(actor: &Actor, c: &Classification) -> Decision {
+    Decision::Deny(Refusal {
+        message: format!(
+            "agent \"{}\" may not run statements while standard_conforming_strings is off or backslash_quote is on",
+            actor.agent
+        ),
+        detail: detail(actor, c),
+        hint: "Run SET standard_conforming_strings = on and SET backslash_quote = safe_encoding: agent_guard, its approvers and its audit trail read statements as PostgreSQL does by default.".into(),
+        code: "nonstandard_strings",
+    })
+}
+
 /// Decide whether `actor` may run a statement classified as `c`.
 pub fn decide(
     actor: Option<&Actor>,
@@ -203,6 +229,13 @@ pub fn decide(
                 session.database
             ),
             "Agents can work only in databases where CREATE EXTENSION agent_guard has been run.",
+        );
+    }
+    if let Some(why) = &actor.unverified {
+        return deny(
+            "unverified_registration",
+            format!("role \"{}\" may not run statements here: {why}", actor.login),
+            "A superuser or member of agent_guard_admin must settle the registration: register the agent again with agent_guard.register_agent(), or, if the row is left over, remove it with agent_guard.repair_registry(forget_unmatched => true). agent_guard.registry_check() shows every such row.",
         );
     }
     if actor.sponsor_status != SponsorStatus::Active {
@@ -298,6 +331,7 @@ mod tests {
             login: "ci_bot".into(),
             sponsor: "alice".into(),
             sponsor_status: status,
+            unverified: None,
         }
     }
 
@@ -388,6 +422,59 @@ mod tests {
                 "{node}"
             );
         }
+    }
+
+    #[test]
+    fn unverified_registrations_keep_only_housekeeping() {
+        let mut a = actor(SponsorStatus::Active);
+        a.unverified =
+            Some("this database's agent registry lists role \"ci_bot\" as an agent".into());
+        match decide(Some(&a), &session(), &read(), &NoGrants) {
+            Decision::Deny(r) => {
+                assert_eq!(r.code, "unverified_registration");
+                assert!(
+                    r.message
+                        .starts_with("role \"ci_bot\" may not run statements here: "),
+                    "{}",
+                    r.message
+                );
+                assert!(r.hint.contains("register_agent"), "{}", r.hint);
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            decide(Some(&a), &session(), &util("TransactionStmt"), &NoGrants),
+            Decision::Allow { .. }
+        ));
+    }
+
+    #[test]
+    fn nonstandard_strings_refuse_everything_but_housekeeping() {
+        let a = actor(SponsorStatus::Active);
+        for c in [read(), delete()] {
+            assert!(!allowed_under_nonstandard_strings(&c));
+            match nonstandard_strings_refusal(&a, &c) {
+                Decision::Deny(r) => {
+                    assert_eq!(r.code, "nonstandard_strings");
+                    assert!(
+                        r.hint.contains("standard_conforming_strings = on"),
+                        "{}",
+                        r.hint
+                    );
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        // SET/RESET and transaction control put things back
+        assert!(allowed_under_nonstandard_strings(&util("VariableSetStmt")));
+        assert!(allowed_under_nonstandard_strings(&util("TransactionStmt")));
+        // PREPARE would keep the text to run later
+        let prepare = classify(&Facts::Utility(UtilityFacts {
+            node: "PrepareStmt".into(),
+            command: "PREPARE".into(),
+            ..Default::default()
+        }));
+        assert!(!allowed_under_nonstandard_strings(&prepare));
     }
 
     #[test]

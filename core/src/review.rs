@@ -211,6 +211,18 @@ pub struct RoleFacts {
     pub databases_unchecked: Vec<String>,
     /// Any statement or session in the period.
     pub active: bool,
+    /// Rows of this database's agent registry that no role label confirms
+    /// and that point at this role (see [`crate::registry`]).
+    pub registry_problems: Vec<RegistryProblem>,
+}
+
+/// A registry row that does not match the cluster's labels, as it concerns one role.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RegistryProblem {
+    /// `unmatched` (the role's sessions fail closed) or `moved` (the row
+    /// carries another cluster's OID; the role is registered by its label).
+    pub state: String,
+    pub row: crate::registry::RegistryRow,
 }
 
 /// A finding: what is wrong and how to fix it.
@@ -467,7 +479,7 @@ fn holds(f: &RoleFacts, name: &str) -> bool {
 
 /// Human, agent, service or unknown.
 pub fn kind(f: &RoleFacts) -> Kind {
-    if f.registration.is_some() {
+    if f.registration.is_some() || f.registry_problems.iter().any(|p| p.state == "unmatched") {
         return Kind::Agent;
     }
     if looks_machine(f) {
@@ -623,7 +635,9 @@ pub fn unused_rights(f: &RoleFacts) -> Option<Vec<String>> {
 
 /// The order of findings of equal severity.
 const CODE_ORDER: &[&str] = &[
+    "unverified_registration",
     "orphaned_agent",
+    "stale_registry_row",
     "agent_unused_admin_rights",
     "unregistered_machine_role",
     "sponsor_sole_approver",
@@ -1012,9 +1026,39 @@ fn dormant(f: &RoleFacts, out: &mut Vec<Finding>) {
     });
 }
 
+fn registry_rows(f: &RoleFacts, out: &mut Vec<Finding>) {
+    use crate::registry::{unmatched_fix, unverified_reason};
+    for p in &f.registry_problems {
+        let r = &p.row;
+        match p.state.as_str() {
+            "unmatched" => out.push(Finding {
+                code: "unverified_registration",
+                severity: Severity::Critical,
+                finding: format!(
+                    "Unverified agent registration: {}. agent_guard refuses every statement of {} in this database (fails closed) until it is settled; a restore that lost the role labels (pg_dumpall --no-security-labels, roles created by hand) leaves rows like this.",
+                    unverified_reason(r, &f.role),
+                    f.role
+                ),
+                fix: unmatched_fix(r),
+            }),
+            "moved" => out.push(Finding {
+                code: "stale_registry_row",
+                severity: Severity::High,
+                finding: format!(
+                    "The agent registry row of {} carries OID {} of the cluster it was dumped from; the agent is registered here by its role label, but the row's note and history are not linked to it.",
+                    f.role, r.agent_oid
+                ),
+                fix: "SELECT * FROM agent_guard.repair_registry();".into(),
+            }),
+            _ => {}
+        }
+    }
+}
+
 /// Findings about one role, most serious first.
 pub fn findings(f: &RoleFacts, kind: Kind, signals: &[String]) -> Vec<Finding> {
     let mut out = vec![];
+    registry_rows(f, &mut out);
     if let Some(r) = &f.registration {
         orphaned(f, r, &mut out);
         unused_admin(f, &mut out);
@@ -1113,6 +1157,60 @@ mod tests {
 
     fn codes(a: &Assessment) -> Vec<(&'static str, Severity)> {
         a.findings.iter().map(|f| (f.code, f.severity)).collect()
+    }
+
+    #[test]
+    fn unverified_registrations_come_first_and_make_the_role_an_agent() {
+        let row = crate::registry::RegistryRow {
+            agent_oid: 16400,
+            agent_name: "ops_bot".into(),
+            sponsor_name: "alice".into(),
+            kind: "agent".into(),
+            cluster: Some(7),
+        };
+        // a human whose role got the restored row's OID; the row names ops_bot
+        let mut f = RoleFacts {
+            role: "ops_bot".into(),
+            can_login: true,
+            active: true,
+            registry_problems: vec![RegistryProblem {
+                state: "unmatched".into(),
+                row: row.clone(),
+            }],
+            ..Default::default()
+        };
+        let a = assess(&f);
+        assert_eq!(a.kind, Kind::Agent);
+        assert_eq!(
+            codes(&a)[0],
+            ("unverified_registration", Severity::Critical)
+        );
+        assert!(
+            a.findings[0]
+                .fix
+                .contains("agent_guard.register_agent('ops_bot', 'alice'"),
+            "{}",
+            a.findings[0].fix
+        );
+        // ahead of an orphaned agent's finding
+        f.registration = agent("ops_bot", SponsorStatus::NoLogin).registration;
+        let a = assess(&f);
+        assert_eq!(
+            codes(&a)[..2],
+            [
+                ("unverified_registration", Severity::Critical),
+                ("orphaned_agent", Severity::Critical)
+            ]
+        );
+        // a moved row: registered by its label, the row is stale
+        let mut g = agent("ops_bot", SponsorStatus::Active);
+        g.registry_problems = vec![RegistryProblem {
+            state: "moved".into(),
+            row,
+        }];
+        let a = assess(&g);
+        assert_eq!(codes(&a)[0], ("stale_registry_row", Severity::High));
+        assert!(a.findings[0].fix.contains("repair_registry()"));
     }
 
     #[test]

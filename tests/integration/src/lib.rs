@@ -26,6 +26,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use postgres::{Client, NoTls};
 
+pub mod cluster;
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
@@ -267,7 +269,7 @@ pub fn wait_for_log(from: usize, needle: &str, timeout: Duration) -> bool {
     }
 }
 
-fn as_postgres(args: &[&str]) -> Command {
+pub(crate) fn as_postgres(args: &[&str]) -> Command {
     let me = Command::new("id")
         .arg("-un")
         .output()
@@ -290,7 +292,7 @@ fn as_postgres(args: &[&str]) -> Command {
     cmd
 }
 
-fn run(mut cmd: Command, what: &str) -> (bool, String) {
+pub(crate) fn run(mut cmd: Command, what: &str) -> (bool, String) {
     match cmd.output() {
         Ok(o) => (
             o.status.success(),
@@ -347,7 +349,7 @@ pub fn wait_ready(timeout: Duration) {
     }
 }
 
-fn tail(s: &str, n: usize) -> String {
+pub(crate) fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
