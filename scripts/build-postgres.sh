@@ -68,7 +68,30 @@ built_ok() {
   [ -n "$tarball" ] && [ "$(cat "$stamp")" = "$(stamp_text "$tarball")" ]
 }
 
-if built_ok; then exit 0; fi
+# PL/Python (plpython3u, the regress layer's untrusted-language tests), built
+# in the configured tree afterwards against Debian's python3 (/usr/bin/python3,
+# libpython3-dev) with its own stamp, so adding it never rebuilds the server.
+plpython_stamp="$prefix/.agent_guard-plpython"
+ensure_plpython() {
+  [ -f "$plpython_stamp" ] && [ -f "$prefix/lib/postgresql/plpython3.so" ] && return 0
+  [ $check_only = 1 ] && return 1
+  local src pyver
+  src=$(cat "$prefix/.agent_guard-source" 2>/dev/null) || ag_die "no $prefix/.agent_guard-source"
+  if ! dpkg-query -W -f='${Status}' libpython3-dev 2>/dev/null | grep -q '^install ok installed'; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libpython3-dev python3 \
+      </dev/null >>"$log" 2>&1 || ag_die "apt-get install libpython3-dev failed (log: $log)"
+  fi
+  pyver=$(/usr/bin/python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  ag_log "building PL/Python (python $pyver) for PostgreSQL $major"
+  nice -n 10 make -s -C "$src/src/pl/plpython" with_python=yes PYTHON=/usr/bin/python3 \
+    python_includespec="-I/usr/include/python$pyver" python_libdir="/usr/lib/$(gcc -print-multiarch)" \
+    python_libspec="-lpython$pyver" python_additional_libs= python_majorversion=3 \
+    python_version="$pyver" install >>"$log" 2>&1 \
+    || { tail -n 20 "$log" >&2; ag_die "building PL/Python for PostgreSQL $major failed (log: $log)"; }
+  printf 'python %s\n' "$pyver" >"$plpython_stamp"
+}
+
+if built_ok; then ensure_plpython; exit $?; fi
 [ $check_only = 1 ] && exit 1
 [ "$(id -u)" = 0 ] || ag_die "build-postgres.sh runs as root (apt, $base)"
 
@@ -172,4 +195,5 @@ started=$(date +%s)
   || ag_die "$prefix/bin/pg_config is not PostgreSQL $major"
 printf '%s\n' "$src" >"$prefix/.agent_guard-source"
 stamp_text "$tarname" >"$stamp"
+ensure_plpython
 ag_log "PostgreSQL $major built in $(( $(date +%s) - started )) s: $prefix"
