@@ -48,8 +48,15 @@ fn register_invalidation() {
         return;
     }
     unsafe {
-        for cache in [pg_sys::SysCacheIdentifier::PROCOID, pg_sys::SysCacheIdentifier::LANGOID] {
-            pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(forget), pg_sys::Datum::from(0));
+        for cache in [
+            pg_sys::SysCacheIdentifier::PROCOID,
+            pg_sys::SysCacheIdentifier::LANGOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(forget),
+                pg_sys::Datum::from(0),
+            );
         }
     }
 }

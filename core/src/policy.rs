@@ -456,7 +456,11 @@ mod tests {
             match nonstandard_strings_refusal(&a, &c) {
                 Decision::Deny(r) => {
                     assert_eq!(r.code, "nonstandard_strings");
-                    assert!(r.hint.contains("standard_conforming_strings = on"), "{}", r.hint);
+                    assert!(
+                        r.hint.contains("standard_conforming_strings = on"),
+                        "{}",
+                        r.hint
+                    );
                 }
                 d => panic!("{d:?}"),
             }

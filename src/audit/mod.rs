@@ -653,9 +653,7 @@ unsafe extern "C-unwind" fn on_subxact(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && !crate::hooks::is_own_worker()
-    {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && !crate::hooks::is_own_worker() {
         subtransaction_abort(my_subid);
     }
 }

@@ -155,9 +155,8 @@ pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
                     // the slot idle the longest, if one is empty
                     let mut best: Option<(usize, i64)> = None;
                     for i in 0..SLOTS {
-                        let taken = with_slot(i, |s, _| {
-                            (s.head == s.tail).then_some(s.last_active)
-                        });
+                        let taken =
+                            with_slot(i, |s, _| (s.head == s.tail).then_some(s.last_active));
                         if let Some(t) = taken {
                             if best.is_none_or(|(_, b)| t < b) {
                                 best = Some((i, t));

@@ -402,7 +402,10 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
 
 #[no_mangle]
 #[pg_guard]
-unsafe extern "C-unwind" fn ag_rs_planner_after(stmt: *mut pg_sys::PlannedStmt, views: *mut pg_sys::List) {
+unsafe extern "C-unwind" fn ag_rs_planner_after(
+    stmt: *mut pg_sys::PlannedStmt,
+    views: *mut pg_sys::List,
+) {
     unsafe {
         let list = pgrx::PgList::<std::ffi::c_void>::from_pg(views);
         let oids: Vec<pg_sys::Oid> = (0..list.len()).filter_map(|i| list.get_oid(i)).collect();

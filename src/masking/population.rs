@@ -110,7 +110,9 @@ pub unsafe fn begin(node: *mut pg_sys::Node) -> bool {
     purge_stale();
     let matview = unsafe {
         if is_a(node, NodeTag::T_RefreshMatViewStmt) {
-            match crate::extract::range_var_relid((*(node as *mut pg_sys::RefreshMatViewStmt)).relation) {
+            match crate::extract::range_var_relid(
+                (*(node as *mut pg_sys::RefreshMatViewStmt)).relation,
+            ) {
                 Some(relid) => Some(relid),
                 None => return false,
             }
@@ -184,7 +186,10 @@ pub unsafe fn observe(pstmt: *mut pg_sys::PlannedStmt, agent: bool) -> Option<Re
                 if Some(pg_sys::Oid::from(*rel)) == r.matview {
                     continue; // REFRESH CONCURRENTLY compares with the view's old contents
                 }
-                r.reads.entry(*rel).or_default().extend(cols.iter().copied());
+                r.reads
+                    .entry(*rel)
+                    .or_default()
+                    .extend(cols.iter().copied());
             }
         }
     });
