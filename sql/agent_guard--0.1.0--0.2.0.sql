@@ -72,3 +72,518 @@ FROM agent_guard._masking_taints() t;
 COMMENT ON VIEW agent_guard.masking_taints IS
     'Materialized views built from masked columns: agents may not read those without labels of their own, nor refresh any';
 GRANT SELECT ON agent_guard.masking_taints TO PUBLIC;
+
+-- ---- restore: registrations and the trail survive dump and restore ----------------
+
+-- registry rows record the cluster their OIDs belong to
+ALTER TABLE agent_guard.agent_registry ADD COLUMN system_identifier text;
+
+CREATE FUNCTION agent_guard."_registry_changed_bump"() RETURNS bool
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'registry_changed_bump_wrapper';
+
+CREATE FUNCTION agent_guard."_repair_registry"(
+	"forget_unmatched" bool
+) RETURNS TABLE (
+	"agent_name" TEXT,
+	"registered_oid" oid,
+	"state" TEXT,
+	"action" TEXT
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'repair_registry_wrapper';
+
+CREATE FUNCTION agent_guard."registry_check"() RETURNS TABLE (
+	"agent_name" TEXT,
+	"registered_oid" oid,
+	"state" TEXT,
+	"role_oid" oid,
+	"role_name" TEXT,
+	"sponsor_name" TEXT,
+	"kind" TEXT,
+	"detail" TEXT
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'registry_check_wrapper';
+
+-- Rows of agent_registry restored (pg_restore) or changed by hand move the
+-- registry generation, so sessions re-read who is an agent.
+CREATE FUNCTION agent_guard._registry_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM agent_guard._registry_changed_bump();
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._registry_changed_bump() FROM PUBLIC;
+CREATE TRIGGER agent_registry_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON agent_guard.agent_registry
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._registry_changed();
+
+-- Whether this database's registry rows match the cluster's role labels
+-- (after a restore they may not): one row per role concerned.
+REVOKE ALL ON FUNCTION agent_guard.registry_check() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.registry_check() TO agent_guard_admin;
+COMMENT ON FUNCTION agent_guard.registry_check() IS
+    'Registry rows of this database and whether role labels confirm them: ok, renamed, moved (restored from another cluster), unmatched (its roles fail closed), gone';
+
+CREATE FUNCTION agent_guard.repair_registry(forget_unmatched boolean DEFAULT false)
+RETURNS TABLE (agent_name text, registered_oid oid, state text, action text)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT * FROM agent_guard._repair_registry(forget_unmatched) $$;
+REVOKE ALL ON FUNCTION agent_guard.repair_registry(boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION agent_guard._repair_registry(boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.repair_registry(boolean) TO agent_guard_admin;
+COMMENT ON FUNCTION agent_guard.repair_registry(boolean) IS
+    'After a restore: relink registry rows to the roles their labels are on, re-write labels restored from another cluster, remove rows of dropped roles (and, with forget_unmatched, rows no label confirms)';
+
+-- the trail is part of a database's dump
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges_id_seq', '');
+
+-- the access review reports registry rows that no role label confirms
+CREATE OR REPLACE FUNCTION agent_guard._review_facts(since timestamptz, presence jsonb)
+RETURNS TABLE (
+    role_oid oid, role name, agent name, sponsor name, sponsor_status text,
+    can_login boolean, valid_until timestamptz,
+    superuser boolean, createrole boolean, createdb boolean, bypassrls boolean, replication boolean,
+    member_of name[], pg_roles name[], table_privileges jsonb, can_write boolean, can_ddl boolean,
+    risks_used text[], commands_used text[], objects_used text[],
+    statements_by_risk jsonb, statements bigint, refusals bigint,
+    grants_requested bigint, grants_approved bigint, approved_by name[],
+    sessions bigint, application_names text[], last_activity timestamptz,
+    facts jsonb)
+LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+WITH RECURSIVE
+reg AS MATERIALIZED (
+    SELECT g.agent, g.sponsor, g.sponsor_name, agent_guard.sponsor_status(g.sponsor) AS sponsor_status
+    FROM agent_guard._registered_agents() g
+),
+-- registry rows of this database that no role label confirms (restores): per role concerned
+stale AS MATERIALIZED (
+    SELECT c.* FROM agent_guard.registry_check() c
+    WHERE c.state IN ('unmatched', 'moved') AND c.role_oid IS NOT NULL
+),
+-- every role a role can act as (itself, and every role it is a member of,
+-- directly or not, with or without INHERIT: it can SET ROLE to them), with
+-- the first step of the shortest way there
+reach (role, target, first_hop, depth) AS (
+    SELECT r.oid, r.oid, NULL::oid, 0 FROM pg_catalog.pg_roles r WHERE r.rolname !~ '^pg_'
+    UNION
+    SELECT x.role, m.roleid, coalesce(x.first_hop, m.roleid), x.depth + 1
+    FROM reach x JOIN pg_catalog.pg_auth_members m ON m.member = x.target
+    WHERE x.depth < 32
+),
+closure AS MATERIALIZED (
+    SELECT DISTINCT ON (x.role, x.target) x.role, x.target, x.first_hop, x.depth
+    FROM reach x ORDER BY x.role, x.target, x.depth
+),
+-- the registration that makes a role an agent: its own, else its nearest group's
+registration AS MATERIALIZED (
+    SELECT DISTINCT ON (c.role) c.role, g.agent, g.sponsor_name, g.sponsor_status, c.depth > 0 AS via_group
+    FROM closure c JOIN reg g ON g.agent = c.target
+    ORDER BY c.role, c.depth, g.agent
+),
+reviewed AS MATERIALIZED (
+    SELECT r.oid, r.rolname, r.rolvaliduntil,
+           r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil > pg_catalog.now()) AS can_login,
+           NOT r.rolcanlogin AS group_row,
+           g.agent AS reg_agent, ga.rolname AS reg_agent_name, g.sponsor_name, g.sponsor_status,
+           coalesce(g.via_group, false) AS via_group
+    FROM pg_catalog.pg_roles r
+    LEFT JOIN registration g ON g.role = r.oid
+    LEFT JOIN pg_catalog.pg_roles ga ON ga.oid = g.agent
+    WHERE r.rolname !~ '^pg_'
+      AND (r.rolcanlogin OR EXISTS (SELECT 1 FROM reg x WHERE x.agent = r.oid)
+           OR EXISTS (SELECT 1 FROM stale x WHERE x.role_oid = r.oid))
+),
+rclosure AS MATERIALIZED (
+    SELECT c.* FROM closure c JOIN reviewed v ON v.oid = c.role
+),
+attrs AS MATERIALIZED (
+    SELECT DISTINCT ON (c.role, x.attr) c.role, x.attr, t.rolname AS source, h.rolname AS first_hop
+    FROM rclosure c
+    JOIN pg_catalog.pg_roles t ON t.oid = c.target
+    LEFT JOIN pg_catalog.pg_roles h ON h.oid = c.first_hop
+    CROSS JOIN LATERAL (VALUES ('superuser', t.rolsuper), ('createrole', t.rolcreaterole),
+                               ('createdb', t.rolcreatedb), ('bypassrls', t.rolbypassrls),
+                               ('replication', t.rolreplication)) AS x(attr, held)
+    WHERE x.held
+    ORDER BY c.role, x.attr, c.depth
+),
+-- memberships that matter: pg_* roles and agent_guard's own
+special AS MATERIALIZED (
+    SELECT DISTINCT ON (c.role, t.rolname) c.role, t.rolname AS name, src.rolname AS source,
+           CASE WHEN c.depth = 0 THEN NULL ELSE h.rolname END AS first_hop
+    FROM rclosure c
+    JOIN pg_catalog.pg_auth_members m ON m.member = c.target
+    JOIN pg_catalog.pg_roles t ON t.oid = m.roleid
+    JOIN pg_catalog.pg_roles src ON src.oid = c.target
+    LEFT JOIN pg_catalog.pg_roles h ON h.oid = c.first_hop
+    WHERE t.rolname ~ '^pg_' OR t.rolname IN ('agent_guard_admin', 'agent_guard_approver')
+    ORDER BY c.role, t.rolname, c.depth
+),
+rels AS MATERIALIZED (
+    SELECT c.oid, c.relkind, n.nspname, c.relname, c.relowner, c.relrowsecurity,
+           pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS qname,
+           coalesce(c.relacl, pg_catalog.acldefault('r', c.relowner)) AS acl
+    FROM pg_catalog.pg_class c
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+      AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname !~ '^(pg_(toast|temp)|agent_guard$|agent_guard_)'
+),
+acl AS MATERIALIZED (
+    SELECT r.oid AS rel, x.grantee, x.privilege_type AS priv
+    FROM rels r CROSS JOIN LATERAL pg_catalog.aclexplode(r.acl) x
+    WHERE x.privilege_type IN ('SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+    UNION
+    SELECT r.oid, r.relowner, p.priv
+    FROM rels r CROSS JOIN (VALUES ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE'), ('TRUNCATE')) p(priv)
+),
+broad AS (
+    SELECT x.role, p.priv
+    FROM attrs x CROSS JOIN (VALUES ('SELECT'), ('INSERT'), ('UPDATE'), ('DELETE'), ('TRUNCATE')) p(priv)
+    WHERE x.attr = 'superuser'
+    UNION
+    SELECT s.role, 'SELECT' FROM special s WHERE s.name = 'pg_read_all_data'
+    UNION
+    SELECT s.role, p.priv
+    FROM special s CROSS JOIN (VALUES ('INSERT'), ('UPDATE'), ('DELETE')) p(priv)
+    WHERE s.name = 'pg_write_all_data'
+),
+-- table privileges held through the closure, PUBLIC, ownership, superuser,
+-- pg_read_all_data and pg_write_all_data
+held AS MATERIALIZED (
+    SELECT c.role, a.rel, a.priv FROM rclosure c JOIN acl a ON a.grantee = c.target
+    UNION
+    SELECT v.oid, a.rel, a.priv FROM reviewed v CROSS JOIN acl a WHERE a.grantee = 0
+    UNION
+    SELECT b.role, r.oid, b.priv FROM broad b CROSS JOIN rels r
+),
+schema_totals AS (
+    SELECT r.nspname, count(*) AS n FROM rels r GROUP BY r.nspname
+),
+privsum AS (
+    SELECT q.role, pg_catalog.jsonb_object_agg(q.nspname, q.j) AS j
+    FROM (
+        SELECT h.role, r.nspname, pg_catalog.jsonb_build_object(
+                   'relations', t.n,
+                   'select',   count(DISTINCT h.rel) FILTER (WHERE h.priv = 'SELECT'),
+                   'insert',   count(DISTINCT h.rel) FILTER (WHERE h.priv = 'INSERT'),
+                   'update',   count(DISTINCT h.rel) FILTER (WHERE h.priv = 'UPDATE'),
+                   'delete',   count(DISTINCT h.rel) FILTER (WHERE h.priv = 'DELETE'),
+                   'truncate', count(DISTINCT h.rel) FILTER (WHERE h.priv = 'TRUNCATE')) AS j
+        FROM held h
+        JOIN rels r ON r.oid = h.rel
+        JOIN schema_totals t ON t.nspname = r.nspname
+        GROUP BY h.role, r.nspname, t.n
+    ) q
+    GROUP BY q.role
+),
+writes AS (
+    SELECT h.role, array_agg(DISTINCT r.qname ORDER BY r.qname) AS tables
+    FROM held h JOIN rels r ON r.oid = h.rel
+    WHERE h.priv IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+    GROUP BY h.role
+),
+owned AS (
+    SELECT c.role, count(*) AS n FROM rclosure c JOIN rels r ON r.relowner = c.target GROUP BY c.role
+),
+nsps AS MATERIALIZED (
+    SELECT n.oid, n.nspname, n.nspowner,
+           coalesce(n.nspacl, pg_catalog.acldefault('n', n.nspowner)) AS acl
+    FROM pg_catalog.pg_namespace n
+    WHERE n.nspname NOT IN ('pg_catalog', 'information_schema')
+      AND n.nspname !~ '^(pg_(toast|temp)|agent_guard$|agent_guard_)'
+),
+nsp_create AS (
+    SELECT n.oid, x.grantee FROM nsps n CROSS JOIN LATERAL pg_catalog.aclexplode(n.acl) x
+    WHERE x.privilege_type = 'CREATE'
+    UNION
+    SELECT n.oid, n.nspowner FROM nsps n
+),
+ddl AS (
+    SELECT q.role, array_agg(DISTINCT n.nspname ORDER BY n.nspname) AS schemas
+    FROM (
+        SELECT c.role, k.oid FROM rclosure c JOIN nsp_create k ON k.grantee = c.target
+        UNION
+        SELECT v.oid, k.oid FROM reviewed v JOIN nsp_create k ON k.grantee = 0
+        UNION
+        SELECT x.role, n.oid FROM attrs x CROSS JOIN nsps n WHERE x.attr = 'superuser'
+    ) q
+    JOIN nsps n ON n.oid = q.oid
+    GROUP BY q.role
+),
+-- what the trail says each role did
+audit AS MATERIALIZED (
+    SELECT coalesce(a.login_role, a.session_user_name) AS who, a.agent AS agent_name,
+           a.risk, a.decision, a.command, a.objects, a.started_at,
+           coalesce(a.ended_at, a.started_at) AS ended_at, a.session_key,
+           coalesce(a.application_name, '') AS app
+    FROM agent_guard.audit_log a
+    WHERE a.started_at >= since
+      -- agent_guard's own bookkeeping of requests and decisions is not a right used
+      AND coalesce(a.command, '') NOT LIKE 'ACCESS REQUEST %'
+),
+audit_keyed AS MATERIALIZED (
+    SELECT v.oid AS role, u.* FROM reviewed v JOIN audit u ON u.who = v.rolname WHERE NOT v.group_row
+    UNION ALL
+    SELECT v.oid AS role, u.* FROM reviewed v JOIN audit u ON u.agent_name = v.rolname WHERE v.group_row
+),
+usage AS (
+    SELECT k.role,
+           count(*) AS statements,
+           count(*) FILTER (WHERE k.decision = 'denied') AS refusals,
+           array_agg(DISTINCT k.risk ORDER BY k.risk)
+               FILTER (WHERE k.decision = 'allowed' AND k.risk IS NOT NULL) AS risks,
+           array_agg(DISTINCT k.command ORDER BY k.command)
+               FILTER (WHERE k.decision = 'allowed' AND k.command IS NOT NULL) AS commands,
+           max(k.ended_at) AS last_at
+    FROM audit_keyed k
+    GROUP BY k.role
+),
+by_risk AS (
+    SELECT q.role, pg_catalog.jsonb_object_agg(q.risk, q.n) AS j
+    FROM (SELECT k.role, coalesce(k.risk, 'unclassified') AS risk, count(*) AS n
+          FROM audit_keyed k GROUP BY 1, 2) q
+    GROUP BY q.role
+),
+objects_used AS (
+    SELECT k.role,
+           array_agg(DISTINCT o ORDER BY o) AS objects,
+           array_agg(DISTINCT o ORDER BY o) FILTER (WHERE k.risk IN ('write', 'ddl')) AS written
+    FROM audit_keyed k CROSS JOIN LATERAL pg_catalog.unnest(k.objects) o
+    WHERE k.decision = 'allowed'
+    GROUP BY k.role
+),
+-- sessions: from the trail and from the activity samples
+observed AS MATERIALIZED (
+    SELECT k.role, k.session_key, k.app, k.started_at AS t0, k.ended_at AS t1 FROM audit_keyed k
+    UNION ALL
+    SELECT v.oid, s.session_key, s.application_name, s.backend_start, s.last_seen
+    FROM reviewed v JOIN agent_guard.activity_samples s ON s.role_oid = v.oid
+    WHERE NOT v.group_row AND s.last_seen >= since
+    UNION ALL
+    SELECT v.oid, s.session_key, s.application_name, s.backend_start, s.last_seen
+    FROM reviewed v
+    JOIN reviewed m ON m.reg_agent = v.oid AND m.oid <> v.oid
+    JOIN agent_guard.activity_samples s ON s.role_oid = m.oid
+    WHERE v.group_row AND s.last_seen >= since
+),
+session_stats AS (
+    SELECT q.role, count(*) AS n,
+           count(*) FILTER (WHERE q.t1 - q.t0 < interval '5 minutes') AS short,
+           max(q.t1) AS last_at
+    FROM (SELECT o.role, o.session_key, min(o.t0) AS t0, max(o.t1) AS t1
+          FROM observed o GROUP BY o.role, o.session_key) q
+    GROUP BY q.role
+),
+hours AS (
+    SELECT o.role, count(DISTINCT pg_catalog.date_part('hour', t.ts AT TIME ZONE 'UTC')) AS n
+    FROM observed o CROSS JOIN LATERAL (VALUES (o.t0), (o.t1)) t(ts)
+    GROUP BY o.role
+),
+apps AS (
+    SELECT q.role,
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('name', q.app, 'sessions', q.n)
+                                ORDER BY q.n DESC, q.app) AS j,
+           array_agg(q.app ORDER BY q.n DESC, q.app) AS names
+    FROM (SELECT o.role, o.app, count(DISTINCT o.session_key) AS n
+          FROM observed o GROUP BY o.role, o.app) q
+    GROUP BY q.role
+),
+-- grants: requested and approved in the period, and by whom
+requests AS MATERIALIZED (
+    SELECT v.oid AS role, r.id, r.objects, r.expires_at, r.decided_by
+    FROM reviewed v
+    JOIN agent_guard.access_requests r
+      ON (NOT v.group_row AND r.login = v.oid) OR (v.group_row AND r.agent = v.oid)
+    WHERE r.requested_at >= since
+),
+req_stats AS (
+    SELECT q.role, count(*) AS requested,
+           count(*) FILTER (WHERE q.expires_at IS NOT NULL) AS approved,
+           array_agg(DISTINCT q.decided_by ORDER BY q.decided_by) FILTER (WHERE q.expires_at IS NOT NULL) AS approvers,
+           coalesce(bool_or(q.expires_at IS NOT NULL AND q.objects IS NULL), false) AS granted_any
+    FROM requests q
+    GROUP BY q.role
+),
+req_objects AS (
+    SELECT q.role, array_agg(DISTINCT r.qname ORDER BY r.qname) AS objects
+    FROM requests q
+    LEFT JOIN agent_guard.grant_usage u ON u.request = q.id
+    CROSS JOIN LATERAL pg_catalog.unnest(coalesce(q.objects::oid[], '{}')
+                                         || coalesce(u.created_objects::oid[], '{}')) o
+    JOIN rels r ON r.oid = o
+    WHERE q.expires_at IS NOT NULL
+    GROUP BY q.role
+),
+approvals_given AS (
+    SELECT v.oid AS role, count(*) AS n
+    FROM reviewed v JOIN agent_guard.access_requests r ON r.decided_by = v.rolname
+    WHERE r.expires_at IS NOT NULL AND r.decided_at >= since
+    GROUP BY v.oid
+),
+possible_approvers AS (
+    SELECT coalesce(array_agg(DISTINCT r.rolname ORDER BY r.rolname), '{}') AS names
+    FROM closure c
+    JOIN pg_catalog.pg_roles t ON t.oid = c.target AND t.rolname = 'agent_guard_approver'
+    JOIN pg_catalog.pg_roles r ON r.oid = c.role
+    WHERE c.depth > 0 AND r.rolcanlogin AND NOT r.rolsuper
+      AND NOT EXISTS (SELECT 1 FROM registration g WHERE g.role = r.oid)
+),
+members AS (
+    SELECT g.oid AS role, array_agg(m.rolname ORDER BY m.rolname) AS names
+    FROM reviewed g JOIN reviewed m ON m.reg_agent = g.oid AND m.oid <> g.oid AND m.can_login
+    WHERE g.group_row
+    GROUP BY g.oid
+),
+-- how much of a human's activity the trail holds (agent_guard.audit_non_agents
+-- as configured: role and database settings over the configuration files)
+role_setting AS (
+    SELECT s.setrole, s.setdatabase, pg_catalog.substr(x, 30) AS val
+    FROM pg_catalog.pg_db_role_setting s CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) x
+    WHERE x LIKE 'agent\_guard.audit\_non\_agents=%'
+      AND s.setdatabase IN (0, (SELECT d.oid FROM pg_catalog.pg_database d
+                                WHERE d.datname = pg_catalog.current_database()))
+),
+file_level AS (
+    SELECT coalesce(
+               (SELECT f.setting FROM pg_catalog.pg_file_settings f
+                WHERE f.name = 'agent_guard.audit_non_agents' AND f.applied
+                ORDER BY f.seqno DESC LIMIT 1),
+               'none') AS val
+),
+unlabelled AS MATERIALIZED (
+    SELECT * FROM agent_guard._review_unlabelled()
+),
+readable_unlabelled AS (
+    SELECT v.oid AS role,
+           pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'schema', u.schema_name, 'table', u.table_name, 'column', u.column_name, 'reason', u.reason)
+               ORDER BY u.schema_name, u.table_name, u.column_name) AS j
+    FROM reviewed v
+    JOIN held h ON h.role = v.oid AND h.priv = 'SELECT'
+    JOIN unlabelled u ON u.rel = h.rel
+    WHERE v.reg_agent IS NOT NULL
+    GROUP BY v.oid
+),
+dbs AS (
+    SELECT v.oid AS role,
+           array_agg(d.datname::text ORDER BY d.datname) FILTER (WHERE presence -> d.datname::text = 'false'::jsonb) AS without,
+           array_agg(d.datname::text ORDER BY d.datname) FILTER (WHERE presence -> d.datname::text = 'null'::jsonb) AS unchecked
+    FROM reviewed v CROSS JOIN pg_catalog.pg_database d
+    WHERE v.reg_agent IS NOT NULL
+      AND d.datallowconn
+      AND d.datname <> pg_catalog.current_database()
+      AND pg_catalog.has_database_privilege(v.oid, d.oid, 'CONNECT')
+    GROUP BY v.oid
+)
+SELECT v.oid,
+       v.rolname,
+       v.reg_agent_name,
+       v.sponsor_name::name,
+       v.sponsor_status,
+       v.can_login,
+       v.rolvaliduntil,
+       EXISTS (SELECT 1 FROM attrs x WHERE x.role = v.oid AND x.attr = 'superuser'),
+       EXISTS (SELECT 1 FROM attrs x WHERE x.role = v.oid AND x.attr = 'createrole'),
+       EXISTS (SELECT 1 FROM attrs x WHERE x.role = v.oid AND x.attr = 'createdb'),
+       EXISTS (SELECT 1 FROM attrs x WHERE x.role = v.oid AND x.attr = 'bypassrls'),
+       EXISTS (SELECT 1 FROM attrs x WHERE x.role = v.oid AND x.attr = 'replication'),
+       (SELECT coalesce(array_agg(t.rolname ORDER BY t.rolname), '{}')
+        FROM rclosure c JOIN pg_catalog.pg_roles t ON t.oid = c.target
+        WHERE c.role = v.oid AND c.depth > 0),
+       (SELECT coalesce(array_agg(s.name ORDER BY s.name), '{}')
+        FROM special s WHERE s.role = v.oid AND s.name ~ '^pg_'),
+       coalesce(ps.j, '{}'::jsonb),
+       w.tables IS NOT NULL,
+       d.schemas IS NOT NULL OR coalesce(ow.n, 0) > 0,
+       coalesce(u.risks, '{}'),
+       coalesce(u.commands, '{}'),
+       coalesce(ou.objects, '{}'),
+       coalesce(br.j, '{}'::jsonb),
+       coalesce(u.statements, 0),
+       coalesce(u.refusals, 0),
+       coalesce(rs.requested, 0),
+       coalesce(rs.approved, 0),
+       coalesce(rs.approvers, '{}'),
+       coalesce(ss.n, 0),
+       coalesce(ap.names, '{}'),
+       greatest(u.last_at, ss.last_at),
+       pg_catalog.jsonb_build_object(
+           'role', v.rolname,
+           'group_row', v.group_row,
+           'can_login', v.can_login,
+           'members_can_login', pg_catalog.to_jsonb(coalesce(mb.names, '{}')),
+           'registration', CASE WHEN v.reg_agent IS NULL THEN NULL ELSE pg_catalog.jsonb_build_object(
+               'agent', v.reg_agent_name, 'via_group', v.via_group,
+               'sponsor', v.sponsor_name, 'sponsor_status', v.sponsor_status) END,
+           'is_sponsor', EXISTS (SELECT 1 FROM reg g WHERE g.sponsor = v.oid),
+           'registry_problems', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                                     'state', x.state, 'agent_name', x.agent_name,
+                                     'registered_oid', x.registered_oid::bigint,
+                                     'sponsor_name', x.sponsor_name, 'kind', x.kind)
+                                     ORDER BY x.agent_name, x.registered_oid), '[]')
+                                 FROM stale x WHERE x.role_oid = v.oid),
+           'attributes', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                              'name', x.attr, 'source', x.source, 'first_hop', x.first_hop) ORDER BY x.attr), '[]')
+                          FROM attrs x WHERE x.role = v.oid),
+           'memberships', (SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                               'name', s.name, 'source', s.source, 'first_hop', s.first_hop) ORDER BY s.name), '[]')
+                           FROM special s WHERE s.role = v.oid),
+           'write_tables', pg_catalog.to_jsonb(coalesce(w.tables, '{}')),
+           'ddl_schemas', pg_catalog.to_jsonb(coalesce(d.schemas, '{}')),
+           'owned_relations', coalesce(ow.n, 0),
+           'readable_unlabelled', coalesce(ru.j, '[]'::jsonb),
+           'granted_objects', pg_catalog.to_jsonb(coalesce(ro.objects, '{}')),
+           'granted_any', coalesce(rs.granted_any, false),
+           'audit_level', CASE WHEN v.reg_agent IS NOT NULL THEN 'all' ELSE coalesce(
+               (SELECT x.val FROM role_setting x WHERE x.setrole = v.oid ORDER BY x.setdatabase DESC LIMIT 1),
+               (SELECT x.val FROM role_setting x WHERE x.setrole = 0 LIMIT 1),
+               (SELECT f.val FROM file_level f)) END,
+           'used_risks', pg_catalog.to_jsonb(coalesce(u.risks, '{}')),
+           'used_commands', pg_catalog.to_jsonb(coalesce(u.commands, '{}')),
+           'written_objects', pg_catalog.to_jsonb(coalesce(ou.written, '{}')),
+           'rls_used', EXISTS (SELECT 1 FROM rels r WHERE r.relrowsecurity AND r.qname = ANY (ou.objects)),
+           'statements', coalesce(u.statements, 0),
+           'refusals', coalesce(u.refusals, 0),
+           'approvals_given', coalesce(ag.n, 0),
+           'approvers', pg_catalog.to_jsonb(coalesce(rs.approvers, '{}')),
+           'possible_approvers', (SELECT pg_catalog.to_jsonb(p.names) FROM possible_approvers p),
+           'sessions', coalesce(ss.n, 0),
+           'short_sessions', coalesce(ss.short, 0),
+           'hours_active', coalesce(hr.n, 0),
+           'apps', coalesce(ap.j, '[]'::jsonb),
+           'databases_without_guard', pg_catalog.to_jsonb(coalesce(db.without, '{}')),
+           'databases_unchecked', pg_catalog.to_jsonb(coalesce(db.unchecked, '{}')),
+           'active', coalesce(u.statements, 0) > 0 OR coalesce(ss.n, 0) > 0)
+FROM reviewed v
+LEFT JOIN privsum ps ON ps.role = v.oid
+LEFT JOIN writes w ON w.role = v.oid
+LEFT JOIN ddl d ON d.role = v.oid
+LEFT JOIN owned ow ON ow.role = v.oid
+LEFT JOIN usage u ON u.role = v.oid
+LEFT JOIN by_risk br ON br.role = v.oid
+LEFT JOIN objects_used ou ON ou.role = v.oid
+LEFT JOIN session_stats ss ON ss.role = v.oid
+LEFT JOIN hours hr ON hr.role = v.oid
+LEFT JOIN apps ap ON ap.role = v.oid
+LEFT JOIN req_stats rs ON rs.role = v.oid
+LEFT JOIN req_objects ro ON ro.role = v.oid
+LEFT JOIN approvals_given ag ON ag.role = v.oid
+LEFT JOIN members mb ON mb.role = v.oid
+LEFT JOIN readable_unlabelled ru ON ru.role = v.oid
+LEFT JOIN dbs db ON db.role = v.oid
+$$;
