@@ -86,4 +86,53 @@ fi
 base=$(dirname "$(ag_cluster_datadir test)")
 if [ ! -d "$base" ]; then mkdir -p "$base"; fi
 chmod 755 "$base" 2>/dev/null || true
+
+# ---- source packages for the postgres test layer ---------------------------------
+# scripts/postgres-suite.sh runs PostgreSQL's and pgaudit's own regression
+# suites, taken from Debian's source packages: apt needs deb-src entries. If
+# none are configured, add them in a separate file that mirrors the machine's
+# own deb entries (same mirrors, suites, components and keys), then fetch and
+# extract the sources once into the cache (postgres-suite.sh --prepare; quiet
+# when already done).
+if ! grep -rqsE '^[[:space:]]*Types:.*[[:space:]]deb-src([[:space:]]|$)|^[[:space:]]*deb-src[[:space:]]' \
+    /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  [ "$(id -u)" = 0 ] || ag_die "no deb-src entries in /etc/apt; run scripts/setup.sh as root"
+  src_dir=/etc/apt/sources.list.d
+  src_tmp=$(mktemp -d)
+  header="# Added by agent_guard's scripts/setup.sh: source packages (apt-get source) for the
+# postgres test layer, mirroring this machine's deb entries."
+  # deb822 files: one stanza per paragraph; copy the enabled ones of Types deb.
+  for f in "$src_dir"/*.sources; do
+    [ -f "$f" ] || continue
+    awk 'BEGIN { RS = ""; FS = "\n" }
+      {
+        types = ""; enabled = 1; body = ""
+        for (i = 1; i <= NF; i++) {
+          line = $i
+          if (line ~ /^[[:space:]]*#/) continue
+          if (line ~ /^Types:/) { types = line; continue }
+          if (line ~ /^Enabled:[[:space:]]*(no|false|0)[[:space:]]*$/) enabled = 0
+          body = body line "\n"
+        }
+        if (enabled && types ~ /[[:space:]]deb([[:space:]]|$)/) printf "\nTypes: deb-src\n%s", body
+      }' "$f"
+  done >"$src_tmp/sources"
+  # One-line format (sources.list, *.list).
+  for f in /etc/apt/sources.list "$src_dir"/*.list; do
+    [ -f "$f" ] || continue
+    awk '$1 == "deb" { $1 = "deb-src"; print }' "$f"
+  done >"$src_tmp/list"
+  added=""
+  for ext in sources list; do
+    if [ -s "$src_tmp/$ext" ]; then
+      { printf '%s\n' "$header"; cat "$src_tmp/$ext"; } >"$src_dir/agent_guard-deb-src.$ext"
+      added="$added $src_dir/agent_guard-deb-src.$ext"
+    fi
+  done
+  rm -rf "$src_tmp"
+  [ -n "$added" ] || ag_die "found no deb entries in /etc/apt to derive deb-src entries from; add deb-src entries yourself"
+  ag_log "added deb-src entries ($added ); apt-get update"
+  apt-get update -qq || ag_die "apt-get update failed"
+fi
+bash "$(dirname "${BASH_SOURCE[0]}")/postgres-suite.sh" --prepare
 exit 0

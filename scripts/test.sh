@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # agent_guard's whole test suite (the README's test command; CI runs it).
 #
-#   bash scripts/test.sh [--layer core|pgrx|regress|integration|upgrade]... [--no-setup] [--no-install]
+#   bash scripts/test.sh [--layer core|pgrx|regress|integration|postgres|upgrade]... [--no-setup] [--no-install]
 #
 # Layers, in this order:
 #   core         cargo test -p agent_guard_core            (pure Rust logic)
@@ -11,13 +11,19 @@
 #                with pg_regress, against the test cluster (pgrx.toml [test_cluster])
 #   integration  cargo test -p agent_guard_integration: real clients against
 #                the test cluster (env AG_PGHOST/AG_PGPORT/AG_PGUSER/AG_PGDATA/AG_PGBINDIR)
+#   postgres     scripts/postgres-suite.sh: PostgreSQL's own regression suite
+#                (parallel_schedule) without agent_guard (A), preloaded (B) and
+#                preloaded + created + audit_non_agents = 'all' (C); B and C must
+#                equal A test by test (tests/postgres/allowlist-MAJOR.txt); and
+#                pgaudit's own regression test with agent_guard preloaded beside it
 #   upgrade      scripts/upgrade-test.sh: every released version (releases.txt),
 #                built from its commit and used, then upgraded in place with
 #                ALTER EXTENSION UPDATE (own cluster, pgrx.toml [upgrade_cluster])
-# Before regress/integration the (debug) extension is built and installed
-# (scripts/install-extension.sh; after the pgrx layer, which installs its own
-# test build) and a fresh test cluster is started with
-# shared_preload_libraries = 'agent_guard'; it is stopped at the end.
+# Before regress/integration/postgres the (debug) extension is built and
+# installed (scripts/install-extension.sh; after the pgrx layer, which installs
+# its own test build; once per run). regress/integration get a fresh test
+# cluster started with shared_preload_libraries = 'agent_guard'; it is stopped
+# at the end. The postgres layer starts its own temporary instances.
 #
 # Options: --layer L (repeatable; default: all), --no-setup (skip scripts/setup.sh),
 #          --no-install (regress/integration: use the extension as installed).
@@ -37,7 +43,7 @@ ag_cargo_path
 root=$(ag_root)
 cd "$root" || exit 1
 
-all_layers=(core pgrx regress integration upgrade)
+all_layers=(core pgrx regress integration postgres upgrade)
 layers=()
 do_setup=1
 do_install=1
@@ -45,13 +51,13 @@ while [ $# -gt 0 ]; do
   case $1 in
     --layer)
       [ $# -ge 2 ] || ag_die "--layer needs one of: ${all_layers[*]}"
-      case $2 in core|pgrx|regress|integration|upgrade) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
+      case $2 in core|pgrx|regress|integration|postgres|upgrade) layers+=("$2") ;; *) ag_die "unknown layer '$2' (one of: ${all_layers[*]})" ;; esac
       shift ;;
     --layer=*)
       set -- --layer "${1#--layer=}" "${@:2}"; continue ;;
     --no-setup) do_setup=0 ;;
     --no-install) do_install=0 ;;
-    -h|--help) sed -n '2,32p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "unknown argument '$1' (see --help)" ;;
   esac
   shift
@@ -155,18 +161,31 @@ if want pgrx; then
     --runas postgres --pgdata "$pgrx_data"
 fi
 
+# ---- the installed extension (regress, integration, postgres) -------------------
+# Build and install the debug extension once per run (unless --no-install).
+install_state=todo
+install_note=""
+ensure_installed() {
+  if [ $do_install = 0 ] || [ $install_state = done ]; then return 0; fi
+  if [ $install_state = failed ]; then return 1; fi
+  ag_log "build + install the extension (debug) for regress/integration/postgres"
+  if bash "$root/scripts/install-extension.sh" >"$logdir/install.log" 2>&1 9>&-; then
+    install_state=done; return 0
+  fi
+  tail -n 60 "$logdir/install.log"
+  install_state=failed
+  install_note="extension build/install failed, see target/agent_guard-test/install.log"
+  return 1
+}
+
 # ---- layers 3 and 4: regress, integration (need the test cluster) --------------
 if want regress || want integration; then
   datadir=$(ag_cluster_datadir test)
   port=$(ag_cluster_port test)
   cluster_ok=1
   note=""
-  if [ $do_install = 1 ]; then
-    ag_log "build + install the extension (debug) for regress/integration"
-    if ! bash "$root/scripts/install-extension.sh" >"$logdir/install.log" 2>&1 9>&-; then
-      tail -n 60 "$logdir/install.log"
-      cluster_ok=0; note="extension build/install failed, see target/agent_guard-test/install.log"
-    fi
+  if ! ensure_installed; then
+    cluster_ok=0; note=$install_note
   fi
   if [ $cluster_ok = 1 ]; then
     if [ "${AG_KEEP_CLUSTER:-0}" != 1 ]; then
@@ -219,7 +238,25 @@ if want regress || want integration; then
   trap - EXIT
 fi
 
-# ---- layer 5: upgrade (installs released versions, then this tree's build) -----
+# ---- layer 5: postgres (PostgreSQL's and pgaudit's own regression suites) ------
+if want postgres; then
+  if ensure_installed; then
+    ag_log "layer postgres: scripts/postgres-suite.sh"
+    t0=$(date +%s)
+    bash "$root/scripts/postgres-suite.sh" 2>&1 9>&- | tee "$logdir/postgres.log"
+    rc=${PIPESTATUS[0]}
+    secs=$(( $(date +%s) - t0 ))
+    line=$(strip_ansi <"$logdir/postgres.log" | grep -E '^postgres: [0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+    p=$(printf '%s' "$line" | awk '{print $2}'); f=$(printf '%s' "$line" | awk '{print $4}')
+    p=${p:-0}; f=${f:-0}; pnote="$secs s"
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then f=1; pnote="$secs s, postgres-suite.sh error (exit $rc)"; fi
+    record postgres "$p" "$f" "$pnote"
+  else
+    record postgres 0 1 "$install_note"
+  fi
+fi
+
+# ---- layer 6: upgrade (installs released versions, then this tree's build) -----
 if want upgrade; then
   ag_log "layer upgrade: scripts/upgrade-test.sh"
   bash "$root/scripts/upgrade-test.sh" 2>&1 9>&- | tee "$logdir/upgrade.log"

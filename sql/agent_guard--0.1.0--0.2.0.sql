@@ -38,7 +38,8 @@ AS 'MODULE_PATHNAME', 'masking_rules_srf_wrapper';
 CREATE FUNCTION agent_guard."_masking_taints"() RETURNS TABLE (
 	"relation" oid,
 	"built_from" oid[],
-	"labelled" bool
+	"labelled" bool,
+	"recorded" bool
 )
 STRICT STABLE
 LANGUAGE c
@@ -63,51 +64,81 @@ COMMENT ON VIEW agent_guard.masking_rules IS
     'Masked columns (labelled, generated from labelled columns, or inherited by partitions and children), their rules and masking views';
 GRANT SELECT ON agent_guard.masking_rules TO PUBLIC;
 
+-- what each materialized view's last population read (src/masking/population.rs)
+CREATE TABLE agent_guard.matview_populations (
+    matview      oid NOT NULL,
+    populated_at timestamptz NOT NULL,
+    populated_by oid NOT NULL
+);
+CREATE TABLE agent_guard.matview_reads (
+    matview  oid NOT NULL,
+    relation oid NOT NULL,
+    columns  int2[] NOT NULL   -- attribute numbers; 0: the whole row
+);
+REVOKE ALL ON agent_guard.matview_populations, agent_guard.matview_reads FROM PUBLIC;
+COMMENT ON TABLE agent_guard.matview_populations IS
+    'The last population of each materialized view agent_guard saw (recorded by its hooks)';
+COMMENT ON TABLE agent_guard.matview_reads IS
+    'What each recorded population read: relation and attribute numbers (0: the whole row)';
+
 CREATE VIEW agent_guard.masking_taints AS
 SELECT t.relation::pg_catalog.regclass      AS relation,
        t.built_from::pg_catalog.regclass[] AS built_from,
-       t.labelled
+       t.labelled,
+       t.recorded
 FROM agent_guard._masking_taints() t;
 
 COMMENT ON VIEW agent_guard.masking_taints IS
-    'Materialized views built from masked columns: agents may not read those without labels of their own, nor refresh any';
+    'Materialized views built from masked columns (by what their population read): agents may not read those without labels of their own, nor refresh any';
 GRANT SELECT ON agent_guard.masking_taints TO PUBLIC;
 
--- ---- restore: registrations and the trail survive dump and restore ----------------
+-- other sessions' query texts as agents read them (src/masking/activity.rs)
+CREATE FUNCTION agent_guard."redact_query"(
+	"text" TEXT
+) RETURNS TEXT
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'redact_query_wrapper';
 
--- registry rows record the cluster their OIDs belong to
+-- ---- registrations survive dump and restore (0.2.0) ----
 ALTER TABLE agent_guard.agent_registry ADD COLUMN system_identifier text;
 
-CREATE FUNCTION agent_guard."_registry_changed_bump"() RETURNS bool
-STRICT
-LANGUAGE c
+-- The trail is part of a database's dump (its rows with ids and hashes).
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges_id_seq', '');
+
+CREATE FUNCTION agent_guard."_registry_changed_bump"() RETURNS bool /* bool */
+STRICT 
+LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'registry_changed_bump_wrapper';
 
-CREATE FUNCTION agent_guard."_repair_registry"(
-	"forget_unmatched" bool
-) RETURNS TABLE (
-	"agent_name" TEXT,
-	"registered_oid" oid,
-	"state" TEXT,
-	"action" TEXT
-)
-STRICT
-LANGUAGE c
-AS 'MODULE_PATHNAME', 'repair_registry_wrapper';
-
 CREATE FUNCTION agent_guard."registry_check"() RETURNS TABLE (
-	"agent_name" TEXT,
-	"registered_oid" oid,
-	"state" TEXT,
-	"role_oid" oid,
-	"role_name" TEXT,
-	"sponsor_name" TEXT,
-	"kind" TEXT,
-	"detail" TEXT
+	"agent_name" TEXT,  /* String */
+	"registered_oid" oid,  /* pg_sys :: Oid */
+	"state" TEXT,  /* String */
+	"role_oid" oid,  /* Option < pg_sys :: Oid > */
+	"role_name" TEXT,  /* Option < String > */
+	"sponsor_name" TEXT,  /* String */
+	"kind" TEXT,  /* String */
+	"detail" TEXT  /* String */
 )
-STRICT
-LANGUAGE c
+STRICT 
+LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'registry_check_wrapper';
+
+CREATE FUNCTION agent_guard."_repair_registry"(
+	"forget_unmatched" bool /* bool */
+) RETURNS TABLE (
+	"agent_name" TEXT,  /* String */
+	"registered_oid" oid,  /* Option < pg_sys :: Oid > */
+	"state" TEXT,  /* String */
+	"action" TEXT  /* String */
+)
+STRICT 
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'repair_registry_wrapper';
 
 -- Rows of agent_registry restored (pg_restore) or changed by hand move the
 -- registry generation, so sessions re-read who is an agent.
@@ -143,13 +174,6 @@ GRANT EXECUTE ON FUNCTION agent_guard.repair_registry(boolean) TO agent_guard_ad
 COMMENT ON FUNCTION agent_guard.repair_registry(boolean) IS
     'After a restore: relink registry rows to the roles their labels are on, re-write labels restored from another cluster, remove rows of dropped roles (and, with forget_unmatched, rows no label confirms)';
 
--- the trail is part of a database's dump
-SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log', '');
-SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_id_seq', '');
-SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges', '');
-SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_purges_id_seq', '');
-
--- the access review reports registry rows that no role label confirms
 CREATE OR REPLACE FUNCTION agent_guard._review_facts(since timestamptz, presence jsonb)
 RETURNS TABLE (
     role_oid oid, role name, agent name, sponsor name, sponsor_status text,
@@ -587,3 +611,12 @@ LEFT JOIN members mb ON mb.role = v.oid
 LEFT JOIN readable_unlabelled ru ON ru.role = v.oid
 LEFT JOIN dbs db ON db.role = v.oid
 $$;
+
+-- sponsor_status() answers "dropped" for a registration whose sponsor no
+-- longer exists (labels name the sponsor; no OID is left to ask about).
+CREATE OR REPLACE FUNCTION agent_guard."sponsor_status"(
+	"sponsor" oid
+) RETURNS TEXT
+PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'sponsor_status_wrapper';

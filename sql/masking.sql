@@ -139,17 +139,42 @@ COMMENT ON VIEW agent_guard.masking_rules IS
     'Masked columns (labelled, generated from labelled columns, or inherited by partitions and children), their rules and masking views';
 GRANT SELECT ON agent_guard.masking_rules TO PUBLIC;
 
--- Materialized views computed from masked columns (directly or through
--- views) with no labels of their own: their contents hold real values, so
--- agents are refused until they are labelled (src/masking/effective.rs).
+-- What the last population of each materialized view read (CREATE
+-- MATERIALIZED VIEW, REFRESH, EXPLAIN ANALYZE CREATE MATERIALIZED VIEW; in
+-- any session): written by the hooks straight into the heaps, in the
+-- populating transaction (src/masking/population.rs, which writes the
+-- columns by position: keep their order). No indexes: both stay small and
+-- are read whole when the masking rules are loaded.
+CREATE TABLE agent_guard.matview_populations (
+    matview      oid NOT NULL,
+    populated_at timestamptz NOT NULL,
+    populated_by oid NOT NULL
+);
+CREATE TABLE agent_guard.matview_reads (
+    matview  oid NOT NULL,
+    relation oid NOT NULL,
+    columns  int2[] NOT NULL   -- attribute numbers; 0: the whole row
+);
+REVOKE ALL ON agent_guard.matview_populations, agent_guard.matview_reads FROM PUBLIC;
+COMMENT ON TABLE agent_guard.matview_populations IS
+    'The last population of each materialized view agent_guard saw (recorded by its hooks)';
+COMMENT ON TABLE agent_guard.matview_reads IS
+    'What each recorded population read: relation and attribute numbers (0: the whole row)';
+
+-- Materialized views computed from masked columns with no labels of their
+-- own: their contents hold real values, so agents are refused until they
+-- are labelled (src/masking/effective.rs). recorded: judged by what its
+-- last population actually read (every population agent_guard saw); else
+-- (populated before agent_guard was there) by its definition, conservatively.
 CREATE VIEW agent_guard.masking_taints AS
 SELECT t.relation::pg_catalog.regclass      AS relation,
        t.built_from::pg_catalog.regclass[] AS built_from,
-       t.labelled
+       t.labelled,
+       t.recorded
 FROM agent_guard._masking_taints() t;
 
 COMMENT ON VIEW agent_guard.masking_taints IS
-    'Materialized views built from masked columns: agents may not read those without labels of their own, nor refresh any';
+    'Materialized views built from masked columns (by what their population read): agents may not read those without labels of their own, nor refresh any';
 GRANT SELECT ON agent_guard.masking_taints TO PUBLIC;
 
 CREATE FUNCTION agent_guard.mask_expression(relation regclass, column_name name) RETURNS text

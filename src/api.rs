@@ -18,7 +18,8 @@ fn _preloaded() -> bool {
     crate::hooks_active()
 }
 
-/// Hooks, settings and the session's identity, as jsonb.
+/// Hooks, settings, the session's identity and agent_guard's background
+/// workers (the audit writers and the activity sampler, as they run now), as jsonb.
 #[pg_extern(parallel_safe)]
 fn status() -> JsonB {
     JsonB(serde_json::json!({
@@ -27,7 +28,10 @@ fn status() -> JsonB {
         "registry_generation": crate::shmem::generation(),
         "settings": crate::gucs::settings(),
         "session_is_agent": crate::identity::current_agent().is_some(),
-        "background_worker": "not part of this release",
+        "background_workers": {
+            "audit_writers": crate::audit::writers_status(),
+            "activity_sampler": crate::review::sampler_status(),
+        },
     }))
 }
 
@@ -46,14 +50,37 @@ fn is_agent_session() -> bool {
     crate::identity::current_agent().is_some()
 }
 
-/// Status of a sponsor role: active, nologin, expired or dropped.
+/// Status of a sponsor role: active, nologin, expired or dropped (also when
+/// no role is given: a registration whose sponsor no longer exists here).
 #[pg_extern(parallel_safe)]
-fn sponsor_status(sponsor: pg_sys::Oid) -> &'static str {
-    crate::identity::sponsor_status(sponsor).as_str()
+fn sponsor_status(sponsor: Option<pg_sys::Oid>) -> &'static str {
+    match sponsor {
+        Some(oid) => crate::identity::sponsor_status(oid).as_str(),
+        None => agent_guard_core::SponsorStatus::Dropped.as_str(),
+    }
+}
+
+thread_local! {
+    static CLASSIFYING: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// `classify()` is planning a statement it will not run: the planner's checks
+/// of an agent's calls ([`crate::enforce::check_query_calls`]) report instead of refusing.
+pub fn classifying() -> bool {
+    CLASSIFYING.with(|f| f.get() > 0)
 }
 
 /// Classify every Query a raw statement analyses and rewrites into; the riskiest wins.
-unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString) -> Classification {
+///
+/// This is the run-time path replayed without running anything: a utility
+/// statement is judged from its parse node ([`extract::utility_facts`], as
+/// ProcessUtility judges it), every query the statement would plan — itself,
+/// or the query of EXPLAIN, DECLARE CURSOR, CREATE TABLE AS, `COPY (query)`,
+/// a prepared statement — from its plan ([`extract::plan_facts`], as
+/// ExecutorStart judges it), and every function it would call with
+/// [`crate::functions`], as the object-access hook judges each call. `caller`
+/// is the role the statement would run as (`as_role`, or the current user).
+unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString, caller: pg_sys::Oid) -> Classification {
     unsafe {
         let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
             raw,
@@ -65,7 +92,7 @@ unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString) -> Classificati
         let sensitive = crate::labels::sensitive_columns();
         let mut best: Option<Classification> = None;
         for query in PgList::<pg_sys::Query>::from_pg(queries).iter_ptr() {
-            let c = classify_facts(&query_to_facts(query, sql, &sensitive));
+            let c = classify_facts(&query_to_facts(query, sql, &sensitive, caller));
             best = Some(match best {
                 Some(b) if b.risk >= c.risk => b,
                 _ => c,
@@ -75,30 +102,93 @@ unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString) -> Classificati
     }
 }
 
+/// Facts of an analysed query the statement carries (planned when plannable).
+unsafe fn inner_facts(
+    node: *mut pg_sys::Node,
+    sql: &CString,
+    sensitive: &crate::labels::SensitiveColumns,
+    caller: pg_sys::Oid,
+) -> Option<Box<Facts>> {
+    unsafe {
+        if !is_a(node, pg_sys::NodeTag::T_Query) {
+            return None;
+        }
+        // planning scribbles on its input: work on a copy
+        let copy = pg_sys::copyObjectImpl(node as *const std::ffi::c_void) as *mut pg_sys::Query;
+        Some(Box::new(query_to_facts(copy, sql, sensitive, caller)))
+    }
+}
+
 unsafe fn query_to_facts(
     query: *mut pg_sys::Query,
     sql: &CString,
     sensitive: &crate::labels::SensitiveColumns,
+    caller: pg_sys::Oid,
 ) -> Facts {
+    use pg_sys::NodeTag::*;
     unsafe {
+        let superuser = pg_sys::superuser_arg(caller);
         if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
             let node = (*query).utilityStmt;
             let mut u = extract::utility_facts(node);
-            // EXECUTE: classify the prepared statement it runs.
-            if is_a(node, pg_sys::NodeTag::T_ExecuteStmt) {
-                let name = (*(node as *mut pg_sys::ExecuteStmt)).name;
-                let prepared = pg_sys::FetchPreparedStatement(name, true);
-                let inner = PgList::<pg_sys::Query>::from_pg((*(*prepared).plansource).query_list);
-                if let Some(q) = inner.head() {
-                    let copy =
-                        pg_sys::copyObjectImpl(q as *const std::ffi::c_void) as *mut pg_sys::Query;
-                    u.inner = Some(Box::new(query_to_facts(copy, sql, sensitive)));
+            u.runs_as_superuser = superuser;
+            match (*node).type_ {
+                // EXECUTE: classify the prepared statement it runs.
+                T_ExecuteStmt => {
+                    let name = (*(node as *mut pg_sys::ExecuteStmt)).name;
+                    let prepared = pg_sys::FetchPreparedStatement(name, true);
+                    let inner = PgList::<pg_sys::Query>::from_pg((*(*prepared).plansource).query_list);
+                    if let Some(q) = inner.head() {
+                        u.inner = inner_facts(q as *mut pg_sys::Node, sql, sensitive, caller);
+                    }
                 }
+                T_ExplainStmt => {
+                    let q = (*(node as *mut pg_sys::ExplainStmt)).query;
+                    u.inner = inner_facts(q, sql, sensitive, caller).or(u.inner);
+                }
+                T_DeclareCursorStmt => {
+                    let q = (*(node as *mut pg_sys::DeclareCursorStmt)).query;
+                    u.inner = inner_facts(q, sql, sensitive, caller).or(u.inner);
+                }
+                T_CreateTableAsStmt => {
+                    let q = (*(node as *mut pg_sys::CreateTableAsStmt)).query;
+                    u.inner = inner_facts(q, sql, sensitive, caller);
+                }
+                // COPY (query) TO: the query is raw; analyse it as COPY does.
+                T_CopyStmt => {
+                    let s = node as *mut pg_sys::CopyStmt;
+                    if !(*s).query.is_null() {
+                        let raw = pg_sys::palloc0(std::mem::size_of::<pg_sys::RawStmt>())
+                            as *mut pg_sys::RawStmt;
+                        (*raw).type_ = T_RawStmt;
+                        (*raw).stmt = pg_sys::copyObjectImpl((*s).query as *const std::ffi::c_void)
+                            as *mut pg_sys::Node;
+                        (*raw).stmt_location = -1;
+                        let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
+                            raw,
+                            sql.as_ptr(),
+                            std::ptr::null_mut(),
+                            0,
+                            std::ptr::null_mut(),
+                        );
+                        if let Some(q) = PgList::<pg_sys::Query>::from_pg(queries).head() {
+                            u.inner = Some(Box::new(query_to_facts(q, sql, sensitive, caller)));
+                        }
+                    }
+                }
+                // CALL: the procedure and its arguments are called.
+                T_CallStmt => {
+                    let f = (*(node as *mut pg_sys::CallStmt)).funcexpr;
+                    if !f.is_null() {
+                        u.functions = crate::functions::call_facts(f as *mut pg_sys::Node);
+                    }
+                }
+                _ => {}
             }
             return Facts::Utility(u);
         }
         // The planner may rewrite the tree: collect calls first.
-        let functions = extract::called_functions(query);
+        let functions = crate::functions::call_facts(query as *mut pg_sys::Node);
         let plan = pg_sys::pg_plan_query(
             query,
             sql.as_ptr(),
@@ -107,7 +197,7 @@ unsafe fn query_to_facts(
         );
         let mut facts = extract::plan_facts(plan, sensitive, false);
         facts.functions = functions;
-        facts.runs_as_superuser = pg_sys::superuser_arg(pg_sys::GetUserId());
+        facts.runs_as_superuser = superuser;
         Facts::Plan(facts)
     }
 }
@@ -180,7 +270,13 @@ fn classify_sql(
             .iter_ptr()
             .enumerate()
         {
-            let mut c = classify_raw(raw, &csql);
+            let caller = as_role.unwrap_or_else(|| pg_sys::GetUserId());
+            CLASSIFYING.with(|f| f.set(f.get() + 1));
+            let mut c = pgrx::PgTryBuilder::new(std::panic::AssertUnwindSafe(|| {
+                classify_raw(raw, &csql, caller)
+            }))
+            .finally(|| CLASSIFYING.with(|f| f.set(f.get().saturating_sub(1))))
+            .execute();
             c.statement = statement_slice(sql, (*raw).stmt_location, (*raw).stmt_len);
             let d = decision_for(&c, as_role);
             let (decision, reason) = match &d {

@@ -142,6 +142,38 @@ impl Tuple {
         }
     }
 
+    /// The tuple's location (for deleting it).
+    pub fn tid(&self) -> pg_sys::ItemPointerData {
+        unsafe { (*self.tuple).t_self }
+    }
+
+    /// An `int2[]` column (NULL elements skipped).
+    pub fn int2_array(&self, column: i16) -> Vec<i16> {
+        let Some(d) = self.datum(column) else {
+            return vec![];
+        };
+        unsafe {
+            let arr = pg_sys::pg_detoast_datum(d.cast_mut_ptr()) as *mut pg_sys::ArrayType;
+            let mut elems: *mut Datum = std::ptr::null_mut();
+            let mut nulls: *mut bool = std::ptr::null_mut();
+            let mut n: i32 = 0;
+            pg_sys::deconstruct_array(
+                arr,
+                pg_sys::INT2OID,
+                2,
+                true,
+                pg_sys::TYPALIGN_SHORT as std::ffi::c_char,
+                &mut elems,
+                &mut nulls,
+                &mut n,
+            );
+            (0..n as usize)
+                .filter(|i| !*nulls.add(*i))
+                .map(|i| (*elems.add(i)).value() as i16)
+                .collect()
+        }
+    }
+
     /// A `name` column.
     pub fn name(&self, column: i16) -> Option<String> {
         let d = self.datum(column)?;

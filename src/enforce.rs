@@ -33,6 +33,15 @@ pub fn decide_current_with(c: &Classification, consume: bool) -> Decision {
     let Some(agent) = crate::identity::current_agent() else {
         return Decision::NotEnforced;
     };
+    // However the session came by them (SET, set_config(), a function's SET
+    // clause, the startup packet, role or database settings): no agent
+    // statement runs while string literals are read otherwise than by default.
+    if crate::gucs::nonstandard_lexer()
+        && !agent_guard_core::policy::allowed_under_nonstandard_strings(c)
+    {
+        let actor = crate::identity::actor(&agent);
+        return agent_guard_core::policy::nonstandard_strings_refusal(&actor, c);
+    }
     // Housekeeping needs no catalog access: it must work in aborted transactions.
     if c.is_housekeeping() && !c.touches_guard {
         return Decision::Allow {
@@ -115,36 +124,56 @@ pub fn refuse_recorded(facts: &Facts, text: &crate::audit::StatementText, r: Ref
     refuse(&r)
 }
 
-/// A function's schema and name (None if it does not exist).
-fn function_name(funcid: pg_sys::Oid) -> Option<(String, String)> {
-    unsafe {
-        let name = pg_sys::get_func_name(funcid);
-        if name.is_null() {
-            return None;
+/// Check a function call of the current agent session (from the object-access
+/// hook, as the executor initialises the call). `classify()` judges the calls
+/// it finds with the same [`crate::functions::call_classification`].
+pub fn check_function(funcid: pg_sys::Oid) {
+    let Some(c) = crate::functions::call_classification(funcid) else {
+        return;
+    };
+    if let Decision::Deny(r) = decide_current(&c) {
+        if crate::identity::guard_installed() {
+            let text = crate::hooks::top_level_text();
+            let _ = crate::audit::statement_start(
+                &c,
+                &Decision::Deny(r.clone()),
+                &crate::audit::StatementText {
+                    text: &text,
+                    params: None,
+                },
+                0,
+            );
         }
-        let nsp = pg_sys::get_namespace_name(pg_sys::get_func_namespace(funcid));
-        Some((
-            if nsp.is_null() {
-                String::new()
-            } else {
-                std::ffi::CStr::from_ptr(nsp).to_string_lossy().into_owned()
-            },
-            std::ffi::CStr::from_ptr(name).to_string_lossy().into_owned(),
-        ))
+        refuse(&r);
     }
 }
 
-fn classify_call(schema: &str, name: &str) -> Option<Classification> {
-    let superuser = unsafe { pg_sys::superuser_arg(pg_sys::GetUserId()) };
-    agent_guard_core::classify_function(schema, name, superuser)
-}
-
-/// Check a function call of the current agent session (from the object-access hook).
-pub fn check_function(funcid: pg_sys::Oid) {
-    let Some((schema, name)) = function_name(funcid) else {
+/// Check the calls of an agent's query whose risk depends on a constant
+/// argument (`set_config('agent_guard.enabled', …)`), as the planner gets the
+/// query: the object-access hook sees a call's function but not its
+/// arguments. `classify()` judges the same facts ([`crate::extract::called_functions`])
+/// with the same [`agent_guard_core::classify_function`].
+///
+/// # Safety
+/// `query` is the analysed query being planned.
+pub unsafe fn check_query_calls(query: *mut pg_sys::Query) {
+    if crate::api::classifying() {
         return;
-    };
-    if let Some(c) = classify_call(&schema, &name) {
+    }
+    let calls = unsafe { crate::extract::called_functions(query as *mut pg_sys::Node) };
+    for (oid, first) in calls {
+        if first.is_none() {
+            continue; // judged by the object-access hook as it runs
+        }
+        let Some(f) = crate::functions::facts(oid) else {
+            continue;
+        };
+        let mut facts = f.facts.clone();
+        facts.first_argument = first;
+        let ctx = crate::functions::current_context(&f);
+        let Some(c) = agent_guard_core::classify_function(&facts, ctx) else {
+            continue;
+        };
         if let Decision::Deny(r) = decide_current(&c) {
             if crate::identity::guard_installed() {
                 let text = crate::hooks::top_level_text();
@@ -168,11 +197,12 @@ pub fn check_function(funcid: pg_sys::Oid) {
 /// function in SQL (a plain call is a read), checked against the sponsor
 /// rule and grants, and recorded. Its record ends with its transaction.
 pub fn fast_path_call(funcid: pg_sys::Oid, is_agent: bool) {
-    let Some((schema, name)) = function_name(funcid) else {
+    let Some(f) = crate::functions::facts(funcid) else {
         return;
     };
-    let qualified = format!("{schema}.{name}");
-    let mut c = classify_call(&schema, &name).unwrap_or_else(|| {
+    let qualified = f.facts.qualified();
+    let call = agent_guard_core::classify_function(&f.facts, crate::functions::current_context(&f));
+    let mut c = call.unwrap_or_else(|| {
         Classification::new(
             "FASTPATH FUNCTION CALL",
             agent_guard_core::Risk::Read,

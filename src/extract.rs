@@ -124,6 +124,9 @@ pub unsafe fn plan_facts(
             let relid = (*rte).relid;
             if seen.insert(relid.to_u32()) {
                 facts.read.push(relation(relid));
+                if (*rte).relkind as u8 == pg_sys::RELKIND_FOREIGN_TABLE {
+                    facts.foreign.push(relation(relid));
+                }
             }
             if let Some(cols) = sensitive.of_relation(relid) {
                 let selected = selected_columns(pstmt, rte);
@@ -140,6 +143,13 @@ pub unsafe fn plan_facts(
                 if !facts.written.contains(&r) {
                     facts.written.push(r);
                 }
+            }
+        }
+        // rows routed into partitions at run time: a foreign partition is written too
+        for r in &facts.written {
+            let relid = pg_sys::Oid::from(r.oid);
+            if pg_sys::get_rel_relkind(relid) as u8 == pg_sys::RELKIND_PARTITIONED_TABLE {
+                foreign_descendants(relid, &mut facts.foreign);
             }
         }
         for mark in PgList::<pg_sys::PlanRowMark>::from_pg((*pstmt).rowMarks).iter_ptr() {
@@ -175,6 +185,9 @@ unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
         for rte in rtable.iter_ptr() {
             if (*rte).rtekind == pg_sys::RTEKind::RTE_RELATION {
                 facts.read.push(relation((*rte).relid));
+                if (*rte).relkind as u8 == pg_sys::RELKIND_FOREIGN_TABLE {
+                    facts.foreign.push(relation((*rte).relid));
+                }
             }
         }
         if let Some(r) = rel_at((*query).resultRelation as u32) {
@@ -185,6 +198,9 @@ unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
                 facts.locked.push(r);
             }
         }
+        // the calls it would make, judged as classify() judges them
+        facts.functions = crate::functions::call_facts(query as *mut pg_sys::Node);
+        facts.runs_as_superuser = pg_sys::superuser_arg(pg_sys::GetUserId());
         Facts::Plan(facts)
     }
 }
@@ -429,7 +445,7 @@ unsafe fn set_stmt(u: &mut UtilityFacts, s: *mut pg_sys::VariableSetStmt) {
 /// A boolean option's value as `defGetBoolean()` reads it, without raising
 /// for a value it would reject (PostgreSQL reports that itself; here it
 /// counts as true, the cautious reading for EXPLAIN ANALYZE).
-fn defelem_bool(opt: *mut pg_sys::DefElem) -> bool {
+pub(crate) fn defelem_bool(opt: *mut pg_sys::DefElem) -> bool {
     unsafe {
         let arg = (*opt).arg;
         if arg.is_null() {
@@ -531,6 +547,9 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
                 }
             }
             NodeTag::T_FetchStmt => u.is_move = (*(node as *mut pg_sys::FetchStmt)).ismove,
+            NodeTag::T_NotifyStmt => {
+                u.channel = cstr((*(node as *mut pg_sys::NotifyStmt)).conditionname)
+            }
             NodeTag::T_TruncateStmt => {
                 for rv in PgList::<pg_sys::RangeVar>::from_pg(
                     (*(node as *mut pg_sys::TruncateStmt)).relations,
@@ -663,7 +682,23 @@ pub unsafe fn utility_facts(node: *mut pg_sys::Node) -> UtilityFacts {
             }
             _ => {}
         }
+        // COPY FROM routes rows into partitions, TRUNCATE empties children too
+        for r in &u.relations {
+            foreign_descendants(pg_sys::Oid::from(r.oid), &mut u.foreign);
+        }
         u
+    }
+}
+
+/// `relid` and its partitions and inheritance descendants that are foreign tables.
+fn foreign_descendants(relid: pg_sys::Oid, out: &mut Vec<Relation>) {
+    for d in crate::catalog::with_descendants(relid) {
+        if unsafe { pg_sys::get_rel_relkind(d) } as u8 == pg_sys::RELKIND_FOREIGN_TABLE {
+            let r = relation(d);
+            if !out.contains(&r) {
+                out.push(r);
+            }
+        }
     }
 }
 
@@ -699,29 +734,38 @@ fn language_is_trusted(name: &str) -> bool {
     }
 }
 
-/// Functions an analysed query calls anywhere — target list, quals, sublinks,
-/// subqueries, FROM-clause functions — as (schema, name).
+/// Functions an analysed query (or an expression) calls anywhere — target
+/// list, quals, sublinks, subqueries, FROM-clause functions — by OID, with
+/// the first argument when it is a text constant (set_config's setting).
 ///
 /// # Safety
-/// `query` must be a valid analysed `Query`.
-pub unsafe fn called_functions(query: *mut pg_sys::Query) -> Vec<(String, String)> {
-    let mut oids: Vec<pg_sys::Oid> = vec![];
+/// `node` must be a valid analysed `Query` or expression tree.
+pub unsafe fn called_functions(node: *mut pg_sys::Node) -> Vec<(pg_sys::Oid, Option<String>)> {
+    let mut calls: Vec<(pg_sys::Oid, Option<String>)> = vec![];
     unsafe {
         collect_functions(
-            query as *mut pg_sys::Node,
-            &mut oids as *mut Vec<pg_sys::Oid> as *mut std::ffi::c_void,
+            node,
+            &mut calls as *mut Vec<(pg_sys::Oid, Option<String>)> as *mut std::ffi::c_void,
         );
     }
-    oids.sort_by_key(|o| o.to_u32());
-    oids.dedup();
-    oids.into_iter()
-        .filter_map(|oid| unsafe {
-            let name = cstr(pg_sys::get_func_name(oid))?;
-            let schema = cstr(pg_sys::get_namespace_name(pg_sys::get_func_namespace(oid)))
-                .unwrap_or_default();
-            Some((schema, name))
-        })
-        .collect()
+    calls.sort_by(|a, b| (a.0.to_u32(), &a.1).cmp(&(b.0.to_u32(), &b.1)));
+    calls.dedup();
+    calls
+}
+
+/// The value of a text constant, if `node` is one.
+unsafe fn text_constant(node: *mut pg_sys::Node) -> Option<String> {
+    unsafe {
+        if node.is_null() || !is_a(node, NodeTag::T_Const) {
+            return None;
+        }
+        let c = node as *mut pg_sys::Const;
+        if (*c).constisnull || (*c).consttype != pg_sys::TEXTOID {
+            return None;
+        }
+        let text = pg_sys::text_to_cstring((*c).constvalue.cast_mut_ptr());
+        cstr(text)
+    }
 }
 
 #[pgrx::pg_guard]
@@ -733,14 +777,36 @@ unsafe extern "C-unwind" fn collect_functions(
         return false;
     }
     unsafe {
-        let oids = &mut *(ctx as *mut Vec<pg_sys::Oid>);
+        let calls = &mut *(ctx as *mut Vec<(pg_sys::Oid, Option<String>)>);
         match (*node).type_ {
-            NodeTag::T_FuncExpr => oids.push((*(node as *mut pg_sys::FuncExpr)).funcid),
-            NodeTag::T_OpExpr | NodeTag::T_DistinctExpr | NodeTag::T_NullIfExpr => {
-                oids.push((*(node as *mut pg_sys::OpExpr)).opfuncid)
+            NodeTag::T_FuncExpr => {
+                let f = node as *mut pg_sys::FuncExpr;
+                let first = PgList::<pg_sys::Node>::from_pg((*f).args).head();
+                calls.push(((*f).funcid, first.and_then(|n| text_constant(n))))
             }
-            NodeTag::T_Aggref => oids.push((*(node as *mut pg_sys::Aggref)).aggfnoid),
-            NodeTag::T_WindowFunc => oids.push((*(node as *mut pg_sys::WindowFunc)).winfnoid),
+            NodeTag::T_OpExpr | NodeTag::T_DistinctExpr | NodeTag::T_NullIfExpr => {
+                // parse analysis leaves opfuncid to the planner
+                let op = node as *mut pg_sys::OpExpr;
+                let f = if (*op).opfuncid == pg_sys::InvalidOid {
+                    pg_sys::get_opcode((*op).opno)
+                } else {
+                    (*op).opfuncid
+                };
+                calls.push((f, None))
+            }
+            NodeTag::T_ScalarArrayOpExpr => {
+                let op = node as *mut pg_sys::ScalarArrayOpExpr;
+                let f = if (*op).opfuncid == pg_sys::InvalidOid {
+                    pg_sys::get_opcode((*op).opno)
+                } else {
+                    (*op).opfuncid
+                };
+                calls.push((f, None))
+            }
+            NodeTag::T_Aggref => calls.push(((*(node as *mut pg_sys::Aggref)).aggfnoid, None)),
+            NodeTag::T_WindowFunc => {
+                calls.push(((*(node as *mut pg_sys::WindowFunc)).winfnoid, None))
+            }
             NodeTag::T_Query => {
                 return pg_sys::query_tree_walker(
                     node as *mut pg_sys::Query,

@@ -465,8 +465,12 @@ impl GrantSource for PgGrants {
             (c.statement.clone(), vec![])
         };
         let grants = live_grants(self.agent, self.login);
+        // A statement whose meaning depends on standard_conforming_strings
+        // has no fingerprint: no single-statement grant covers it.
         let fp = if core_grants::needs_fingerprint(&grants, &used) {
-            text.as_deref().map(fingerprint)
+            text.as_deref()
+                .filter(|t| crate::lexer::reads_the_same_either_way(t))
+                .map(fingerprint)
         } else {
             None
         };
@@ -700,15 +704,15 @@ fn request_access(
                 );
             };
             let rel = crate::extract::relation(o);
-            if rel.schema == agent_guard_core::GUARD_SCHEMA {
+            if agent_guard_core::classify::is_protected_schema(&rel.schema) {
                 fail(
                     PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                     format!(
-                        "agent_guard's own objects are never granted to agents ({})",
+                        "{} is never granted to agents: PostgreSQL's catalogs and agent_guard's own objects are changed by humans only",
                         rel.qualified()
                     ),
                     None,
-                    None,
+                    Some("Writes and schema changes of pg_catalog, pg_toast, information_schema and agent_guard are administration."),
                 );
             }
             if !out.contains(&o) {
@@ -736,6 +740,14 @@ fn request_access(
     let (statement, fingerprint) = match statement.map(str::trim).filter(|s| !s.is_empty()) {
         Some(s) => {
             let one = single_statement(s);
+            if !crate::lexer::reads_the_same_either_way(&one) {
+                fail(
+                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                    "the statement reads differently with standard_conforming_strings off: it cannot be approved as one statement".into(),
+                    Some("A backslash in a '...' string means itself with the standard setting and escapes the next character otherwise, so the approver could read another statement than the one that would run.".into()),
+                    Some("Write backslashes in E'...' strings (E'\\\\' for one backslash), or request the objects instead of the statement."),
+                );
+            }
             let fp = fingerprint(&one);
             (Some(one), Some(fp))
         }
@@ -791,6 +803,8 @@ struct Locked {
     grant_expired: bool,
     decided_by: Option<String>,
     revoked_by: Option<String>,
+    /// The requested relations (none: any).
+    objects: Vec<pg_sys::Oid>,
 }
 
 fn lock_request(id: i64) -> Locked {
@@ -800,7 +814,7 @@ fn lock_request(id: i64) -> Locked {
                 "SELECT status, agent, agent_name::pg_catalog.text, login, sponsor, sponsor_name::pg_catalog.text, risk, \
                         statement IS NOT NULL, answer_by <= pg_catalog.clock_timestamp(), \
                         COALESCE(expires_at <= pg_catalog.clock_timestamp(), false), \
-                        decided_by::pg_catalog.text, revoked_by::pg_catalog.text \
+                        decided_by::pg_catalog.text, revoked_by::pg_catalog.text, objects::pg_catalog.oid[] \
                  FROM agent_guard.access_requests WHERE id = $1 FOR UPDATE",
                 None,
                 &[id.into()],
@@ -822,6 +836,12 @@ fn lock_request(id: i64) -> Locked {
                 grant_expired: r.get::<bool>(10)?.unwrap_or(false),
                 decided_by: r.get::<String>(11)?,
                 revoked_by: r.get::<String>(12)?,
+                objects: r
+                    .get::<Vec<Option<pg_sys::Oid>>>(13)?
+                    .unwrap_or_default()
+                    .into_iter()
+                    .flatten()
+                    .collect(),
             }))
         })
     })
@@ -936,6 +956,21 @@ fn approve(
     let r = lock_request(request);
     require_pending(request, &r);
     require_not_the_agent(request, &r, caller, session);
+    // requests filed before catalogs were protected, or by a direct insert
+    for o in &r.objects {
+        let rel = crate::extract::relation(*o);
+        if agent_guard_core::classify::is_protected_schema(&rel.schema) {
+            fail(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "request {request} names {}, which is never granted to agents",
+                    rel.qualified()
+                ),
+                Some("Writes and schema changes of PostgreSQL's catalogs (pg_catalog, pg_toast, information_schema) and of agent_guard are administration; no grant covers them.".into()),
+                Some("Deny the request; a human administrator must make such a change."),
+            );
+        }
+    }
     let rule = crate::gucs::require_distinct_sponsor();
     if rule.applies(r.risk) {
         // the sponsor recorded with the request and the agent's sponsor now

@@ -1,14 +1,62 @@
-//! Settings under the reserved `agent_guard.` prefix.
+//! Settings under the reserved `agent_guard.` prefix, and the PostgreSQL
+//! settings that change how statement text is read.
 //!
-//! Settings that weaken protection are PGC_SUSET, and their check hook
-//! refuses any change made from an agent session — superuser or not — on
-//! every path: SET, set_config(), and function SET clauses.
+//! # Nothing an agent session can reach weakens agent_guard
+//!
+//! A setting can be given by the server (postgresql.conf, `ALTER SYSTEM`, the
+//! postmaster's command line, the built-in default), by role and database
+//! settings (`ALTER ROLE/DATABASE … SET`, GucSource PGC_S_GLOBAL …
+//! PGC_S_DATABASE_USER), by the client's startup packet (`PGOPTIONS`,
+//! PGC_S_CLIENT) or in the session (`SET`, `set_config()`, function `SET`
+//! clauses: PGC_S_SESSION). Check hooks cannot tell an agent session from
+//! another at startup — they run before the login role is known — so the
+//! rule is kept where the values are read:
+//!
+//! - **`agent_guard.enabled` is PGC_SIGHUP**: only postgresql.conf /
+//!   `ALTER SYSTEM` and a reload change it, cluster-wide. A startup packet
+//!   asking for it is refused by PostgreSQL, role and database settings are
+//!   rejected, `SET` fails for everyone.
+//! - **The protective settings** below are PGC_SUSET. In an agent session the
+//!   value in force is the *stricter* of the session's value (whatever its
+//!   source) and the server's: the check hooks remember each value that
+//!   comes from a server source (default, environment, configuration file,
+//!   command line — GucSource up to PGC_S_ARGV) in a twin, and the accessors
+//!   compare. So an administrator's `ALTER ROLE ci_bot SET
+//!   agent_guard.audit_durability = sync` is honoured, and nothing makes an
+//!   agent session weaker than the server says. Besides, the check hooks
+//!   refuse every change from a non-server source once the session is known
+//!   to be an agent's (SET, `set_config()`, function SET clauses), superuser
+//!   or not.
+//!
+//!   | setting | stricter means |
+//!   |---|---|
+//!   | `agent_guard.audit_durability` | `sync` over `async` |
+//!   | `agent_guard.audit_wait_timeout` | shorter (the server's value is a ceiling) |
+//!   | `agent_guard.audit_non_agents` | more auditing (read in human sessions only) |
+//!   | `agent_guard.require_distinct_sponsor` | more restrictive (read in approvers' sessions) |
+//!   | `agent_guard.request_lifetime` | shorter |
+//!
+//!   Not protective: `agent_guard.request_id` (anyone), `audit_queue_size`
+//!   (postmaster start), the activity sampler's settings (postgresql.conf).
+//!   There are no masking settings: masking is on whenever enforcement is.
+//! - **Lexer settings** (`standard_conforming_strings`, `backslash_quote`):
+//!   with non-default values a statement an approver reads one way runs
+//!   another way. agent_guard refuses every agent statement (but session
+//!   housekeeping that puts them back) while they are not at their defaults,
+//!   whatever route set them ([`nonstandard_lexer`]); fingerprints are always
+//!   computed with the defaults (src/lexer.rs).
+//!
+//! The twin of a setting is updated by check-hook calls with a server
+//! source, which PostgreSQL also makes when it validates a value it will not
+//! apply (`ALTER SYSTEM` before the reload, `pg_file_settings`) — both out of
+//! an agent's reach. A line removed from postgresql.conf while a role setting
+//! overrides it leaves the twin at the removed value until the backend ends.
 
 use pgrx::pg_sys;
 use std::ffi::{c_char, c_void, CStr};
 use std::ptr;
 
-/// `agent_guard.enabled`: enforce policy in agent sessions (default on).
+/// `agent_guard.enabled`: enforce policy in agent sessions (default on; PGC_SIGHUP).
 static mut ENABLED: bool = true;
 /// `agent_guard.request_id`: the request this session's statements serve.
 static mut REQUEST_ID: *mut c_char = ptr::null_mut();
@@ -36,6 +84,22 @@ static mut AUDIT_NON_AGENTS: i32 = 0;
 static mut AUDIT_QUEUE_KB: i32 = 4096;
 /// `agent_guard.audit_wait_timeout` in ms.
 static mut AUDIT_WAIT_TIMEOUT_MS: i32 = 5000;
+
+// The server's values of the protective settings (see the module docs).
+static mut SERVER_AUDIT_DURABILITY: i32 = 0;
+static mut SERVER_AUDIT_NON_AGENTS: i32 = 0;
+static mut SERVER_AUDIT_WAIT_TIMEOUT_MS: i32 = 5000;
+static mut SERVER_DISTINCT_SPONSOR: i32 = 1;
+static mut SERVER_REQUEST_LIFETIME_S: i32 = 3600;
+
+/// In an agent session, the stricter of the session's and the server's value.
+fn guarded(session: i32, server: i32, stricter: fn(i32, i32) -> i32) -> i32 {
+    if crate::identity::cached_is_agent() {
+        stricter(session, server)
+    } else {
+        session
+    }
+}
 
 struct EnumEntries<const N: usize>([pg_sys::config_enum_entry; N]);
 // SAFETY: immutable after construction; only read by PostgreSQL.
@@ -68,7 +132,11 @@ const NON_AGENT_NAMES: [&str; 4] = ["none", "ddl", "write", "all"];
 
 /// Whether every audited statement waits for its record (not only risky ones and refusals).
 pub fn audit_durability_sync() -> bool {
-    unsafe { AUDIT_DURABILITY == 1 }
+    guarded(
+        unsafe { AUDIT_DURABILITY },
+        unsafe { SERVER_AUDIT_DURABILITY },
+        i32::max,
+    ) == 1
 }
 
 /// Which statements of non-agent sessions are audited.
@@ -79,8 +147,16 @@ pub enum NonAgentAudit {
     All,
 }
 
+fn audit_non_agents_value() -> i32 {
+    guarded(
+        unsafe { AUDIT_NON_AGENTS },
+        unsafe { SERVER_AUDIT_NON_AGENTS },
+        i32::max,
+    )
+}
+
 pub fn audit_non_agents() -> NonAgentAudit {
-    match unsafe { AUDIT_NON_AGENTS } {
+    match audit_non_agents_value() {
         1 => NonAgentAudit::Ddl,
         2 => NonAgentAudit::Write,
         3 => NonAgentAudit::All,
@@ -93,7 +169,11 @@ pub fn audit_queue_bytes() -> usize {
 }
 
 pub fn audit_wait_timeout_ms() -> i32 {
-    unsafe { AUDIT_WAIT_TIMEOUT_MS }
+    guarded(
+        unsafe { AUDIT_WAIT_TIMEOUT_MS },
+        unsafe { SERVER_AUDIT_WAIT_TIMEOUT_MS },
+        i32::min,
+    )
 }
 
 /// `agent_guard.discovery_messages`: 0 off, 1 notice, 2 warning.
@@ -130,7 +210,11 @@ static DISTINCT_SPONSOR_ENTRIES: EnumEntries<4> =
 /// When the agent's own sponsor may not approve its requests.
 pub fn require_distinct_sponsor() -> agent_guard_core::grants::DistinctSponsor {
     use agent_guard_core::grants::DistinctSponsor;
-    match unsafe { DISTINCT_SPONSOR } {
+    match guarded(
+        unsafe { DISTINCT_SPONSOR },
+        unsafe { SERVER_DISTINCT_SPONSOR },
+        i32::max,
+    ) {
         0 => DistinctSponsor::Off,
         2 => DistinctSponsor::Always,
         _ => DistinctSponsor::Ddl,
@@ -139,11 +223,59 @@ pub fn require_distinct_sponsor() -> agent_guard_core::grants::DistinctSponsor {
 
 /// How long a request may wait for a decision, in seconds.
 pub fn request_lifetime_secs() -> i32 {
-    unsafe { REQUEST_LIFETIME_S }
+    guarded(
+        unsafe { REQUEST_LIFETIME_S },
+        unsafe { SERVER_REQUEST_LIFETIME_S },
+        i32::min,
+    )
 }
 
+/// Whether `standard_conforming_strings` is off or `backslash_quote` is on in
+/// this session: string literals are then read otherwise than by default.
+/// (`backslash_quote = off` only refuses more, so it is fine.)
+pub fn nonstandard_lexer() -> bool {
+    unsafe {
+        !pg_sys::standard_conforming_strings
+            || pg_sys::backslash_quote == pg_sys::BackslashQuoteType::BACKSLASH_QUOTE_ON as i32
+    }
+}
+
+/// Values from postgresql.conf, ALTER SYSTEM, the command line, the
+/// environment or the built-in default: the server's own.
+fn server_source(source: pg_sys::GucSource::Type) -> bool {
+    source <= pg_sys::GucSource::PGC_S_ARGV
+}
+
+/// A check hook for a protective integer or enum setting: remembers the
+/// server's value in `$twin`, refuses agent sessions' changes.
+macro_rules! protected_int_hook {
+    ($hook:ident, $twin:ident) => {
+        #[pgrx::pg_guard]
+        unsafe extern "C-unwind" fn $hook(
+            newval: *mut i32,
+            _extra: *mut *mut c_void,
+            source: pg_sys::GucSource::Type,
+        ) -> bool {
+            unsafe {
+                if server_source(source) {
+                    $twin = *newval;
+                }
+                allow_protected_change(source)
+            }
+        }
+    };
+}
+
+protected_int_hook!(check_audit_durability, SERVER_AUDIT_DURABILITY);
+protected_int_hook!(check_audit_non_agents, SERVER_AUDIT_NON_AGENTS);
+protected_int_hook!(check_audit_wait_timeout, SERVER_AUDIT_WAIT_TIMEOUT_MS);
+protected_int_hook!(check_distinct_sponsor, SERVER_DISTINCT_SPONSOR);
+protected_int_hook!(check_request_lifetime, SERVER_REQUEST_LIFETIME_S);
+
+/// Check hook of a superuser setting that protects nothing but that agents
+/// have no business changing (`discovery_messages`): no server twin.
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn check_protected_int(
+unsafe extern "C-unwind" fn check_agent_may_not_change(
     _newval: *mut i32,
     _extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
@@ -151,9 +283,10 @@ unsafe extern "C-unwind" fn check_protected_int(
     unsafe { allow_protected_change(source) }
 }
 
-/// Check hook for protective settings: agents may not change them.
+/// Check hook of `agent_guard.enabled`: PGC_SIGHUP already keeps sessions out;
+/// this only words the refusal for agents that try anyway.
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn check_protected_bool(
+unsafe extern "C-unwind" fn check_enabled(
     _newval: *mut bool,
     _extra: *mut *mut c_void,
     source: pg_sys::GucSource::Type,
@@ -162,12 +295,9 @@ unsafe extern "C-unwind" fn check_protected_bool(
 }
 
 unsafe fn allow_protected_change(source: pg_sys::GucSource::Type) -> bool {
-    // Values from the configuration file, command line, ALTER ROLE/DATABASE
-    // defaults and postmaster-level sources are set by administrators.
-    if source < pg_sys::GucSource::PGC_S_CLIENT {
-        return true;
-    }
-    if !crate::identity::cached_is_agent() {
+    // The server's own configuration; and sessions not (yet) known to be an
+    // agent's (whose values the accessors bound by the server's anyway).
+    if server_source(source) || !crate::identity::cached_is_agent() {
         return true;
     }
     unsafe {
@@ -186,12 +316,12 @@ pub fn init() {
         pg_sys::DefineCustomBoolVariable(
             c"agent_guard.enabled".as_ptr(),
             c"Enforce agent_guard's policy in agent sessions.".as_ptr(),
-            c"When off, agent sessions are not restricted. Superuser-only; agent sessions can never change it.".as_ptr(),
+            c"When off, agent sessions are not restricted. Set in postgresql.conf or with ALTER SYSTEM and a reload only, for the whole cluster.".as_ptr(),
             &raw mut ENABLED,
             true,
-            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucContext::PGC_SIGHUP,
             0,
-            Some(check_protected_bool),
+            Some(check_enabled),
             None,
             None,
         );
@@ -216,7 +346,7 @@ pub fn init() {
             DURABILITY_ENTRIES.0.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             0,
-            Some(check_protected_int),
+            Some(check_audit_durability),
             None,
             None,
         );
@@ -229,7 +359,7 @@ pub fn init() {
             NON_AGENT_ENTRIES.0.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             0,
-            Some(check_protected_int),
+            Some(check_audit_non_agents),
             None,
             None,
         );
@@ -257,7 +387,7 @@ pub fn init() {
             600_000,
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GUC_UNIT_MS as i32,
-            Some(check_protected_int),
+            Some(check_audit_wait_timeout),
             None,
             None,
         );
@@ -270,7 +400,7 @@ pub fn init() {
             DISTINCT_SPONSOR_ENTRIES.0.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             0,
-            Some(check_protected_int),
+            Some(check_distinct_sponsor),
             None,
             None,
         );
@@ -284,7 +414,7 @@ pub fn init() {
             7 * 24 * 3600,
             pg_sys::GucContext::PGC_SUSET,
             pg_sys::GUC_UNIT_S as i32,
-            Some(check_protected_int),
+            Some(check_request_lifetime),
             None,
             None,
         );
@@ -297,7 +427,7 @@ pub fn init() {
             DISCOVERY_ENTRIES.0.as_ptr(),
             pg_sys::GucContext::PGC_SUSET,
             0,
-            Some(check_protected_int),
+            Some(check_agent_may_not_change),
             None,
             None,
         );
@@ -314,7 +444,7 @@ pub fn settings() -> serde_json::Value {
         "agent_guard.enabled": enabled(),
         "agent_guard.request_id": request_id(),
         "agent_guard.audit_durability": if audit_durability_sync() { "sync" } else { "async" },
-        "agent_guard.audit_non_agents": NON_AGENT_NAMES[unsafe { AUDIT_NON_AGENTS } as usize],
+        "agent_guard.audit_non_agents": NON_AGENT_NAMES[audit_non_agents_value().clamp(0, 3) as usize],
         "agent_guard.audit_queue_size_kb": unsafe { AUDIT_QUEUE_KB },
         "agent_guard.audit_wait_timeout_ms": audit_wait_timeout_ms(),
         "agent_guard.require_distinct_sponsor": require_distinct_sponsor().as_str(),

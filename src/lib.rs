@@ -22,6 +22,7 @@ mod audit;
 mod catalog;
 mod enforce;
 mod extract;
+mod functions;
 mod grants;
 mod gucs;
 mod hooks;

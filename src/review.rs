@@ -8,6 +8,7 @@ use agent_guard_core::review::{
     self as core_review, code_rank, AppUse, AuditLevel, Held, Registration, RegistryProblem,
     RoleFacts, SensitiveColumn, Severity,
 };
+use pgrx::atomics::PgAtomic;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
     SignalWakeFlags,
@@ -17,6 +18,7 @@ use pgrx::JsonB;
 use serde_json::{json, Map, Value};
 use std::ffi::{c_char, CStr};
 use std::fmt::Write;
+use std::sync::atomic::{AtomicI32, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 // ---- who may run it -------------------------------------------------------------
@@ -400,14 +402,52 @@ pub fn init() {
             None,
         );
     }
+    pgrx::pg_shmem_init!(SAMPLER_PID);
+    pgrx::pg_shmem_init!(SAMPLER_STARTED_AT);
+    pgrx::pg_shmem_init!(SAMPLER_LAST_SAMPLE);
     BackgroundWorkerBuilder::new("agent_guard activity sampler")
         .set_type("agent_guard activity sampler")
         .set_library("agent_guard")
         .set_function("agent_guard_activity_sampler")
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
-        .set_restart_time(Some(Duration::from_secs(60)))
+        .set_restart_time(Some(SAMPLER_RESTART))
         .load();
+}
+
+/// How soon the postmaster starts the sampler again after it stopped for
+/// any reason but a server shutdown (`pg_terminate_backend`, an error).
+const SAMPLER_RESTART: Duration = Duration::from_secs(10);
+
+/// The sampler's process id (0 while none runs), when it started and when
+/// it last took a sample (PostgreSQL timestamps), for `agent_guard.status()`.
+static SAMPLER_PID: PgAtomic<AtomicI32> = unsafe { PgAtomic::new(c"agent_guard_sampler_pid") };
+static SAMPLER_STARTED_AT: PgAtomic<AtomicI64> =
+    unsafe { PgAtomic::new(c"agent_guard_sampler_started_at") };
+static SAMPLER_LAST_SAMPLE: PgAtomic<AtomicI64> =
+    unsafe { PgAtomic::new(c"agent_guard_sampler_last_sample") };
+
+/// The activity sampler as `agent_guard.status()` reports it.
+pub fn sampler_status() -> Value {
+    let pid = SAMPLER_PID.get().load(Ordering::Acquire);
+    let ts = |v: i64| (v != 0).then(|| crate::audit::row::iso_utc(v));
+    json!({
+        "running": pid != 0,
+        "pid": (pid != 0).then_some(pid),
+        "database": sample_database(),
+        "interval_s": sample_interval(),
+        "started_at": ts(SAMPLER_STARTED_AT.get().load(Ordering::Acquire)),
+        "last_sample_at": ts(SAMPLER_LAST_SAMPLE.get().load(Ordering::Acquire)),
+        "restarts_after_s": SAMPLER_RESTART.as_secs(),
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn sampler_exit(_code: i32, _arg: pg_sys::Datum) {
+    let me = unsafe { pg_sys::MyProcPid };
+    let _ = SAMPLER_PID
+        .get()
+        .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Acquire);
 }
 
 /// Entry point of the activity sampler: every interval, if agent_guard is
@@ -417,6 +457,13 @@ pub fn init() {
 pub extern "C-unwind" fn agent_guard_activity_sampler(_arg: pg_sys::Datum) {
     crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    unsafe {
+        SAMPLER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
+        SAMPLER_STARTED_AT
+            .get()
+            .store(pg_sys::GetCurrentTimestamp(), Ordering::Release);
+        pg_sys::before_shmem_exit(Some(sampler_exit), pg_sys::Datum::from(0));
+    }
     let db = sample_database();
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     // its SQL resolves nothing through the database's search_path
@@ -439,6 +486,9 @@ pub extern "C-unwind" fn agent_guard_activity_sampler(_arg: pg_sys::Datum) {
                     crate::identity::internal(|| {
                         let _ = Spi::get_one::<i32>("SELECT agent_guard.sample_activity()");
                     });
+                    SAMPLER_LAST_SAMPLE
+                        .get()
+                        .store(unsafe { pg_sys::GetCurrentTimestamp() }, Ordering::Release);
                 }
             });
         }
@@ -451,7 +501,10 @@ pub extern "C-unwind" fn agent_guard_activity_sampler(_arg: pg_sys::Datum) {
             Duration::from_secs(60)
         };
         if !BackgroundWorker::wait_latch(Some(wait)) {
-            break;
+            // SIGTERM: exit code 1 so that the postmaster starts the sampler
+            // again after SAMPLER_RESTART (code 0 would unregister it for
+            // good); at a server shutdown nothing is restarted anyway.
+            unsafe { pg_sys::proc_exit(1) };
         }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };

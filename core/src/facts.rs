@@ -67,11 +67,16 @@ pub struct PlanFacts {
     pub has_modifying_cte: bool,
     /// The statement was issued by a foreign-key trigger to check or lock referenced rows.
     pub integrity_check: bool,
-    /// Functions the statement calls, as (schema, name), when known before execution.
-    /// (At run time each call is checked as the executor initialises it instead.)
-    pub functions: Vec<(String, String)>,
+    /// Functions the statement calls, when known before execution (`classify()`).
+    /// At run time each call is checked as the executor initialises it instead,
+    /// with the same [`crate::classify::classify_function`].
+    pub functions: Vec<FunctionFacts>,
     /// The statement runs as a superuser.
     pub runs_as_superuser: bool,
+    /// Foreign tables it reads or writes (also as partitions or inheritance
+    /// children): their rows come from another server, fetched as the user
+    /// mapping's remote role.
+    pub foreign: Vec<Relation>,
 }
 
 impl PlanFacts {
@@ -87,8 +92,69 @@ impl PlanFacts {
             integrity_check: false,
             functions: vec![],
             runs_as_superuser: false,
+            foreign: vec![],
         }
     }
+}
+
+/// What the catalog says about a function, as far as calling it carries risk.
+///
+/// The extension fills it from the syscache (`pg_proc`, `pg_language`) and
+/// `pg_init_privs`; see [`crate::classify::classify_function`] for the rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FunctionFacts {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// The language's name (`internal`, `c`, `sql`, `plpgsql`, `plpython3u`, …).
+    pub language: String,
+    /// `pg_language.lanpltrusted`.
+    pub language_trusted: bool,
+    /// Shipped with PostgreSQL (in `pg_catalog`) or by an extension's script,
+    /// rather than written by a user of the database.
+    pub shipped: bool,
+    /// PUBLIC could execute it as shipped: its initial privileges
+    /// (`pg_init_privs`, recorded by initdb and by `CREATE EXTENSION`) grant
+    /// EXECUTE to PUBLIC, or it has none recorded (the default ACL does).
+    pub public_as_shipped: bool,
+    /// PUBLIC may execute it now (`pg_proc.proacl` NULL or granting EXECUTE to PUBLIC).
+    pub public_now: bool,
+    /// The first argument of the call when it is a constant text (only
+    /// `classify()` knows it; the run-time check sees no arguments).
+    pub first_argument: Option<String>,
+}
+
+impl FunctionFacts {
+    /// A built-in function with PostgreSQL's default privileges (for tests and builders).
+    pub fn builtin(schema: &str, name: &str) -> FunctionFacts {
+        FunctionFacts {
+            oid: 0,
+            schema: schema.to_string(),
+            name: name.to_string(),
+            language: "internal".into(),
+            language_trusted: false,
+            shipped: true,
+            public_as_shipped: true,
+            public_now: true,
+            first_argument: None,
+        }
+    }
+
+    /// `schema.name`.
+    pub fn qualified(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+/// Who makes a function call, as far as its risk depends on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallContext {
+    /// The call runs as a superuser.
+    pub superuser: bool,
+    /// The call is made by agent_guard's own SECURITY DEFINER code (a wrapper
+    /// such as `request_access()`, an event trigger): the current user is the
+    /// called function's owner, not the agent, after a SECURITY DEFINER switch.
+    pub from_guard_code: bool,
 }
 
 /// How COPY moves data.
@@ -132,8 +198,17 @@ pub struct UtilityFacts {
     pub untrusted_language: bool,
     /// MOVE rather than FETCH.
     pub is_move: bool,
+    /// The channel of NOTIFY (and of LISTEN/UNLISTEN), as PostgreSQL folded it.
+    pub channel: Option<String>,
+    /// Functions the statement itself calls (CALL's procedure and its
+    /// arguments), when known before execution (`classify()`).
+    pub functions: Vec<FunctionFacts>,
+    /// The statement runs as a superuser (for [`Self::functions`]).
+    pub runs_as_superuser: bool,
     /// The statement an EXPLAIN, DECLARE CURSOR, EXECUTE or CREATE TABLE AS carries, when known.
     pub inner: Option<Box<Facts>>,
+    /// Of `relations`, the foreign tables.
+    pub foreign: Vec<Relation>,
 }
 
 /// Everything agent_guard knows about one statement.

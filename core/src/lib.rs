@@ -13,6 +13,7 @@ pub mod grants;
 pub mod label;
 pub mod mask;
 pub mod policy;
+pub mod query_text;
 pub mod redact;
 pub mod registry;
 pub mod request_id;
@@ -20,12 +21,16 @@ pub mod review;
 pub mod risk;
 
 pub use classify::{classify, classify_function, Classification};
-pub use facts::{Facts, PlanFacts, Relation, UtilityFacts};
+pub use facts::{CallContext, Facts, FunctionFacts, PlanFacts, Relation, UtilityFacts};
 pub use policy::{decide, Actor, Decision, Refusal, SessionState, SponsorStatus};
 pub use risk::Risk;
 
 /// The schema, extension name and settings prefix of agent_guard.
 pub const GUARD_SCHEMA: &str = "agent_guard";
+/// agent_guard's generated masking views.
+pub const MASKED_SCHEMA: &str = "agent_guard_masked";
+/// The NOTIFY channel on which agent_guard tells approvers about requests and decisions.
+pub const NOTIFY_CHANNEL: &str = "agent_guard";
 /// The one agent_guard setting agents may change.
 pub const REQUEST_ID_SETTING: &str = "agent_guard.request_id";
 

@@ -176,6 +176,28 @@ fn detail(actor: &Actor, c: &Classification) -> String {
     )
 }
 
+/// Whether `c` may run in an agent session whose `standard_conforming_strings`
+/// is off or `backslash_quote` is on — string literals are then read otherwise
+/// than an approver or the trail's reader reads them: only session
+/// housekeeping that puts the settings back, not PREPARE (its text would run
+/// later, read under these settings). Needs no catalog access.
+pub fn allowed_under_nonstandard_strings(c: &Classification) -> bool {
+    c.is_housekeeping() && !c.touches_guard && c.command != "PREPARE"
+}
+
+/// The refusal of a statement [`allowed_under_nonstandard_strings`] keeps out.
+pub fn nonstandard_strings_refusal(actor: &Actor, c: &Classification) -> Decision {
+    Decision::Deny(Refusal {
+        message: format!(
+            "agent \"{}\" may not run statements while standard_conforming_strings is off or backslash_quote is on",
+            actor.agent
+        ),
+        detail: detail(actor, c),
+        hint: "Run SET standard_conforming_strings = on and SET backslash_quote = safe_encoding: agent_guard, its approvers and its audit trail read statements as PostgreSQL does by default.".into(),
+        code: "nonstandard_strings",
+    })
+}
+
 /// Decide whether `actor` may run a statement classified as `c`.
 pub fn decide(
     actor: Option<&Actor>,
@@ -466,6 +488,31 @@ mod tests {
         }
         // nobody else is affected
         assert_eq!(decide(None, &standby, &read(), &NoGrants), Decision::NotEnforced);
+    }
+
+    #[test]
+    fn nonstandard_strings_refuse_everything_but_housekeeping() {
+        let a = actor(SponsorStatus::Active);
+        for c in [read(), delete()] {
+            assert!(!allowed_under_nonstandard_strings(&c));
+            match nonstandard_strings_refusal(&a, &c) {
+                Decision::Deny(r) => {
+                    assert_eq!(r.code, "nonstandard_strings");
+                    assert!(r.hint.contains("standard_conforming_strings = on"), "{}", r.hint);
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        // SET/RESET and transaction control put things back
+        assert!(allowed_under_nonstandard_strings(&util("VariableSetStmt")));
+        assert!(allowed_under_nonstandard_strings(&util("TransactionStmt")));
+        // PREPARE would keep the text to run later
+        let prepare = classify(&Facts::Utility(UtilityFacts {
+            node: "PrepareStmt".into(),
+            command: "PREPARE".into(),
+            ..Default::default()
+        }));
+        assert!(!allowed_under_nonstandard_strings(&prepare));
     }
 
     #[test]

@@ -430,13 +430,9 @@ fn end_of(rows: Option<u64>, error: Option<&(String, String)>) -> row::End {
         rows,
         out: if error.is_some() { "error" } else { "ok" }.into(),
         state: error.map(|e| e.0.clone()),
-        msg: error.map(|e| {
-            agent_guard_core::redact::redact(
-                &e.1,
-                &agent_guard_core::redact::scan_literals(&e.1),
-                false,
-            )
-        }),
+        // PostgreSQL quotes offending values in its messages (a cast's
+        // `invalid input syntax for type integer: "219-09-9999"`)
+        msg: error.map(|e| agent_guard_core::redact::redact_message(&e.1)),
     }
 }
 
@@ -540,11 +536,12 @@ fn record_orphan_error() {
         (s.statements, s.xact, s.open.last().map(|o| o.n))
     });
     let agent = crate::identity::cached_agent();
-    let redacted = agent_guard_core::redact::redact(
+    // (no lexer in a transaction-end callback: the quick scan, then any regulated value left)
+    let redacted = agent_guard_core::redact::redact_regulated(&agent_guard_core::redact::redact(
         &text,
         &agent_guard_core::redact::scan_literals(&text),
         false,
-    );
+    ));
     let event = row::Stmt {
         sk,
         n,
@@ -677,22 +674,6 @@ unsafe extern "C-unwind" fn on_subxact(
     }
 }
 
-/// A server-log text of an agent session with regulated values hidden; logged
-/// statements (log_statement, log_min_duration_statement) lose every literal.
-fn redact_log_text(text: &str) -> String {
-    use agent_guard_core::redact::{redact, scan_literals, scan_quoted_values};
-    let is_statement = ["statement: ", "execute ", "duration: "]
-        .iter()
-        .any(|p| text.starts_with(p));
-    if is_statement {
-        return redact(text, &scan_literals(text), true);
-    }
-    let mut spans = scan_literals(text);
-    spans.extend(scan_quoted_values(text));
-    spans.sort_by_key(|l| l.start);
-    redact(text, &spans, false)
-}
-
 /// Remember the last error (for the trail) and keep regulated literals of
 /// agent sessions out of the server log.
 ///
@@ -729,7 +710,7 @@ pub unsafe fn on_emit_log(edata: *mut pg_sys::ErrorData) {
                 &raw mut (*edata).detail_log,
             ] {
                 if let Some(text) = cstr(*field) {
-                    let redacted = redact_log_text(&text);
+                    let redacted = agent_guard_core::redact::redact_log_line(&text);
                     if redacted != text {
                         if let Ok(c) = std::ffi::CString::new(redacted) {
                             *field = pg_sys::pstrdup(c.as_ptr());
@@ -815,6 +796,31 @@ pub fn stats() -> Value {
 }
 
 pub mod functions;
+
+/// The audit writers running or starting now, for `agent_guard.status()`.
+pub fn writers_status() -> Value {
+    if !queue::attached() {
+        return json!([]);
+    }
+    let mut out = vec![];
+    for i in 0..queue::SLOTS {
+        let w = queue::with_slot(i, |s, _| {
+            (s.dboid != pg_sys::InvalidOid && s.worker_state != queue::WORKER_NONE).then(|| {
+                json!({
+                    "database_oid": s.dboid.to_u32(),
+                    "pid": (s.worker_pid != 0).then_some(s.worker_pid),
+                    "state": if s.worker_state == queue::WORKER_RUNNING { "running" } else { "starting" },
+                })
+            })
+        });
+        out.extend(w);
+    }
+    for w in out.iter_mut() {
+        let oid = pg_sys::Oid::from(w["database_oid"].as_u64().unwrap_or(0) as u32);
+        w["database"] = json!(cstr(unsafe { pg_sys::get_database_name(oid) }));
+    }
+    Value::Array(out)
+}
 
 /// Put an administrative event (a purge, a decision on a grant) into the
 /// trail, durably, whether or not the session is otherwise audited.

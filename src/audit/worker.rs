@@ -52,8 +52,44 @@ const IDLE_POLL: Duration = Duration::from_millis(250);
 /// someone waits for do not wait for it.
 const BATCH_DELAY: Duration = Duration::from_millis(10);
 
+/// A row this writer inserted that still lacks its end or its
+/// transaction's end: what the table holds of its outcome, so that a later
+/// end or transaction event completes it, hash included, with one UPDATE
+/// by id per batch instead of a search, an update and a re-seal each.
+struct OpenRow {
+    id: i64,
+    row_hash: String,
+    /// Its local transaction and subtransaction.
+    x: u64,
+    sx: u32,
+    end: Option<End>,
+    xo: Option<XactEnd>,
+    /// Changed by this batch (listed in [`OpenRows::dirty`]).
+    dirty: bool,
+}
+
+/// The writer's open rows by (session key, statement number), and the
+/// statement numbers of each (session key, local transaction).
+#[derive(Default)]
+struct OpenRows {
+    rows: HashMap<(String, u64), OpenRow>,
+    by_xact: HashMap<(String, u64), Vec<u64>>,
+    /// The rows this batch changed.
+    dirty: Vec<(String, u64)>,
+}
+
+/// Open rows held at most (statements of transactions still running);
+/// beyond, they are forgotten and completed through SQL like a
+/// predecessor's rows.
+const OPEN_ROWS_LIMIT: usize = 100_000;
+
 thread_local! {
+    /// Transactions with rows in the table lacking their transaction's end
+    /// that [`OPEN`] does not hold (a predecessor's, or forgotten ones).
     static PENDING: RefCell<Option<HashSet<(String, u64)>>> = const { RefCell::new(None) };
+    static OPEN: RefCell<OpenRows> = RefCell::new(OpenRows::default());
+    /// The prepared UPDATE that completes open rows (see [`complete_open_rows`]).
+    static COMPLETE_PLAN: RefCell<Option<pgrx::spi::OwnedPreparedStatement>> = const { RefCell::new(None) };
     static IS_WRITER: Cell<bool> = const { Cell::new(false) };
     /// Sequence of the last record queued when this writer started.
     static RECHECK_UNTIL: Cell<u64> = const { Cell::new(0) };
@@ -177,6 +213,15 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     // the writer's SQL resolves nothing through the database's search_path
     crate::search_path::pin_for_worker();
+    // its prepared statements run with one plan made once, not re-planned per batch
+    unsafe {
+        pg_sys::SetConfigOption(
+            c"plan_cache_mode".as_ptr(),
+            c"force_generic_plan".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+        );
+    }
     let attached = unsafe {
         queue::with_slot(i, |s, _| {
             // the slot went to another database meanwhile, or has its writer already
@@ -322,6 +367,8 @@ fn check_table() {
     if TABLE.with(|t| t.replace(relid)) != relid {
         LAST_HASH.with(|h| *h.borrow_mut() = None);
         PENDING.with(|p| *p.borrow_mut() = None);
+        OPEN.with(|o| *o.borrow_mut() = OpenRows::default());
+        COMPLETE_PLAN.with(|p| *p.borrow_mut() = None);
     }
 }
 
@@ -373,6 +420,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     let mut by_key: HashMap<String, usize> = HashMap::new();
     let mut by_xact: HashMap<(String, u64), Vec<usize>> = HashMap::new();
     let mut pending = pending_xacts();
+    let mut open = OPEN.with(|o| std::mem::take(&mut *o.borrow_mut()));
     let mut late: Vec<Value> = vec![];
     let mut undecodable = 0;
     let xact_of = |e: &Value| {
@@ -402,13 +450,25 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
                 events.push(row);
                 order.push(Err(i));
             }
-            Some("end") => match by_key.get(&key(&e["sk"], &e["n"])) {
-                Some(&i) => match serde_json::from_value::<End>(e.clone()) {
-                    Ok(end) => events[i].end = Some(end),
-                    Err(_) => undecodable += 1,
-                },
-                None => late.push(e),
-            },
+            Some("end") => {
+                let in_batch = by_key.get(&key(&e["sk"], &e["n"])).copied();
+                let open_key = (
+                    e["sk"].as_str().unwrap_or("").to_string(),
+                    e["n"].as_u64().unwrap_or(0),
+                );
+                if in_batch.is_none() && !open.rows.contains_key(&open_key) {
+                    late.push(e);
+                    continue;
+                }
+                let Ok(end) = serde_json::from_value::<End>(e) else {
+                    undecodable += 1;
+                    continue;
+                };
+                match in_batch {
+                    Some(i) => events[i].end = Some(end),
+                    None => open.end(&open_key, end),
+                }
+            }
             Some("xact") => {
                 let x = xact_of(&e);
                 match serde_json::from_value::<XactEnd>(e.clone()) {
@@ -416,6 +476,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
                         for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
                             events[i].set_transaction(&xo);
                         }
+                        open.transaction_end(&x, &xo);
                     }
                     Err(_) => undecodable += 1,
                 }
@@ -425,17 +486,18 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
             }
             Some("sub") => {
                 let x = xact_of(&e);
+                let (sx, upto) = (e["sx"].as_u64(), e["upto"].as_u64());
                 for &i in by_xact.get(&x).map(Vec::as_slice).unwrap_or(&[]) {
                     let r = &mut events[i];
-                    if Some(r.sx as u64) >= e["sx"].as_u64()
-                        && Some(r.n) <= e["upto"].as_u64()
-                        && r.xo.is_none()
-                    {
+                    if Some(r.sx as u64) >= sx && Some(r.n) <= upto && r.xo.is_none() {
                         r.xo = Some(XactEnd {
                             out: "rolled back to savepoint".into(),
                             xid: None,
                         });
                     }
+                }
+                if let (Some(sx), Some(upto)) = (sx, upto) {
+                    open.savepoint_rollback(&x, sx, upto);
                 }
                 if pending.contains(&x) {
                     late.push(e);
@@ -473,14 +535,11 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
             rows.retain(|r| !already.contains(&r.event_key()));
         }
     }
-    for r in &rows {
-        if r.xo.is_none() {
-            pending.insert((r.sk.to_string(), r.x));
-        }
-    }
-
     let mut prev = last_hash();
     let mut touched: Vec<i64> = vec![];
+    // rows of earlier batches completed by this one's events (before the
+    // SQL updates below, which then find them complete and pass them by)
+    complete_open_rows(&mut open);
     if !rows.is_empty() {
         let table = insert::AuditTable::open();
         let mut sealed: Vec<insert::Sealed> = Vec::with_capacity(rows.len());
@@ -509,7 +568,11 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         if let Some(last) = sealed.last() {
             prev = last.row_hash.as_str().to_string();
         }
+        for s in &sealed {
+            open.add(s);
+        }
     }
+    open.limit(&mut pending);
     for e in late {
         let sql = match e["k"].as_str() {
             Some("end") => "UPDATE agent_guard.audit_log SET ended_at = ($1->>'ended_at')::timestamptz, \
@@ -548,5 +611,223 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         .expect("agent_guard: cannot seal audit outcomes");
     }
     PENDING.with(|p| *p.borrow_mut() = Some(pending));
+    OPEN.with(|o| *o.borrow_mut() = open);
     (prev, undecodable)
+}
+
+impl OpenRows {
+    /// Hold a row just inserted if it lacks its end or its transaction's end.
+    fn add(&mut self, s: &insert::Sealed) {
+        let row = s.row;
+        let end = row.outcome().map(|e| End {
+            ts: e.ts,
+            rows: e.rows,
+            out: e.out.to_string(),
+            state: e.state.map(str::to_string),
+            msg: e.msg.map(str::to_string),
+        });
+        let xo = row.xo.map(|x| XactEnd {
+            out: x.out.to_string(),
+            xid: x.xid,
+        });
+        if end.is_some() && xo.is_some() {
+            return;
+        }
+        let sk = row.sk.to_string();
+        self.by_xact.entry((sk.clone(), row.x)).or_default().push(row.n);
+        self.rows.insert(
+            (sk, row.n),
+            OpenRow {
+                id: s.id,
+                row_hash: s.row_hash.as_str().to_string(),
+                x: row.x,
+                sx: row.sx,
+                end,
+                xo,
+                dirty: false,
+            },
+        );
+    }
+
+    /// A statement's end (as the SQL path: only a row without one takes it).
+    fn end(&mut self, key: &(String, u64), end: End) {
+        if let Some(r) = self.rows.get_mut(key) {
+            if r.end.is_none() {
+                r.end = Some(end);
+                if !std::mem::replace(&mut r.dirty, true) {
+                    self.dirty.push(key.clone());
+                }
+            }
+        }
+    }
+
+    /// A transaction's end, for its rows without one.
+    fn transaction_end(&mut self, x: &(String, u64), xo: &XactEnd) {
+        for n in self.by_xact.get(x).map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(r) = self.rows.get_mut(&(x.0.clone(), *n)) {
+                if r.xo.is_none() {
+                    r.xo = Some(xo.clone());
+                    if !std::mem::replace(&mut r.dirty, true) {
+                        self.dirty.push((x.0.clone(), *n));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A rollback to a savepoint: the transaction's rows of subtransaction
+    /// `sx` or later, numbered up to `upto`, without a transaction end.
+    fn savepoint_rollback(&mut self, x: &(String, u64), sx: u64, upto: u64) {
+        for n in self.by_xact.get(x).map(Vec::as_slice).unwrap_or(&[]) {
+            if *n > upto {
+                continue;
+            }
+            if let Some(r) = self.rows.get_mut(&(x.0.clone(), *n)) {
+                if r.sx as u64 >= sx && r.xo.is_none() {
+                    r.xo = Some(XactEnd {
+                        out: "rolled back to savepoint".into(),
+                        xid: None,
+                    });
+                    if !std::mem::replace(&mut r.dirty, true) {
+                        self.dirty.push((x.0.clone(), *n));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forget every row once more are held than [`OPEN_ROWS_LIMIT`]: the
+    /// SQL path completes them (their transactions go to `pending`).
+    fn limit(&mut self, pending: &mut HashSet<(String, u64)>) {
+        if self.rows.len() <= OPEN_ROWS_LIMIT {
+            return;
+        }
+        for ((sk, x), ns) in self.by_xact.drain() {
+            let lacks_xact_end = ns
+                .iter()
+                .any(|n| self.rows.get(&(sk.clone(), *n)).is_some_and(|r| r.xo.is_none()));
+            if lacks_xact_end {
+                pending.insert((sk, x));
+            }
+        }
+        self.rows.clear();
+        self.dirty.clear();
+    }
+}
+
+/// Write the outcome of every open row this batch changed — ended_at,
+/// rows, outcome, SQLSTATE, message, transaction id and outcome, and the
+/// outcome hash over them — with one prepared UPDATE by id; forget the rows
+/// that are complete now.
+fn complete_open_rows(open: &mut OpenRows) {
+    let mut ids: Vec<i64> = vec![];
+    let mut ended_at: Vec<Option<String>> = vec![];
+    let mut rows_affected: Vec<Option<i64>> = vec![];
+    let mut outcome: Vec<Option<String>> = vec![];
+    let mut sqlstate: Vec<Option<String>> = vec![];
+    let mut message: Vec<Option<String>> = vec![];
+    let mut xid: Vec<Option<i64>> = vec![];
+    let mut xact_outcome: Vec<Option<String>> = vec![];
+    let mut outcome_hash: Vec<Option<String>> = vec![];
+    let mut content = String::with_capacity(256);
+    let mut complete: Vec<(String, u64)> = vec![];
+    let dirty = std::mem::take(&mut open.dirty);
+    for k in &dirty {
+        let Some(r) = open.rows.get_mut(k) else {
+            continue;
+        };
+        r.dirty = false;
+        let row = Row {
+            end: r.end.as_ref().map(|e| super::row::EndOf {
+                ts: e.ts,
+                rows: e.rows,
+                out: e.out.as_str(),
+                state: e.state.as_deref(),
+                msg: e.msg.as_deref(),
+            }),
+            xo: r.xo.as_ref().map(|x| super::row::XactEndOf {
+                out: x.out.as_str(),
+                xid: x.xid,
+            }),
+            ..Default::default()
+        };
+        content.clear();
+        write_outcome_content(&row, &mut content);
+        ids.push(r.id);
+        ended_at.push(r.end.as_ref().map(|e| super::row::iso_utc(e.ts)));
+        rows_affected.push(r.end.as_ref().and_then(|e| e.rows).map(|n| n as i64));
+        outcome.push(r.end.as_ref().map(|e| e.out.clone()));
+        sqlstate.push(r.end.as_ref().and_then(|e| e.state.clone()));
+        message.push(r.end.as_ref().and_then(|e| e.msg.clone()));
+        xid.push(r.xo.as_ref().and_then(|x| x.xid).map(|n| n as i64));
+        xact_outcome.push(r.xo.as_ref().map(|x| x.out.clone()));
+        outcome_hash.push(Some(chain::link_hex(&r.row_hash, &content).as_str().to_string()));
+        if r.end.is_some() && r.xo.is_some() {
+            complete.push(k.clone());
+        }
+    }
+    for (sk, n) in complete {
+        let Some(r) = open.rows.remove(&(sk.clone(), n)) else {
+            continue;
+        };
+        let x = (sk, r.x);
+        if let Some(ns) = open.by_xact.get_mut(&x) {
+            ns.retain(|m| *m != n);
+            if ns.is_empty() {
+                open.by_xact.remove(&x);
+            }
+        }
+    }
+    if ids.is_empty() {
+        return;
+    }
+    COMPLETE_PLAN.with(|plan| {
+        let mut plan = plan.borrow_mut();
+        Spi::connect_mut(|c| {
+            if plan.is_none() {
+                let (int8s, texts) = (pg_sys::INT8ARRAYOID, pg_sys::TEXTARRAYOID);
+                let types: Vec<pgrx::PgOid> = [
+                    int8s, texts, int8s, texts, texts, texts, int8s, texts, texts,
+                ]
+                .into_iter()
+                .map(pgrx::PgOid::from)
+                .collect();
+                let prepared = c
+                    .prepare_mut(
+                        "UPDATE agent_guard.audit_log a SET ended_at = u.ended_at::pg_catalog.timestamptz, \
+                         rows_affected = u.rows_affected, outcome = u.outcome, sqlstate = u.sqlstate, \
+                         error_message = u.error_message, transaction_id = u.transaction_id, \
+                         transaction_outcome = u.transaction_outcome, outcome_hash = u.outcome_hash \
+                         FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
+                                         pg_catalog.unnest($3), pg_catalog.unnest($4), \
+                                         pg_catalog.unnest($5), pg_catalog.unnest($6), \
+                                         pg_catalog.unnest($7), pg_catalog.unnest($8), \
+                                         pg_catalog.unnest($9)) \
+                           AS u(id, ended_at, rows_affected, outcome, sqlstate, error_message, \
+                                transaction_id, transaction_outcome, outcome_hash) \
+                         WHERE a.id OPERATOR(pg_catalog.=) u.id",
+                        &types,
+                    )
+                    .expect("agent_guard: cannot prepare the audit writer's outcome update");
+                *plan = Some(prepared.keep());
+            }
+            let stmt = plan.as_ref().expect("prepared above");
+            c.update(
+                stmt,
+                None,
+                &[
+                    ids.into(),
+                    ended_at.into(),
+                    rows_affected.into(),
+                    outcome.into(),
+                    sqlstate.into(),
+                    message.into(),
+                    xid.into(),
+                    xact_outcome.into(),
+                    outcome_hash.into(),
+                ],
+            )
+            .expect("agent_guard: cannot write audit outcomes");
+        })
+    });
 }

@@ -157,6 +157,12 @@ unsafe extern "C-unwind" fn ag_rs_executor_start(query_desc: *mut pg_sys::QueryD
             return;
         }
         let agent = enforcing();
+        // A materialized view's population notes what it reads (any session).
+        let population = if pass_through() {
+            None
+        } else {
+            crate::masking::population::observe((*query_desc).plannedstmt, agent)
+        };
         if !agent && !auditing_humans() {
             return;
         }
@@ -182,6 +188,9 @@ unsafe extern "C-unwind" fn ag_rs_executor_start(query_desc: *mut pg_sys::QueryD
             if let Some(r) = crate::masking::backstop::unmasked_read(pstmt) {
                 crate::enforce::refuse_recorded(&facts, &text, r);
             }
+        }
+        if let (true, Some(r)) = (agent, population) {
+            crate::enforce::refuse_recorded(&facts, &text, r);
         }
         crate::enforce::record_and_enforce(&facts, &text, query_desc as usize, agent);
     }
@@ -240,6 +249,7 @@ fn changes_registry(node: *mut pg_sys::Node) -> bool {
 const UTILITY_AUDITED: u32 = 1;
 const UTILITY_AGENT: u32 = 2;
 const UTILITY_CHANGES_REGISTRY: u32 = 4;
+const UTILITY_POPULATION: u32 = 8;
 
 #[no_mangle]
 #[pg_guard]
@@ -281,6 +291,10 @@ unsafe extern "C-unwind" fn ag_rs_utility_before(
         }
         // Masking views that would block an ALTER/DROP step aside (regenerated at its end).
         crate::masking::sync::before_utility(node);
+        // A materialized view's population records what it reads.
+        if crate::masking::population::begin(node) {
+            flags |= UTILITY_POPULATION;
+        }
         // An agent's COPY of a masked table runs as COPY (SELECT ...), through
         // the masks; EXECUTE finds plans made under old masking rules reset.
         if agent {
@@ -312,6 +326,9 @@ unsafe extern "C-unwind" fn ag_rs_utility_after(
         if flags & UTILITY_AGENT != 0 {
             crate::grants::after_utility(original);
         }
+        if flags & UTILITY_POPULATION != 0 {
+            crate::masking::population::finish(original);
+        }
         if flags & UTILITY_CHANGES_REGISTRY != 0 {
             crate::shmem::bump_at_commit();
         }
@@ -337,9 +354,14 @@ unsafe extern "C-unwind" fn ag_rs_object_access(
     if in_statement {
         if crate::gucs::enabled() && crate::identity::cached_is_agent() {
             crate::enforce::check_function(object_id);
+            crate::masking::activity::check_call(object_id);
         }
     } else if enforcing() || auditing_humans() {
-        crate::enforce::fast_path_call(object_id, crate::identity::cached_is_agent());
+        let agent = crate::identity::cached_is_agent();
+        crate::enforce::fast_path_call(object_id, agent);
+        if agent && crate::gucs::enabled() {
+            crate::masking::activity::check_call(object_id);
+        }
     }
 }
 
@@ -357,7 +379,9 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
         // agent_guard's own SPI in an agent session is not parallel either:
         // a worker would find itself working for an agent and refuse.
         let agent_session = !is_own_worker() && crate::identity::cached_is_agent();
-        if agent_session || enforcing() {
+        // Nor is a materialized view's population: its nested statements
+        // are recorded in this backend.
+        if agent_session || enforcing() || crate::masking::population::active() {
             *cursor_options &= !(pg_sys::CURSOR_OPT_PARALLEL_OK as i32);
         }
         if !enforcing() {
@@ -366,6 +390,7 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
         if !crate::identity::guard_installed() || integrity_context() {
             return std::ptr::null_mut();
         }
+        crate::enforce::check_query_calls(parse);
         let views = crate::masking::rewrite::mask_query(parse);
         let mut list: *mut pg_sys::List = std::ptr::null_mut();
         for v in views {

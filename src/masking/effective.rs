@@ -20,8 +20,10 @@
 //! foreign table that is not temporary. Each masked relation's masking view
 //! is the view in `agent_guard_masked` whose rule depends on it.
 //!
-//! A materialized view is *tainted* when its definition reads a masked
-//! column (directly or through views) and it has no labels of its own.
+//! A materialized view is *tainted* when what its last population read (or,
+//! for one populated out of agent_guard's sight, its definition) includes a
+//! masked column, the whole row of a masked relation or a tainted
+//! materialized view, and it has no labels of its own (see [`taints`]).
 
 use crate::catalog::{self, Attribute};
 use pgrx::pg_sys::{self, Oid};
@@ -206,52 +208,111 @@ pub fn masked_columns() -> Vec<MaskedColumn> {
 /// A materialized view computed from masked columns.
 pub struct Taint {
     pub relid: Oid,
-    /// The masked relations it reads, by oid.
+    /// The masked relations (or tainted materialized views) it read, by oid.
     pub built_from: Vec<Oid>,
     /// It has masked columns of its own (labels).
     pub labelled: bool,
+    /// Judged by what its last population read (else by its definition).
+    pub recorded: bool,
 }
 
-/// Materialized views whose definition reads masked columns, directly or
-/// through views (not through other materialized views).
+/// A populated, non-temporary materialized view.
+fn populated_matview(relid: Oid) -> bool {
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            pg_sys::Datum::from(relid),
+        );
+        if tup.is_null() {
+            return false;
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tup);
+        let ok = (*form).relkind as u8 == b'm'
+            && (*form).relispopulated
+            && (*form).relpersistence as u8 != b't';
+        pg_sys::ReleaseSysCache(tup);
+        ok
+    }
+}
+
+/// Materialized views computed from masked columns.
+///
+/// A view whose population agent_guard recorded (population.rs) is judged
+/// by what it read, against the current rules: a masked column or the whole
+/// row of a masked relation, or anything of a tainted materialized view
+/// (one without labels: its columns' contents are unknown). A view populated
+/// before agent_guard could see it is judged by its definition,
+/// conservatively: any dependency, through views and materialized views, on
+/// a masked relation or a tainted materialized view (function bodies are
+/// out of sight there: a REFRESH records them).
 pub fn taints(masked: &[MaskedColumn]) -> Vec<Taint> {
     let schema = masked_schema();
-    let mut reads: HashSet<(Oid, Oid)> = HashSet::new();
-    let mut queue: VecDeque<(Oid, Oid)> = VecDeque::new();
+    let mut masked_cols: HashMap<Oid, HashSet<i16>> = HashMap::new();
     for c in masked {
-        for v in catalog::reading_views(c.relid, Some(c.attnum)) {
-            if unsafe { pg_sys::get_rel_namespace(v) } != schema && reads.insert((v, c.relid)) {
-                queue.push_back((v, c.relid));
+        masked_cols.entry(c.relid).or_default().insert(c.attnum);
+    }
+    let records = super::population::records();
+    // view -> its sources
+    let mut found: BTreeMap<u32, HashSet<Oid>> = BTreeMap::new();
+    loop {
+        let before: usize = found.values().map(HashSet::len).sum::<usize>() + found.len();
+        let tainted_unlabelled = |o: &Oid| found.contains_key(&o.to_u32()) && !masked_cols.contains_key(o);
+        let mut add: Vec<(Oid, Oid)> = vec![];
+        // recorded populations
+        for (view, reads) in &records {
+            if !populated_matview(*view) {
+                continue;
+            }
+            for (rel, cols) in reads {
+                let hit = match masked_cols.get(rel) {
+                    Some(m) => cols.iter().any(|c| *c == 0 || m.contains(c)),
+                    None => tainted_unlabelled(rel),
+                };
+                if hit && rel != view {
+                    add.push((*view, *rel));
+                }
             }
         }
-    }
-    while let Some((relid, source)) = queue.pop_front() {
-        if unsafe { pg_sys::get_rel_relkind(relid) } as u8 != b'v' {
-            continue;
-        }
-        for v in catalog::reading_views(relid, None) {
-            if reads.insert((v, source)) {
-                queue.push_back((v, source));
+        // views populated out of agent_guard's sight: by their definition
+        let mut seeds: Vec<Oid> = masked_cols.keys().copied().collect();
+        seeds.extend(found.keys().map(|o| Oid::from(*o)).filter(|o| tainted_unlabelled(o)));
+        for seed in seeds {
+            let mut seen: HashSet<Oid> = HashSet::new();
+            let mut queue: VecDeque<Oid> = VecDeque::from([seed]);
+            while let Some(rel) = queue.pop_front() {
+                for v in catalog::reading_views(rel, None) {
+                    if unsafe { pg_sys::get_rel_namespace(v) } == schema || !seen.insert(v) {
+                        continue;
+                    }
+                    match unsafe { pg_sys::get_rel_relkind(v) } as u8 {
+                        b'v' => queue.push_back(v),
+                        b'm' if !records.contains_key(&v) && populated_matview(v) && v != seed => {
+                            add.push((v, seed))
+                        }
+                        _ => {}
+                    }
+                }
             }
         }
-    }
-    let masked_rels: HashSet<Oid> = masked.iter().map(|c| c.relid).collect();
-    let mut by_view: BTreeMap<u32, Vec<Oid>> = BTreeMap::new();
-    for (relid, source) in reads {
-        if unsafe { pg_sys::get_rel_relkind(relid) } as u8 == b'm' {
-            by_view.entry(relid.to_u32()).or_default().push(source);
+        for (view, source) in add {
+            found.entry(view.to_u32()).or_default().insert(source);
+        }
+        let after: usize = found.values().map(HashSet::len).sum::<usize>() + found.len();
+        if after == before {
+            break;
         }
     }
-    by_view
+    found
         .into_iter()
-        .map(|(relid, mut from)| {
-            from.sort_by_key(|o| o.to_u32());
-            from.dedup();
+        .map(|(relid, from)| {
             let relid = Oid::from(relid);
+            let mut built_from: Vec<Oid> = from.into_iter().collect();
+            built_from.sort_by_key(|o| o.to_u32());
             Taint {
                 relid,
-                built_from: from,
-                labelled: masked_rels.contains(&relid),
+                built_from,
+                labelled: masked_cols.contains_key(&relid),
+                recorded: records.contains_key(&relid),
             }
         })
         .collect()
@@ -328,6 +389,7 @@ fn masking_taints_srf() -> TableIterator<
         name!(relation, Oid),
         name!(built_from, Vec<Oid>),
         name!(labelled, bool),
+        name!(recorded, bool),
     ),
 > {
     let rows = if installed() {
@@ -335,5 +397,8 @@ fn masking_taints_srf() -> TableIterator<
     } else {
         vec![]
     };
-    TableIterator::new(rows.into_iter().map(|t| (t.relid, t.built_from, t.labelled)))
+    TableIterator::new(
+        rows.into_iter()
+            .map(|t| (t.relid, t.built_from, t.labelled, t.recorded)),
+    )
 }

@@ -35,9 +35,20 @@
 //! cache then resets the backend's plan cache. Label changes also invalidate
 //! the labelled relation's relcache entry, so every backend replans.
 //!
+//! Materialized views are judged by what their population actually read
+//! (population.rs records it at every ExecutorStart while one runs;
+//! effective.rs derives the taints; the backstop refuses agents' reads of
+//! tainted views and refresh.rs their refreshes).
+//!
+//! Other sessions' query texts (`pg_stat_activity`, `pg_stat_statements`)
+//! are masked by the same planner rewrite: their functions' `FROM` entries
+//! become redacting subqueries (activity.rs). Writes never store masks
+//! (writeback.rs).
+//!
 //! Errors that quote row values (constraint violations) lose their DETAIL in
 //! agent sessions (errors.rs); sensitive-data discovery is discover.rs.
 
+pub mod activity;
 pub mod backstop;
 pub mod copy;
 pub mod discover;
@@ -45,10 +56,12 @@ pub mod effective;
 pub mod errors;
 pub mod functions;
 pub mod label;
+pub mod population;
 pub mod refresh;
 pub mod rewrite;
 pub mod rules;
 pub mod sync;
+pub mod writeback;
 
 use pgrx::pg_sys;
 use std::ffi::{c_char, CStr, CString};

@@ -22,8 +22,8 @@
 //! itself (rows are written, never masked values back): references to its
 //! masked columns in WHERE, RETURNING, SET expressions of other columns,
 //! ON CONFLICT and MERGE actions are replaced by the masks. An assignment to
-//! a masked column computed from masked columns of the same row is refused
-//! (it would write a masked value back).
+//! a masked column computed from masked data — of any row or relation — is
+//! refused before the rewrite (writeback.rs): it would write a mask back.
 //!
 //! Every masked entry is marked (`security_barrier` on a relation entry,
 //! which PostgreSQL uses for subqueries only); the executor backstop refuses
@@ -56,6 +56,11 @@ pub unsafe fn mask_query(query: *mut pg_sys::Query) -> Vec<pg_sys::Oid> {
         return vec![];
     }
     let rules = super::rules::rules();
+    // Masks are never written back (before the rewrite: the tree as the
+    // statement wrote it).
+    if let Some(r) = unsafe { super::writeback::refusal(query, &rules) } {
+        crate::enforce::refuse(&r);
+    }
     let mut w = Walk {
         rules: &rules,
         views: vec![],
@@ -95,6 +100,13 @@ unsafe extern "C-unwind" fn expr_walker(node: *mut pg_sys::Node, ctx: *mut c_voi
             visit_query(node as *mut pg_sys::Query, &mut *(ctx as *mut Walk));
             return false;
         }
+        if (*node).type_ == NodeTag::T_FuncExpr {
+            // other sessions' query texts are read only through FROM (activity.rs)
+            let func = (*(node as *mut pg_sys::FuncExpr)).funcid;
+            if super::activity::query_text(func).is_some() {
+                crate::enforce::refuse(&super::activity::refusal(func));
+            }
+        }
         pg_sys::expression_tree_walker(node, Some(expr_walker), ctx)
     }
 }
@@ -121,7 +133,10 @@ unsafe fn visit_query(q: *mut pg_sys::Query, w: &mut Walk) {
             match (*rte).rtekind {
                 pg_sys::RTEKind::RTE_SUBQUERY => visit_query((*rte).subquery, w),
                 pg_sys::RTEKind::RTE_FUNCTION => {
-                    walk_expr((*rte).functions as *mut pg_sys::Node, w)
+                    // a call of a query-text function becomes a redacting subquery
+                    if !super::activity::mask_function_entry(rte, |n| walk_expr(n, w)) {
+                        walk_expr((*rte).functions as *mut pg_sys::Node, w)
+                    }
                 }
                 pg_sys::RTEKind::RTE_TABLEFUNC => {
                     walk_expr((*rte).tablefunc as *mut pg_sys::Node, w)
@@ -554,81 +569,6 @@ unsafe fn remap_system_columns(q: *mut pg_sys::Query, rti: i32, map: &[(i16, i16
     }
 }
 
-struct RefCtx {
-    varno: i32,
-    level: u32,
-    masked: Vec<i16>,
-}
-
-/// Whether an expression reads a masked column (or the whole row) of `varno`.
-#[pg_guard]
-unsafe extern "C-unwind" fn reads_masked_var(node: *mut pg_sys::Node, ctx: *mut c_void) -> bool {
-    unsafe {
-        if node.is_null() {
-            return false;
-        }
-        let c = &mut *(ctx as *mut RefCtx);
-        match (*node).type_ {
-            NodeTag::T_Var => {
-                let v = node as *mut pg_sys::Var;
-                (*v).varno == c.varno
-                    && (*v).varlevelsup == c.level
-                    && ((*v).varattno == 0 || c.masked.contains(&(*v).varattno))
-            }
-            NodeTag::T_Query => {
-                c.level += 1;
-                let found = pg_sys::query_tree_walker(
-                    node as *mut pg_sys::Query,
-                    Some(reads_masked_var),
-                    ctx,
-                    0,
-                );
-                c.level -= 1;
-                found
-            }
-            _ => pg_sys::expression_tree_walker(node, Some(reads_masked_var), ctx),
-        }
-    }
-}
-
-/// Refuse an assignment to a masked column computed from masked columns of the same row.
-unsafe fn check_assignments(
-    list: *mut pg_sys::List,
-    rti: i32,
-    m: &MaskedRelation,
-    relid: pg_sys::Oid,
-) {
-    unsafe {
-        for tle in PgList::<pg_sys::TargetEntry>::from_pg(list).iter_ptr() {
-            if (*tle).resjunk || !m.masks((*tle).resno) {
-                continue;
-            }
-            let mut ctx = RefCtx {
-                varno: rti,
-                level: 0,
-                masked: m.columns.iter().map(|(a, _)| *a).collect(),
-            };
-            if reads_masked_var(
-                (*tle).expr as *mut pg_sys::Node,
-                &mut ctx as *mut RefCtx as *mut c_void,
-            ) {
-                let col = crate::masking::cstr(pg_sys::get_attname(relid, (*tle).resno, true))
-                    .unwrap_or_default();
-                ereport!(
-                    ERROR,
-                    PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-                    format!(
-                        "agent may not assign to masked column {}.{} a value computed from masked columns",
-                        crate::extract::relation(relid).qualified(),
-                        super::quote_identifier(&col)
-                    ),
-                    "Agents see masked values only, so the row would receive a masked value. Leave the column out of the assignment, or assign a new value."
-                );
-            }
-        }
-    }
-}
-
 /// Mask the references to the result relation's masked columns.
 unsafe fn mask_result_relation(
     q: *mut pg_sys::Query,
@@ -640,15 +580,6 @@ unsafe fn mask_result_relation(
     unsafe {
         refuse_if_children_mask_more(rte, w);
         let relid = (*rte).relid;
-        if (*q).commandType == pg_sys::CmdType::CMD_UPDATE {
-            check_assignments((*q).targetList, rti, m, relid);
-        }
-        if !(*q).onConflict.is_null() {
-            check_assignments((*(*q).onConflict).onConflictSet, rti, m, relid);
-        }
-        for action in PgList::<pg_sys::MergeAction>::from_pg((*q).mergeActionList).iter_ptr() {
-            check_assignments((*action).targetList, rti, m, relid);
-        }
         let exprs = column_expressions(relid, m, w);
         let mut tlist: Vec<*mut c_void> = vec![];
         for (attnum, _) in &m.columns {

@@ -677,3 +677,292 @@ fn statements_nested_in_foreign_key_actions_are_masked() {
         "DROP TABLE {t}_orders, {t}_notes, {t}_loot; DROP FUNCTION {t}_peek(); DROP FUNCTION {t}_grab();"
     ));
 }
+
+/// The refusal an agent gets for a materialized view computed from masked
+/// columns: 42501, naming the view, with a HINT.
+fn assert_tainted(c: &mut Client, s: &Shop, sql: &str) {
+    match q(c, sql) {
+        Ok(out) => panic!("{sql}: an agent read a materialized view computed from masked columns:\n{out}"),
+        Err(e) => {
+            assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
+            let db = e.as_db_error().unwrap();
+            assert!(
+                db.message().contains("built from masked columns") && db.hint().is_some(),
+                "{sql}: {}",
+                describe(&e)
+            );
+            s.assert_clean(sql, &describe(&e));
+        }
+    }
+}
+
+/// Materialized views a human built are judged by what their population
+/// actually read — whole rows (`c::text`, `row_to_json(c)`), other
+/// materialized views, set-returning SQL and PL/pgSQL functions, dynamic SQL,
+/// views, parallel plans — not by the columns their definition names.
+#[test]
+fn materialized_views_are_tainted_by_what_their_population_read() {
+    let s = shop("mt");
+    let t = &s.t;
+    let mut a = admin();
+    a.batch_execute(&format!(
+        "CREATE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} $$;
+         CREATE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM {t} $$;
+         CREATE FUNCTION {t}_card(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+             DECLARE r text; BEGIN SELECT card_number INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+         CREATE FUNCTION {t}_dyn(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+             DECLARE r text; BEGIN EXECUTE format('SELECT email FROM %I WHERE id = $1', '{t}') INTO r USING i; RETURN r; END $$;
+         CREATE FUNCTION {t}_par(i int) RETURNS text LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+             DECLARE r text; BEGIN SELECT ssn INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+         CREATE VIEW {t}_rows AS SELECT c FROM {t} c;
+         CREATE MATERIALIZED VIEW {t}_text AS SELECT c::text AS t FROM {t} c;
+         CREATE MATERIALIZED VIEW {t}_json AS SELECT row_to_json(c) AS j FROM {t} c;
+         CREATE MATERIALIZED VIEW {t}_base AS SELECT id, ssn FROM {t};
+         CREATE MATERIALIZED VIEW {t}_over AS SELECT ssn FROM {t}_base;
+         CREATE MATERIALIZED VIEW {t}_over2 AS SELECT * FROM {t}_over;
+         CREATE MATERIALIZED VIEW {t}_srf AS SELECT s FROM {t}_ssns();
+         CREATE MATERIALIZED VIEW {t}_plpgsql AS SELECT {t}_card(id) AS c FROM generate_series(1, 2) id;
+         CREATE MATERIALIZED VIEW {t}_dynamic AS SELECT {t}_dyn(id) AS e FROM generate_series(1, 2) id;
+         CREATE MATERIALIZED VIEW {t}_xml AS SELECT query_to_xml('SELECT card_number FROM {t}', true, false, '')::text AS x;
+         CREATE MATERIALIZED VIEW {t}_viewrow AS SELECT r::text AS t FROM {t}_rows r;
+         CREATE MATERIALIZED VIEW {t}_late AS SELECT id, note FROM {t};
+         CREATE MATERIALIZED VIEW {t}_clean AS SELECT id, name FROM {t};
+         CREATE UNIQUE INDEX ON {t}_clean (id);
+         CREATE MATERIALIZED VIEW {t}_clean_srf AS SELECT s FROM {t}_names();
+         CREATE MATERIALIZED VIEW {t}_later AS SELECT s FROM {t}_names();
+         SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+         CREATE MATERIALIZED VIEW {t}_parallel AS SELECT {t}_par(id) AS s FROM generate_series(1, 2) id;
+         RESET force_parallel_mode;
+         EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) CREATE MATERIALIZED VIEW {t}_explained AS SELECT c::text AS t FROM {t} c;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO {agent};
+         CREATE VIEW {t}_on_text AS SELECT * FROM {t}_text;
+         GRANT SELECT ON {t}_on_text TO {agent};
+         CREATE FUNCTION {t}_read_text() RETURNS SETOF text LANGUAGE plpgsql AS $$ BEGIN RETURN QUERY SELECT t FROM {t}_text; END $$;",
+        agent = s.agent
+    ))
+    .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
+    // the human reads real values in every one of them
+    let raw = ok(&mut a, &format!("SELECT string_agg(t, ' ') FROM {t}_text"));
+    assert!(raw.contains(&s.raw[0].0), "{raw}");
+
+    let mut c = connect(&s.agent);
+    for mv in [
+        "text", "json", "base", "over", "over2", "srf", "plpgsql", "dynamic", "xml", "viewrow",
+        "parallel", "explained",
+    ] {
+        assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_{mv}"));
+        let e = c
+            .copy_out(format!("COPY (SELECT * FROM {t}_{mv}) TO STDOUT").as_str())
+            .err()
+            .unwrap_or_else(|| panic!("COPY of {t}_{mv} refused too"));
+        assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
+    }
+    // through a view and a function
+    assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_on_text"));
+    assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_read_text()"));
+    // what read no masked column stays readable
+    for mv in ["late", "clean", "clean_srf", "later"] {
+        let out = ok(&mut c, &format!("SELECT * FROM {t}_{mv}"));
+        s.assert_clean(mv, &out);
+        assert!(!out.is_empty(), "{mv}");
+    }
+    // a concurrent refresh reads the view itself: still clean
+    a.batch_execute(&format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {t}_clean"))
+        .unwrap();
+    ok(&mut c, &format!("SELECT * FROM {t}_clean"));
+
+    // a column labelled after the population taints what read it
+    a.batch_execute(&format!(
+        "SECURITY LABEL FOR agent_guard ON COLUMN {t}.note IS 'MASKED WITH VALUE ''(note)''';"
+    ))
+    .unwrap();
+    assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_late"));
+    // the function behind a clean view now reads SSNs: its next refresh taints it
+    a.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} $$;"
+    ))
+    .unwrap();
+    ok(&mut c, &format!("SELECT * FROM {t}_later"));
+    a.batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_later")).unwrap();
+    assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_later"));
+    // ... and a refresh that no longer reads masked columns clears it
+    a.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM {t} $$;
+         REFRESH MATERIALIZED VIEW {t}_srf;"
+    ))
+    .unwrap();
+    let out = ok(&mut c, &format!("SELECT * FROM {t}_srf"));
+    assert!(out.contains("Customer 1"), "{out}");
+    // labelled, a materialized view is read masked
+    a.batch_execute(&format!(
+        "SECURITY LABEL FOR agent_guard ON COLUMN {t}_text.t IS 'MASKED WITH VALUE ''(row)''';"
+    ))
+    .unwrap();
+    let out = ok(&mut c, &format!("SELECT * FROM {t}_text"));
+    assert_eq!(out.trim(), "(row)\n(row)".trim(), "{out}");
+    // the view reports how each taint was found
+    let taints = ok(
+        &mut a,
+        &format!("SELECT relation, built_from FROM agent_guard.masking_taints WHERE relation::text LIKE '{t}%' ORDER BY 1"),
+    );
+    assert!(taints.contains(&format!("{t}_over2|{{{t}_over}}")), "{taints}");
+}
+
+/// An agent's own materialized view holds the masks it read; a human's
+/// refresh fills it with real values and taints it; an agent's refresh of a
+/// view whose population would read masked columns is refused, also when
+/// only a function changed since the last population.
+#[test]
+fn agents_refresh_no_materialized_view_from_masked_columns() {
+    let s = shop("mr");
+    let t = &s.t;
+    let mut a = admin();
+    a.batch_execute(&format!(
+        "CREATE FUNCTION {t}_label(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+             DECLARE r text; BEGIN SELECT name INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+         GRANT CREATE ON SCHEMA public TO {agent};",
+        agent = s.agent
+    ))
+    .unwrap();
+    let mut c = connect(&s.agent);
+    grant(&mut c, &s.approver, "ddl");
+    // the agent's copy holds masks, like its CREATE TABLE AS would
+    ok(
+        &mut c,
+        &format!("CREATE MATERIALIZED VIEW {t}_agent_copy AS SELECT id, ssn FROM {t}"),
+    );
+    let copy = ok(&mut a, &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"));
+    s.assert_clean("the agent's materialized view", &copy);
+    assert!(copy.contains(&s.masked_ssn(0)), "{copy}");
+    let out = ok(&mut c, &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"));
+    assert!(out.contains(&s.masked_ssn(0)), "{out}");
+    // its refresh would read masked columns again: refused, contents kept
+    let e = c
+        .batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_agent_copy"))
+        .expect_err("refresh from masked columns");
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
+    assert!(e.as_db_error().unwrap().hint().is_some(), "{}", describe(&e));
+    // a human's refresh puts real values there: agents are refused from then on
+    a.batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_agent_copy"))
+        .unwrap();
+    assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_agent_copy"));
+
+    // a view that read no masked column, whose function now reads one
+    ok(
+        &mut c,
+        &format!("CREATE MATERIALIZED VIEW {t}_labels AS SELECT {t}_label(id) AS l FROM generate_series(1, 2) id"),
+    );
+    ok(&mut c, &format!("REFRESH MATERIALIZED VIEW {t}_labels"));
+    a.batch_execute(&format!(
+        "CREATE OR REPLACE FUNCTION {t}_label(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
+             DECLARE r text; BEGIN SELECT ssn INTO r FROM {t} WHERE id = i; RETURN r; END $$;"
+    ))
+    .unwrap();
+    for sql in [
+        format!("REFRESH MATERIALIZED VIEW {t}_labels"),
+        format!("CREATE UNIQUE INDEX ON {t}_labels (l); REFRESH MATERIALIZED VIEW CONCURRENTLY {t}_labels"),
+    ] {
+        let e = c.batch_execute(&sql).expect_err(&sql);
+        assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
+    }
+    let kept = ok(&mut a, &format!("SELECT l FROM {t}_labels ORDER BY l"));
+    assert_eq!(kept, "Customer 1\nCustomer 2\n");
+}
+
+/// No granted write assigns to a masked column a value computed from masked
+/// values — of the same row, other rows (`UPDATE … FROM`), CTEs, subqueries,
+/// views, set operations, functions or another masked table — however the
+/// statement reaches them; values that carry no mask are still written.
+#[test]
+fn granted_writes_never_write_masks_into_masked_columns() {
+    let s = shop("wb");
+    let t = &s.t;
+    let mut a = admin();
+    a.batch_execute(&format!(
+        "CREATE TABLE {t}_other (id int, secret text);
+         INSERT INTO {t}_other VALUES (1, 'other-secret-value-1');
+         SECURITY LABEL FOR agent_guard ON COLUMN {t}_other.secret IS 'MASKED WITH VALUE ''(secret)''';
+         CREATE VIEW {t}_v AS SELECT id, ssn, card_number FROM {t};
+         CREATE FUNCTION {t}_ssn(i int) RETURNS text LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} WHERE id = i $$;
+         CREATE FUNCTION {t}_card(i int) RETURNS text LANGUAGE plpgsql AS $$
+             DECLARE r text; BEGIN SELECT card_number INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+         CREATE FUNCTION {t}_liar(i int) RETURNS text LANGUAGE sql IMMUTABLE AS $$ SELECT ssn FROM {t} WHERE id = i $$;
+         CREATE FUNCTION {t}_rows() RETURNS TABLE (id int, s text) LANGUAGE sql STABLE AS $$ SELECT id, ssn FROM {t} $$;
+         GRANT SELECT, INSERT, UPDATE ON {t}, {t}_other, {t}_v TO {agent};",
+        agent = s.agent
+    ))
+    .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
+    let before = ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
+    let mut c = connect(&s.agent);
+    grant(&mut c, &s.approver, "write");
+    let refused = [
+        // other rows, CTEs, subqueries
+        format!("UPDATE {t} SET card_number = c2.card_number FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1"),
+        format!("WITH s AS (SELECT id, email FROM {t}) UPDATE {t} SET email = s.email FROM s WHERE s.id = {t}.id"),
+        format!("WITH RECURSIVE r(n, v) AS (SELECT 1, ssn FROM {t} WHERE id = 2 UNION ALL SELECT n + 1, v FROM r WHERE n < 2) UPDATE {t} SET ssn = (SELECT v FROM r WHERE n = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = (SELECT ssn FROM {t} c2 WHERE c2.id = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = coalesce((SELECT max(c2.ssn) FROM {t} c2), 'x') WHERE id = 1"),
+        format!("UPDATE {t} SET (ssn) = (SELECT ssn FROM {t} c2 WHERE c2.id = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET (name, card_number) = (SELECT 'n', card_number FROM {t} c2 WHERE c2.id = 2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = x.s FROM (SELECT id, ssn AS s FROM {t}) x WHERE x.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = l.s FROM LATERAL (SELECT ssn AS s FROM {t} c WHERE c.id = 2) l WHERE {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = u.v FROM (SELECT 1 AS id, 'x' AS v UNION ALL SELECT id, ssn FROM {t}) u WHERE u.id = {t}.id"),
+        format!("UPDATE {t} SET email = j.e FROM ({t} a JOIN {t} b USING (id)) AS j(id, n1, e) WHERE j.id = {t}.id"),
+        format!("UPDATE {t} SET ssn = c2::text FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = upper(email) WHERE id = 1"),
+        // views, another masked table
+        format!("UPDATE {t} SET ssn = v.ssn FROM {t}_v v WHERE v.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t}_v SET card_number = o.card_number FROM {t} o WHERE o.id = 2 AND {t}_v.id = 1"),
+        format!("UPDATE {t} SET ssn = o.secret FROM {t}_other o WHERE {t}.id = 1"),
+        // functions: SQL, PL/pgSQL, a set-returning one, an IMMUTABLE one that reads a table
+        format!("UPDATE {t} SET ssn = {t}_ssn(2) WHERE id = 1"),
+        format!("UPDATE {t} SET card_number = {t}_card(2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = {t}_liar(2) WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = f.s FROM {t}_rows() f WHERE f.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = query_to_xml('SELECT ssn FROM {t}', true, false, '')::text WHERE id = 1"),
+        // INSERT, ON CONFLICT, MERGE, writable CTEs
+        format!("INSERT INTO {t} (id, ssn) SELECT id + 100, ssn FROM {t}"),
+        format!("INSERT INTO {t} (id, ssn) VALUES (101, (SELECT ssn FROM {t} WHERE id = 1))"),
+        format!("INSERT INTO {t} (id, card_number) VALUES (102, 'x'), (103, (SELECT card_number FROM {t} WHERE id = 1))"),
+        format!("INSERT INTO {t} (id, ssn) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET ssn = (SELECT ssn FROM {t} c2 WHERE c2.id = 2)"),
+        format!("INSERT INTO {t} (id, ssn) SELECT 1, ssn FROM {t} WHERE id = 2 ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn"),
+        format!("MERGE INTO {t} d USING {t} s ON s.id = 2 AND d.id = 1 WHEN MATCHED THEN UPDATE SET ssn = s.ssn"),
+        format!("MERGE INTO {t} d USING (SELECT id + 200 AS id, email FROM {t}) s ON s.id = d.id WHEN NOT MATCHED THEN INSERT (id, email) VALUES (s.id, s.email)"),
+        format!("WITH u AS (UPDATE {t} SET ssn = c2.ssn FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1 RETURNING {t}.id) SELECT * FROM u"),
+        format!("DO $$ BEGIN UPDATE {t} SET card_number = c2.card_number FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1; END $$"),
+    ];
+    for sql in &refused {
+        match c.batch_execute(sql) {
+            Ok(()) => panic!("{sql}: a masked value was written"),
+            Err(e) => {
+                assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
+                let db = e.as_db_error().unwrap();
+                assert!(db.hint().is_some() && db.detail().is_some(), "{sql}: {}", describe(&e));
+            }
+        }
+    }
+    let after = ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
+    assert_eq!(before, after, "the refused writes changed nothing");
+    // values that carry no mask are written
+    let literal = "111-22-3333";
+    for sql in [
+        format!("UPDATE {t} SET ssn = '{literal}' WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = upper('{literal}') WHERE id = 1"),
+        format!("UPDATE {t} SET ssn = x.v FROM (VALUES (1, '{literal}')) x(id, v) WHERE x.id = {t}.id"),
+        format!("UPDATE {t} SET ssn = n.v FROM (SELECT id, '{literal}' AS v, ssn FROM {t}) n WHERE n.id = {t}.id AND n.id = 1"),
+        format!("UPDATE {t} SET note = c2.ssn FROM {t} c2 WHERE c2.id = 2 AND {t}.id = 1"),
+        format!("UPDATE {t} SET ssn = x.v FROM (SELECT 1 AS id, '{literal}' AS v) x WHERE x.id = {t}.id AND {t}.ssn <> ''"),
+        format!("INSERT INTO {t} (id, name, ssn) VALUES (50, 'n', '{literal}')"),
+        format!("INSERT INTO {t} (id, ssn) SELECT 51, '{literal}' FROM {t} WHERE ssn <> '' LIMIT 1"),
+        format!("INSERT INTO {t} (id, ssn) VALUES (1, '{literal}') ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn"),
+    ] {
+        ok(&mut c, &sql);
+    }
+    let stored = ok(&mut a, &format!("SELECT string_agg(ssn, ',' ORDER BY id) FROM {t}"));
+    assert!(!stored.contains('*'), "no mask was stored: {stored}");
+    assert!(stored.contains(literal), "{stored}");
+    let prepared = c
+        .execute(format!("UPDATE {t} SET ssn = $1 WHERE id = 2").as_str(), &[&literal])
+        .unwrap_or_else(|e| panic!("{}", describe(&e)));
+    assert_eq!(prepared, 1);
+}

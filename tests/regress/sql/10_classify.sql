@@ -32,6 +32,10 @@ SELECT * FROM show('GRANT SELECT ON orders TO PUBLIC; REVOKE ALL ON orders FROM 
 -- admin
 SELECT * FROM show('ALTER SYSTEM SET work_mem = ''1MB''; LOAD ''plpgsql''; COPY orders FROM ''/tmp/x''; COPY orders TO PROGRAM ''cat''; CREATE DATABASE d; CREATE EXTENSION hstore; VACUUM orders; CLUSTER orders; REINDEX TABLE orders; CHECKPOINT; SELECT pg_read_file(''postgresql.conf''); SELECT pg_terminate_backend(1); SELECT pg_reload_conf(); SET agent_guard.enabled = off; SET session_replication_role = replica');
 
+-- The query inside a utility statement and calls with a constant setting name
+-- are judged as enforcement judges them (tests/regress/sql/74_classify_matches_runtime.sql).
+SELECT * FROM show('COPY (SELECT ssn FROM customers) TO STDOUT; COPY (SELECT name FROM customers) TO STDOUT; SELECT set_config(''agent_guard.enabled'', ''off'', false); SELECT set_config(''work_mem'', ''8MB'', false); EXPLAIN SELECT pg_read_file(''x''); CREATE TABLE y2 AS SELECT pg_read_file(''x''); DECLARE c CURSOR FOR SELECT pg_stat_reset()');
+
 -- A function call is classified when it runs; its statements are classified then.
 CREATE PROCEDURE nothing() LANGUAGE sql AS $$ SELECT 1 $$;
 SELECT * FROM show('SELECT add_order(1); CALL nothing(); DO $$ BEGIN NULL; END $$; DO LANGUAGE plpgsql $$ BEGIN NULL; END $$');
