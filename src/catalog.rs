@@ -235,9 +235,9 @@ pub fn scan(catalog: u32, index: Option<u32>, keys: &[Key], mut each: impl FnMut
 
 /// Visit every row of one of agent_guard's own small tables (`relid`), for
 /// metadata the per-backend caches need (`agent_guard.agent_registry`),
-/// without a query. For a table that is not a catalog, the catalog snapshot
-/// is taken afresh: committed rows as of now, whatever the transaction's
-/// isolation level, and the transaction's own snapshot is not set. Never
+/// without a query: committed rows as of now (and the transaction's own),
+/// whatever the transaction's isolation level; no snapshot of the
+/// transaction's is set and no predicate lock taken. Never
 /// waits for a lock: false (nothing visited) when someone holds the table
 /// exclusively (DROP EXTENSION or TRUNCATE in an open transaction) or it is gone.
 pub fn try_scan_table(relid: Oid, mut each: impl FnMut(&Tuple)) -> bool {
@@ -251,11 +251,14 @@ pub fn try_scan_table(relid: Oid, mut each: impl FnMut(&Tuple)) -> bool {
             pg_sys::UnlockRelationOid(relid, lock);
             return false;
         }
+        // SnapshotSelf (committed rows and the transaction's own, not an MVCC
+        // snapshot): a SERIALIZABLE transaction gets no predicate lock on
+        // agent_guard's table from this read (pg_locks stays as without it).
         let scan = pg_sys::systable_beginscan(
             rel,
             pg_sys::InvalidOid,
             false,
-            std::ptr::null_mut(),
+            std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData),
             0,
             std::ptr::null_mut(),
         );
