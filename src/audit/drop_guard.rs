@@ -115,8 +115,8 @@ pub unsafe extern "C-unwind" fn ag_rs_extension_drop(extension: pg_sys::Oid) {
             return;
         }
         let db = crate::identity::database_name();
-        let who = cstr(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true))
-            .unwrap_or_default();
+        let who =
+            cstr(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true)).unwrap_or_default();
         let (last_id, last_hash) = match &last {
             Some((id, h)) => (*id, h.clone().unwrap_or_else(|| "(none)".into())),
             None => (0, "(none)".into()),
@@ -156,7 +156,8 @@ pub unsafe extern "C-unwind" fn ag_rs_extension_drop(extension: pg_sys::Oid) {
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return");
         }
-        let at = cstr(pg_sys::timestamptz_to_str(pg_sys::GetCurrentTimestamp())).unwrap_or_default();
+        let at =
+            cstr(pg_sys::timestamptz_to_str(pg_sys::GetCurrentTimestamp())).unwrap_or_default();
         log!(
             "agent_guard: audit trail of database \"{db}\" dropped with the extension by {who} at {at} \
              (confirmed with agent_guard.confirm_drop_trail; takes effect if the transaction commits): \

@@ -37,7 +37,10 @@ fn fill_trail(c: &mut Client, n: i64) {
         if rows >= n {
             return;
         }
-        assert!(Instant::now() < deadline, "only {rows} of {n} audit rows after 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "only {rows} of {n} audit rows after 30 s"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -66,7 +69,10 @@ fn refused(r: Result<(), postgres::Error>, what: &str) -> String {
 fn dropping_the_extension_with_a_trail_needs_a_confirmation_in_the_same_transaction() {
     let (db, mut c) = database_with_trail("tamper_drop", 3);
     // plainly
-    refused(c.batch_execute("DROP EXTENSION agent_guard"), "DROP EXTENSION");
+    refused(
+        c.batch_execute("DROP EXTENSION agent_guard"),
+        "DROP EXTENSION",
+    );
     // by way of its schema
     refused(
         c.batch_execute("DROP SCHEMA agent_guard CASCADE"),
@@ -79,7 +85,8 @@ fn dropping_the_extension_with_a_trail_needs_a_confirmation_in_the_same_transact
         c.batch_execute("DROP EXTENSION agent_guard"),
         "DROP EXTENSION with a confirmation of an earlier transaction",
     );
-    c.batch_execute("RESET agent_guard.confirm_drop_trail").unwrap();
+    c.batch_execute("RESET agent_guard.confirm_drop_trail")
+        .unwrap();
     // with another database's name
     refused(
         c.batch_execute(
@@ -94,16 +101,27 @@ fn dropping_the_extension_with_a_trail_needs_a_confirmation_in_the_same_transact
     let e = other
         .batch_execute(&format!("SET agent_guard.confirm_drop_trail = '{db}'"))
         .expect_err("a non-superuser set the confirmation");
-    assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{}", describe(&e));
+    assert_eq!(
+        e.code().map(|c| c.code()),
+        Some("42501"),
+        "{}",
+        describe(&e)
+    );
     drop(other);
     // the trail is still there, intact
     let (intact, rows): (bool, i64) = {
         let r = c
-            .query_one("SELECT intact, rows_checked FROM agent_guard.verify_audit()", &[])
+            .query_one(
+                "SELECT intact, rows_checked FROM agent_guard.verify_audit()",
+                &[],
+            )
             .unwrap();
         (r.get(0), r.get(1))
     };
-    assert!(intact && rows >= 3, "trail intact after the refusals: {intact} {rows}");
+    assert!(
+        intact && rows >= 3,
+        "trail intact after the refusals: {intact} {rows}"
+    );
     drop(c);
     drop_database(&db);
     admin().batch_execute(&format!("DROP ROLE {role}")).unwrap();
@@ -167,7 +185,10 @@ fn a_confirmed_drop_is_logged_and_a_new_trail_verifies_from_its_first_row() {
         )
         .unwrap()
         .get(0);
-    assert_eq!(first_prev, "agent_guard", "the new chain starts at the genesis hash");
+    assert_eq!(
+        first_prev, "agent_guard",
+        "the new chain starts at the genesis hash"
+    );
     drop(c);
     drop_database(&db);
 }
