@@ -217,6 +217,7 @@ fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
                 let session = crate::enforce::SessionState {
                     guard_installed: true,
                     database: crate::identity::database_name(),
+                    on_standby: crate::identity::on_standby(),
                     ..Default::default()
                 };
                 decide(

@@ -126,6 +126,11 @@ pub unsafe fn begin(node: *mut pg_sys::Node) -> bool {
             return false;
         }
     };
+    // Where agent_guard is not installed there is nothing to record into, and
+    // the population must plan exactly as without agent_guard (in parallel).
+    if !crate::identity::extension_installed() {
+        return false;
+    }
     STACK.with(|s| {
         s.borrow_mut().push(Recording {
             level: crate::hooks::nesting_level(),

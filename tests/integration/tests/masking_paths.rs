@@ -713,6 +713,7 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     let s = shop("mt");
     let t = &s.t;
     let mut a = admin();
+    let force = debug_parallel_setting(&mut a);
     a.batch_execute(&format!(
         "CREATE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} $$;
          CREATE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM {t} $$;
@@ -738,9 +739,9 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
          CREATE UNIQUE INDEX ON {t}_clean (id);
          CREATE MATERIALIZED VIEW {t}_clean_srf AS SELECT s FROM {t}_names();
          CREATE MATERIALIZED VIEW {t}_later AS SELECT s FROM {t}_names();
-         SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+         SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
          CREATE MATERIALIZED VIEW {t}_parallel AS SELECT {t}_par(id) AS s FROM generate_series(1, 2) id;
-         RESET force_parallel_mode;
+         RESET {force};
          EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) CREATE MATERIALIZED VIEW {t}_explained AS SELECT c::text AS t FROM {t} c;
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO {agent};
          CREATE VIEW {t}_on_text AS SELECT * FROM {t}_text;
