@@ -283,7 +283,9 @@ unsafe extern "C-unwind" fn ag_rs_utility_before(
                 params: None,
             };
             if agent {
-                if let Some(r) = crate::masking::refresh::refusal(node) {
+                let masking = crate::masking::refresh::refusal(node)
+                    .or_else(|| crate::masking::ddl::refusal(node));
+                if let Some(r) = masking {
                     crate::enforce::refuse_recorded(&facts, &text, r);
                 }
             }
