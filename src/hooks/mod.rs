@@ -462,6 +462,13 @@ unsafe extern "C-unwind" fn ag_rs_post_parse_analyze(
     }
 }
 
+/// The DETAIL that replaces an integrity-constraint violation's as it is
+/// raised, or NULL (not an agent session): see crate::masking::errors.
+#[no_mangle]
+extern "C-unwind" fn ag_rs_row_values_hidden() -> *const c_char {
+    crate::masking::errors::row_values_hidden().map_or(std::ptr::null(), |c| c.as_ptr())
+}
+
 /// Every server-log and client message passes here before it is sent:
 /// agent sessions' messages are redacted, errors are remembered for the trail.
 #[no_mangle]
