@@ -451,14 +451,52 @@ unsafe extern "C-unwind" fn ag_rs_fmgr_start(fn_oid: pg_sys::Oid) {
 #[no_mangle]
 #[pg_guard]
 unsafe extern "C-unwind" fn ag_rs_post_parse_analyze(
-    _pstate: *mut pg_sys::ParseState,
-    _query: *mut pg_sys::Query,
+    pstate: *mut pg_sys::ParseState,
+    query: *mut pg_sys::Query,
 ) {
     // Only with the statement's own snapshot (catalog reads need one; taking
     // one here could fix a REPEATABLE READ snapshot too early). Utility
     // statements (EXECUTE) are covered in ProcessUtility.
     if unsafe { pg_sys::ActiveSnapshotSet() } && enforcing() && crate::identity::guard_installed() {
         crate::masking::rules::rules();
+    }
+    // A plannable statement can fail while it is planned (`SELECT 1/0`), before
+    // ExecutorStart: with errors kept out of the log it would leave no record.
+    unsafe { refuse_unlogged_errors(pstate, query) };
+}
+
+/// Refuse an agent's plannable statement as it is analysed while its errors
+/// would not be logged (see crate::gucs::errors_unlogged).
+unsafe fn refuse_unlogged_errors(pstate: *mut pg_sys::ParseState, query: *mut pg_sys::Query) {
+    unsafe {
+        if query.is_null()
+            || (*query).commandType == pg_sys::CmdType::CMD_UTILITY
+            || !crate::gucs::errors_unlogged()
+            || !enforcing()
+        {
+            return;
+        }
+        let Some(agent) = crate::identity::current_agent() else {
+            return;
+        };
+        let facts = crate::extract::query_facts(query);
+        let c = agent_guard_core::classify(&facts);
+        let actor = crate::identity::actor(&agent);
+        if let Some(agent_guard_core::Decision::Deny(r)) =
+            agent_guard_core::policy::unlogged_errors_refusal(&actor, &c)
+        {
+            let source = if pstate.is_null() {
+                std::ptr::null()
+            } else {
+                (*pstate).p_sourcetext
+            };
+            let text = statement_text(source, (*query).stmt_location, (*query).stmt_len);
+            let text = crate::audit::StatementText {
+                text: &text,
+                params: None,
+            };
+            crate::enforce::refuse_recorded(&facts, &text, r);
+        }
     }
 }
 

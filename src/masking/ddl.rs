@@ -73,7 +73,12 @@ pub unsafe fn refusal(node: *mut pg_sys::Node) -> Option<Refusal> {
                         .collect();
                     evaluates(&rules, relid, &masked, &exprs, "ALTER TABLE ADD COLUMN")
                 }
-                #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
+                #[cfg(not(any(
+                    feature = "pg13",
+                    feature = "pg14",
+                    feature = "pg15",
+                    feature = "pg16"
+                )))]
                 AT_SetExpression => evaluates(
                     &rules,
                     relid,
@@ -169,8 +174,8 @@ unsafe fn constraint_exprs(node: *mut pg_sys::Node) -> Vec<*mut pg_sys::Node> {
                 // each element is a two-item list: (IndexElem, operator name)
                 for pair in PgList::<pg_sys::Node>::from_pg((*c).exclusions).iter_ptr() {
                     if !pair.is_null() && is_a(pair, NodeTag::T_List) {
-                        let first = PgList::<pg_sys::Node>::from_pg(pair as *mut pg_sys::List)
-                            .get_ptr(0);
+                        let first =
+                            PgList::<pg_sys::Node>::from_pg(pair as *mut pg_sys::List).get_ptr(0);
                         if let Some(elem) = first {
                             if is_a(elem, NodeTag::T_IndexElem) {
                                 out.push((*(elem as *mut pg_sys::IndexElem)).expr);

@@ -43,7 +43,8 @@ pub fn is_integrity_violation(sqlerrcode: i32) -> bool {
 /// DETAIL is to be hidden (agent sessions; called from the error-context
 /// callback, so it must not raise or panic).
 pub fn row_values_hidden() -> Option<&'static CStr> {
-    (crate::identity::cached_is_agent_in_error() && !crate::hooks::is_own_worker()).then_some(HIDDEN)
+    (crate::identity::cached_is_agent_in_error() && !crate::hooks::is_own_worker())
+        .then_some(HIDDEN)
 }
 
 /// Whether a DETAIL quotes row values.

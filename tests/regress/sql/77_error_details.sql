@@ -66,15 +66,28 @@ EXCEPTION WHEN check_violation THEN
 END $$;
 -- uncaught
 UPDATE customers SET ssn = 'x' WHERE id = 1;
--- a session whose errors are not logged: emit_log_hook never sees them
+-- a session whose errors are not logged (emit_log_hook never sees them, so
+-- a failed statement would leave no record and no redaction): only session
+-- housekeeping runs, whichever route set it (role setting here; the startup
+-- packet of a superuser agent, a function's SET clause alike)
 \c - postgres
 ALTER ROLE regress_bot SET log_min_messages = fatal;
 \c - regress_bot
 SHOW log_min_messages;
+SELECT 1/0;
 UPDATE customers SET ssn = 'x' WHERE id = 1;
-UPDATE customers SET id = 2 WHERE id = 1;
+\c - postgres
+ALTER ROLE regress_bot SET log_min_messages = log;
+\c - regress_bot
+SELECT count(*) FROM customers;
 \c - postgres
 ALTER ROLE regress_bot RESET log_min_messages;
+\c - regress_bot
+SELECT 1/0;
+\c - postgres
+-- the refusals are in the trail
+SELECT command, decision, outcome, sqlstate, statement_text FROM agent_guard.audit_log
+WHERE agent = 'regress_bot' AND decision = 'denied' ORDER BY id;
 SELECT * FROM customers ORDER BY id;
 DROP TABLE refs, customers;
 DROP FUNCTION public.caught_detail(text), public.reraised(text);
