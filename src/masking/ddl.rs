@@ -12,6 +12,11 @@
 //! from stored values: `DETACH PARTITION` and `NO INHERIT` leave a partition
 //! or child without the labels it inherited, `DROP EXPRESSION` turns a
 //! generated column masked for what it is computed from into a plain column.
+//! A masked column's type conversion runs input functions, casts and domain
+//! checks over its stored values (`regclass` quotes `relation "Maria" does
+//! not exist`), and so does a `CHECK` added to its domain. Row-level
+//! triggers, transition tables and rules receive a relation's whole real
+//! rows, in every session that writes it (humans' too).
 //!
 //! In agent sessions (with or without a grant, which a human may have
 //! approved for an innocent-looking migration) these are refused, judged from
@@ -52,6 +57,20 @@ pub unsafe fn refusal(node: *mut pg_sys::Node) -> Option<Refusal> {
         }
         if is_a(node, NodeTag::T_AlterDomainStmt) {
             return domain_check(node as *mut pg_sys::AlterDomainStmt);
+        }
+        if is_a(node, NodeTag::T_CreateTrigStmt) {
+            let t = node as *mut pg_sys::CreateTrigStmt;
+            let receives_rows = (*t).row || !(*t).transitionRels.is_null();
+            if !receives_rows {
+                return None;
+            }
+            let relid = crate::extract::range_var_relid((*t).relation)?;
+            return attaches(relid, "a row-level trigger (or one with transition tables)");
+        }
+        if is_a(node, NodeTag::T_RuleStmt) {
+            let relid =
+                crate::extract::range_var_relid((*(node as *mut pg_sys::RuleStmt)).relation)?;
+            return attaches(relid, "a rule");
         }
         if !is_a(node, NodeTag::T_AlterTableStmt) {
             return None;
@@ -498,4 +517,26 @@ fn type_uses_domain(mut t: pg_sys::Oid, domain: pg_sys::Oid) -> bool {
         };
     }
     false
+}
+
+/// The refusal when an agent would attach code that receives whole rows
+/// (row-level triggers, transition tables, rules' `NEW`/`OLD`) to a relation
+/// with masked columns (or partitions or children with them): the code runs
+/// over the real rows in every session that writes the relation, humans'
+/// included, and can keep them where the agent reads them unmasked.
+fn attaches(relid: pg_sys::Oid, what: &str) -> Option<Refusal> {
+    let rules = super::rules::rules();
+    let masked = masked_names(&rules, relid);
+    let first = masked.iter().next()?;
+    let name = rules.name(relid);
+    let col = format!("{name}.{}", super::quote_identifier(first));
+    Some(Refusal {
+        message: format!("agent may not attach {what} to {name}: masked column {col} would reach it unmasked"),
+        detail: format!(
+            "Triggers and rules on {name} receive its real rows in every session that writes it, humans' included; \
+             what they keep or raise would carry the real values of its masked columns."
+        ),
+        hint: "Have a human create it, or use a statement-level trigger without transition tables.".into(),
+        code: "masked_ddl",
+    })
 }

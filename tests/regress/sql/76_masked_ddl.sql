@@ -111,6 +111,17 @@ ALTER DOMAIN public.secret_t SET DEFAULT 'none';
 ALTER DOMAIN public.secret_t ADD CONSTRAINT nn CHECK (VALUE IS NOT NULL) NOT VALID;
 ALTER DOMAIN public.secret_t VALIDATE CONSTRAINT nn;
 SELECT * FROM holder;
+-- code that receives whole rows of a masked relation: it would run over the
+-- real rows in every session that writes it (humans' included)
+CREATE FUNCTION public.bot_keep() RETURNS trigger LANGUAGE plpgsql
+AS $$ BEGIN RAISE NOTICE 'row %', NEW; RETURN NEW; END $$;
+CREATE TRIGGER keep BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION public.bot_keep();
+CREATE TRIGGER keep AFTER UPDATE ON pt FOR EACH ROW EXECUTE FUNCTION public.bot_keep();
+CREATE TRIGGER keep AFTER UPDATE ON customers REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION public.bot_keep();
+CREATE RULE keep AS ON UPDATE TO customers DO ALSO NOTIFY keep;
+-- a statement-level trigger receives no row: allowed
+CREATE TRIGGER stmt AFTER UPDATE ON customers FOR EACH STATEMENT EXECUTE FUNCTION public.bot_keep();
+DROP TRIGGER stmt ON customers;
 
 -- ---- humans are not affected ----
 \c - postgres
@@ -122,4 +133,4 @@ SELECT command, risk, decision, nesting_level, left(reason, 60) AS reason FROM a
 WHERE agent = 'regress_bot' AND decision = 'denied' ORDER BY id;
 DROP TABLE customers, pt, pt_a, pt_b, chi, par, holder;
 DROP DOMAIN public.secret_t, public.ssn_t;
-DROP FUNCTION public.checked(text), public.checked_domain(text);
+DROP FUNCTION public.checked(text), public.checked_domain(text), public.bot_keep();
