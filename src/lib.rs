@@ -132,6 +132,7 @@ pub extern "C-unwind" fn _PG_init() {
         LOADED_AT_STARTUP = true;
     }
     gucs::init();
+    audit::forward::init_gucs();
     shmem::init();
     audit::init();
     identity::init();
