@@ -227,10 +227,17 @@ unsafe extern "C-unwind" fn ag_rs_executor_end(query_desc: *mut pg_sys::QueryDes
     }
 }
 
-/// Statements after which every backend must re-read who is an agent.
+/// Statements after which every backend must re-read who is an agent
+/// (`COMMIT PREPARED` too: the prepared transaction may have changed
+/// registrations or labels, and its own backend's bump came at PREPARE,
+/// before the change was visible).
 fn changes_registry(node: *mut pg_sys::Node) -> bool {
     use pg_sys::NodeTag::*;
     let tag = unsafe { (*node).type_ };
+    if tag == T_TransactionStmt {
+        let kind = unsafe { (*(node as *mut pg_sys::TransactionStmt)).kind };
+        return kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED;
+    }
     matches!(
         tag,
         T_CreateRoleStmt
@@ -421,7 +428,25 @@ unsafe extern "C-unwind" fn ag_rs_planner_after(
 unsafe extern "C-unwind" fn ag_rs_needs_fmgr(fn_oid: pg_sys::Oid) -> bool {
     crate::identity::cached_is_agent()
         && !pass_through()
-        && crate::masking::rewrite::inlinable_sql_srf(fn_oid)
+        && (crate::masking::rewrite::inlinable_sql_srf(fn_oid)
+            || crate::functions::restricted_implicit_call(fn_oid))
+}
+
+/// A call of a function [`ag_rs_needs_fmgr`] flagged starts (or of a SECURITY
+/// DEFINER function, or one with SET clauses, in any session): in an agent
+/// session, the function rule applies to every call, also to those PostgreSQL
+/// makes without an executor check of its own — trigger and event-trigger
+/// functions an agent's write or DDL fires.
+#[no_mangle]
+#[pg_guard]
+unsafe extern "C-unwind" fn ag_rs_fmgr_start(fn_oid: pg_sys::Oid) {
+    if crate::identity::cached_is_agent()
+        && !pass_through()
+        && crate::gucs::enabled()
+        && crate::functions::restricted_implicit_call(fn_oid)
+    {
+        crate::enforce::check_function(fn_oid);
+    }
 }
 
 /// A statement is being analysed: in an agent session whose masking rules
