@@ -70,6 +70,15 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/forward.sql",
+    name = "forward",
+    requires = [
+        "audit",
+        audit::ingest::ingest_forwarded,
+        audit::ingest::verify_forwarded
+    ]
+);
+extension_sql_file!(
     "../sql/grants.sql",
     name = "grants",
     requires = [

@@ -1,8 +1,10 @@
 //! Hot standbys: agents' audit records go to the primary's trail.
 //!
 //! A standby cannot write `agent_guard.audit_log`, and agent_guard never lets
-//! an agent statement run unrecorded. With `agent_guard.standby_audit =
-//! forward` (the default) an agent backend on a hot standby sends its records
+//! an agent statement run unrecorded. By default (`agent_guard.standby_audit
+//! = refuse`) agents' statements on a hot standby are refused (all but
+//! session housekeeping). With `agent_guard.standby_audit = forward`, which
+//! a DBA sets, an agent backend on a hot standby sends its records
 //! to the primary itself, over an ordinary libpq connection
 //! (`agent_guard.forward_conninfo`, by default the standby's
 //! `primary_conninfo` with the session's database; see `forward.c`), calling
@@ -22,10 +24,11 @@
 //! sent at transaction end (and with the next record); a failure there only
 //! leaves the statement's outcome open in the trail (logged as a warning).
 //!
-//! `agent_guard.standby_audit = off` keeps agents off standbys entirely
-//! (every statement but session housekeeping refused, as before forwarding
-//! existed). Both settings are PGC_SIGHUP; the connection string is visible to
-//! superusers only (it may hold a password).
+//! Writes and schema changes stay refused on a standby either way (it is
+//! read-only). The settings are PGC_SIGHUP; the connection string is visible
+//! to superusers only (it may hold a password). The primary's side (the
+//! `agent_guard_forwarder` role, `ingest_forwarded()`, `verify_forwarded()`)
+//! is in `ingest.rs` and `sql/forward.sql`.
 
 use super::Unavailable;
 use agent_guard_core::Refusal;
@@ -55,8 +58,9 @@ unsafe extern "C" {
     fn ag_fwd_close(conn: *mut c_void);
 }
 
-/// `agent_guard.standby_audit`: 0 off (agents refused on standbys), 1 forward.
-static mut STANDBY_AUDIT: i32 = 1;
+/// `agent_guard.standby_audit`: 0 refuse (agents refused on standbys, the
+/// default), 1 forward.
+static mut STANDBY_AUDIT: i32 = 0;
 /// `agent_guard.forward_conninfo` ('' = primary_conninfo).
 static mut FORWARD_CONNINFO: *mut c_char = ptr::null_mut();
 /// `agent_guard.forward_source_name` ('' = cluster_name, else host:port).
@@ -66,11 +70,16 @@ struct EnumEntries<const N: usize>([pg_sys::config_enum_entry; N]);
 // SAFETY: immutable after construction; only read by PostgreSQL.
 unsafe impl<const N: usize> Sync for EnumEntries<N> {}
 
-static STANDBY_AUDIT_ENTRIES: EnumEntries<3> = EnumEntries([
+static STANDBY_AUDIT_ENTRIES: EnumEntries<4> = EnumEntries([
+    pg_sys::config_enum_entry {
+        name: c"refuse".as_ptr(),
+        val: 0,
+        hidden: false,
+    },
     pg_sys::config_enum_entry {
         name: c"off".as_ptr(),
         val: 0,
-        hidden: false,
+        hidden: true,
     },
     pg_sys::config_enum_entry {
         name: c"forward".as_ptr(),
@@ -89,10 +98,10 @@ pub fn init_gucs() {
     unsafe {
         pg_sys::DefineCustomEnumVariable(
             c"agent_guard.standby_audit".as_ptr(),
-            c"What agent sessions on a hot standby may do: off (only session housekeeping) or forward (reads, each recorded in the primary's audit trail first).".as_ptr(),
+            c"What agent sessions on a hot standby may do: refuse (only session housekeeping, the default) or forward (reads, each recorded in the primary's audit trail first).".as_ptr(),
             c"forward: each agent statement's record is committed on the primary and replayed here before the statement runs; if that fails the statement is refused.".as_ptr(),
             &raw mut STANDBY_AUDIT,
-            1,
+            0,
             STANDBY_AUDIT_ENTRIES.0.as_ptr(),
             pg_sys::GucContext::PGC_SIGHUP,
             0,

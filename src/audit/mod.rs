@@ -11,6 +11,7 @@
 //! statement is refused.
 
 pub mod forward;
+pub mod ingest;
 pub mod insert;
 pub mod queue;
 pub mod row;
