@@ -140,8 +140,9 @@ pub extern "C-unwind" fn _PG_init() {
         }
         LOADED_AT_STARTUP = true;
     }
-    gucs::init();
+    // (before gucs::init(), which reserves the agent_guard. prefix)
     audit::forward::init_gucs();
+    gucs::init();
     shmem::init();
     audit::init();
     identity::init();
