@@ -157,14 +157,29 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(row.get::<_, Option<String>>(0).as_deref(), Some(agent.as_str()));
-    assert_eq!(row.get::<_, Option<String>>(1).as_deref(), Some(sponsor.as_str()));
-    assert_eq!(row.get::<_, Option<String>>(2).as_deref(), Some(agent.as_str()));
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some(agent.as_str())
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some(sponsor.as_str())
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(agent.as_str())
+    );
     assert_eq!(row.get::<_, String>(3), "allowed");
     assert_eq!(row.get::<_, Option<String>>(4).as_deref(), Some("SELECT"));
-    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("sensitive_read"));
+    assert_eq!(
+        row.get::<_, Option<String>>(5).as_deref(),
+        Some("sensitive_read")
+    );
     assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("ok"));
-    assert_eq!(row.get::<_, Option<String>>(7).as_deref(), Some("committed"));
+    assert_eq!(
+        row.get::<_, Option<String>>(7).as_deref(),
+        Some("committed")
+    );
     // the standby replayed the record before the read ran
     assert_eq!(
         count(
@@ -188,14 +203,19 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     assert!(n >= 1);
 
     // writes stay refused, and the refusal is recorded on the primary
-    let e = refused(&mut a, &format!("DELETE FROM {table} /* request_id='sf-write' */"));
+    let e = refused(
+        &mut a,
+        &format!("DELETE FROM {table} /* request_id='sf-write' */"),
+    );
     assert!(
         e.message().contains("a standby is read-only"),
         "{}",
         e.message()
     );
     assert!(
-        e.hint().unwrap_or("").starts_with("Connect to the primary for writes"),
+        e.hint()
+            .unwrap_or("")
+            .starts_with("Connect to the primary for writes"),
         "{:?}",
         e.hint()
     );
@@ -310,7 +330,11 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
         "{}",
         e.message()
     );
-    assert!(e.detail().unwrap_or("").contains("42501"), "{:?}", e.detail());
+    assert!(
+        e.detail().unwrap_or("").contains("42501"),
+        "{:?}",
+        e.detail()
+    );
     assert!(
         e.hint().unwrap_or("").contains("agent_guard_forwarder"),
         "{:?}",
@@ -321,7 +345,10 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     let down = format!("host={} port=1 user={fwd} connect_timeout=2", host());
     set_conninfo(&standby, &db, Some(&down), &down);
     let mut a3 = standby.connect(&agent, &db);
-    let e = refused(&mut a3, &format!("SELECT id FROM {table} /* request_id='sf-down' */"));
+    let e = refused(
+        &mut a3,
+        &format!("SELECT id FROM {table} /* request_id='sf-down' */"),
+    );
     assert!(
         e.message()
             .contains("could not record it in the primary's audit trail"),
@@ -329,7 +356,9 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
         e.message()
     );
     assert!(
-        e.hint().unwrap_or("").starts_with("Check that the primary is up"),
+        e.hint()
+            .unwrap_or("")
+            .starts_with("Check that the primary is up"),
         "{:?}",
         e.hint()
     );
@@ -383,8 +412,10 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
 
     // promotion: every forwarded record is on the promoted server once; the
     // open session's next statements go to its own trail
-    a.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-read-3' */"))
-        .unwrap();
+    a.batch_execute(&format!(
+        "SELECT id FROM {table} /* request_id='sf-read-3' */"
+    ))
+    .unwrap();
     wait_replay(&mut p, &mut s_admin);
     let on_primary = count(
         &mut p,
