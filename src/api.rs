@@ -218,6 +218,7 @@ fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
                     guard_installed: true,
                     database: crate::identity::database_name(),
                     on_standby: crate::identity::on_standby(),
+                    standby_forwarding: crate::audit::forward::enabled(),
                     ..Default::default()
                 };
                 decide(

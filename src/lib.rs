@@ -71,6 +71,15 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/forward.sql",
+    name = "forward",
+    requires = [
+        "audit",
+        audit::ingest::ingest_forwarded,
+        audit::ingest::verify_forwarded
+    ]
+);
+extension_sql_file!(
     "../sql/grants.sql",
     name = "grants",
     requires = [
@@ -132,6 +141,8 @@ pub extern "C-unwind" fn _PG_init() {
         }
         LOADED_AT_STARTUP = true;
     }
+    // (before gucs::init(), which reserves the agent_guard. prefix)
+    audit::forward::init_gucs();
     gucs::init();
     shmem::init();
     audit::init();

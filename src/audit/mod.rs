@@ -10,6 +10,8 @@
 //! reads may go asynchronously. If the trail cannot be written, the agent's
 //! statement is refused.
 
+pub mod forward;
+pub mod ingest;
 pub mod insert;
 pub mod queue;
 pub mod row;
@@ -86,6 +88,8 @@ pub enum Unavailable {
     NoSlot,
     Full,
     NotDurable,
+    /// On a hot standby: the primary did not take the record (see [`forward`]).
+    Forwarding,
 }
 
 impl Unavailable {
@@ -94,6 +98,7 @@ impl Unavailable {
             Unavailable::NoSlot => "no audit queue is free for this database",
             Unavailable::Full => "the audit queue stayed full",
             Unavailable::NotDurable => "the audit writer did not confirm the record in time",
+            Unavailable::Forwarding => "the primary did not take the record",
         }
     }
 }
@@ -141,6 +146,10 @@ fn send_stmt(stmt: &row::Stmt, durable: bool) -> Result<(), Unavailable> {
 }
 
 fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
+    if crate::identity::on_standby() {
+        // nothing is queued on a hot standby: records go to the primary, or nowhere
+        return forward::send(payload, durable);
+    }
     if !queue::attached() {
         return Err(Unavailable::NoSlot);
     }
@@ -283,12 +292,13 @@ pub struct StatementText<'a> {
     pub params: Option<Vec<Option<String>>>,
 }
 
-/// Whether this session's statements are audited. Never on a hot standby:
-/// nothing can be written there, so nothing is queued (policy refuses
-/// agents' statements there instead; see `SessionState::on_standby`).
+/// Whether this session's statements are audited. On a hot standby only
+/// agents', when their records are forwarded to the primary ([`forward`];
+/// otherwise policy refuses agents' statements there, see
+/// `SessionState::on_standby`).
 pub fn audits_session(is_agent: bool, risk: Risk) -> bool {
     if crate::identity::on_standby() {
-        return false;
+        return is_agent && forward::enabled();
     }
     if is_agent {
         return true;
@@ -326,7 +336,8 @@ pub fn statement_start(
     text: &StatementText,
     query_desc: usize,
 ) -> Result<(), Unavailable> {
-    if crate::identity::on_standby() {
+    let standby = crate::identity::on_standby();
+    if standby && !forward::enabled() {
         // a hot standby cannot hold the trail: agents' statements are refused there
         return Ok(());
     }
@@ -405,12 +416,14 @@ pub fn statement_start(
     let durable = matches!(d, Decision::Deny(_))
         || c.risk > Risk::SensitiveRead
         || crate::gucs::audit_durability_sync();
-    if durable {
-        send_stmt(&event, true)?;
+    if durable || standby {
+        // on a hot standby every statement's record is forwarded before it
+        // runs (housekeeping's travels with the next one)
+        send_stmt(&event, durable || (standby && c.risk > Risk::Session))?;
         STATE.with(|s| s.borrow_mut().xact_sent = true);
     }
     if !matches!(d, Decision::Deny(_)) {
-        let event = (!durable).then_some(event);
+        let event = (!durable && !standby).then_some(event);
         STATE.with(|s| {
             s.borrow_mut().open.push(Open {
                 n,
@@ -512,8 +525,8 @@ pub fn mark_refusing() {
 /// Record a statement that failed before agent_guard saw it run (e.g. division
 /// by zero folded by the planner), so no failed statement goes missing.
 fn record_orphan_error() {
-    if crate::identity::on_standby() {
-        // nothing is recorded on a hot standby (and nothing carried past a promotion)
+    if crate::identity::on_standby() && !forward::enabled() {
+        // nothing is recorded on a hot standby without forwarding
         STATE.with(|s| s.borrow_mut().orphan_error = None);
         return;
     }
@@ -656,7 +669,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT => transaction_end(true),
         pg_sys::XactEvent::XACT_EVENT_ABORT => transaction_end(false),
-        _ => {}
+        _ => return,
+    }
+    if crate::identity::on_standby() {
+        // ends and transaction outcomes go to the primary now
+        forward::flush_quietly();
     }
 }
 
