@@ -292,7 +292,27 @@ unsafe fn column_expressions(
         let Some(view) = m.view else {
             out_of_date(relid, "its masking view is missing")
         };
-        let vrel = pg_sys::relation_open(view, pg_sys::AccessShareLock as i32);
+        let mut vrel = pg_sys::try_relation_open(view, pg_sys::AccessShareLock as i32);
+        // The view was replaced after the rules were read: its dropping
+        // transaction committed, the shared generation has not moved yet.
+        // Read the rules again (the lock brought the invalidations in).
+        let reread: MaskedRelation;
+        let m = if vrel.is_null() {
+            reread = super::rules::reload()
+                .relation(relid)
+                .cloned()
+                .unwrap_or_default();
+            let Some(view) = reread.view else {
+                out_of_date(relid, "its masking view is missing")
+            };
+            vrel = pg_sys::try_relation_open(view, pg_sys::AccessShareLock as i32);
+            if vrel.is_null() {
+                out_of_date(relid, "its masking view is missing")
+            }
+            &reread
+        } else {
+            m
+        };
         let vq = pg_sys::get_view_query(vrel);
         let base = PgList::<pg_sys::RangeTblEntry>::from_pg((*vq).rtable)
             .iter_ptr()
@@ -337,8 +357,9 @@ unsafe fn column_expressions(
             pg_sys::ChangeVarNodes(copy, base, 1, 0);
             out.push((copy, a.name.clone()));
         }
+        let opened = (*vrel).rd_id;
         pg_sys::relation_close(vrel, pg_sys::NoLock as i32);
-        w.views.push(view);
+        w.views.push(opened);
         out
     }
 }
