@@ -86,6 +86,12 @@ fn main() {
         .compile("agent_guard_forward");
     if let Some(libdir) = client("--libdir") {
         println!("cargo:rustc-link-search=native={libdir}");
+        // The server's own libpq users (postgres_fdw, dblink, the WAL
+        // receiver) resolve against the libpq.so.5 loaded first: preloaded,
+        // this library must bring the server's libpq, not the system's (a
+        // PostgreSQL 18 built from source next to Debian's libpq 15 lost
+        // PQcancelStart in postgres_fdw and could not stream).
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{libdir}");
     }
     println!("cargo:rustc-link-lib=dylib=pq");
 }
