@@ -41,13 +41,19 @@ fn main() {
         .arg("--includedir-server")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", pg_config.display()));
-    assert!(out.status.success(), "{} --includedir-server failed", pg_config.display());
+    assert!(
+        out.status.success(),
+        "{} --includedir-server failed",
+        pg_config.display()
+    );
     let include = String::from_utf8(out.stdout).unwrap().trim().to_string();
     if let Some(major) = &major {
         let version = Command::new(&pg_config).arg("--version").output().ok();
         if let Some(v) = version.and_then(|o| String::from_utf8(o.stdout).ok()) {
             assert!(
-                v.split_whitespace().nth(1).is_some_and(|n| n.starts_with(&format!("{major}."))),
+                v.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|n| n.starts_with(&format!("{major}."))),
                 "feature pg{major} but {} is {}",
                 pg_config.display(),
                 v.trim()

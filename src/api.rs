@@ -80,7 +80,11 @@ pub fn classifying() -> bool {
 /// ExecutorStart judges it), and every function it would call with
 /// [`crate::functions`], as the object-access hook judges each call. `caller`
 /// is the role the statement would run as (`as_role`, or the current user).
-unsafe fn classify_raw(raw: *mut pg_sys::RawStmt, sql: &CString, caller: pg_sys::Oid) -> Classification {
+unsafe fn classify_raw(
+    raw: *mut pg_sys::RawStmt,
+    sql: &CString,
+    caller: pg_sys::Oid,
+) -> Classification {
     unsafe {
         let queries = pg_sys::pg_analyze_and_rewrite_fixedparams(
             raw,
@@ -137,7 +141,8 @@ unsafe fn query_to_facts(
                 T_ExecuteStmt => {
                     let name = (*(node as *mut pg_sys::ExecuteStmt)).name;
                     let prepared = pg_sys::FetchPreparedStatement(name, true);
-                    let inner = PgList::<pg_sys::Query>::from_pg((*(*prepared).plansource).query_list);
+                    let inner =
+                        PgList::<pg_sys::Query>::from_pg((*(*prepared).plansource).query_list);
                     if let Some(q) = inner.head() {
                         u.inner = inner_facts(q as *mut pg_sys::Node, sql, sensitive, caller);
                     }
@@ -212,6 +217,7 @@ fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
                 let session = crate::enforce::SessionState {
                     guard_installed: true,
                     database: crate::identity::database_name(),
+                    on_standby: crate::identity::on_standby(),
                     ..Default::default()
                 };
                 decide(

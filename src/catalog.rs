@@ -188,9 +188,23 @@ impl Tuple {
     }
 }
 
+/// The snapshot for scanning `relid`: PostgreSQL's catalog snapshot for a
+/// system catalog; for one of agent_guard's own tables, `SnapshotSelf`
+/// (committed rows as of the scan, and the transaction's own): an MVCC
+/// snapshot would make the scan take a predicate lock on the whole table in
+/// the user's SERIALIZABLE transaction (visible in `pg_locks`, and a source
+/// of serialization failures the user's statements never asked for).
+fn own_table_snapshot(relid: Oid) -> pg_sys::Snapshot {
+    if relid.to_u32() < pg_sys::FirstNormalObjectId {
+        std::ptr::null_mut()
+    } else {
+        &raw mut pg_sys::SnapshotSelfData
+    }
+}
+
 /// Visit every tuple of `catalog` matching `keys` (equality on heap column
 /// numbers), through `index` when given (its leading columns must be the
-/// keys' columns, in order), with the catalog snapshot.
+/// keys' columns, in order), with [`own_table_snapshot`].
 pub fn scan(catalog: u32, index: Option<u32>, keys: &[Key], mut each: impl FnMut(&Tuple)) {
     unsafe {
         let rel = pg_sys::table_open(Oid::from(catalog), pg_sys::AccessShareLock as i32);
@@ -212,7 +226,7 @@ pub fn scan(catalog: u32, index: Option<u32>, keys: &[Key], mut each: impl FnMut
             rel,
             index.map_or(pg_sys::InvalidOid, Oid::from),
             index.is_some(),
-            std::ptr::null_mut(),
+            own_table_snapshot(Oid::from(catalog)),
             entries.len() as i32,
             if entries.is_empty() {
                 std::ptr::null_mut()
@@ -235,9 +249,9 @@ pub fn scan(catalog: u32, index: Option<u32>, keys: &[Key], mut each: impl FnMut
 
 /// Visit every row of one of agent_guard's own small tables (`relid`), for
 /// metadata the per-backend caches need (`agent_guard.agent_registry`),
-/// without a query: committed rows as of now (and the transaction's own),
-/// whatever the transaction's isolation level; no snapshot of the
-/// transaction's is set and no predicate lock taken. Never
+/// without a query, with [`own_table_snapshot`]: committed rows as of now,
+/// whatever the transaction's isolation level, no predicate lock, and the
+/// transaction's own snapshot is not set. Never
 /// waits for a lock: false (nothing visited) when someone holds the table
 /// exclusively (DROP EXTENSION or TRUNCATE in an open transaction) or it is gone.
 pub fn try_scan_table(relid: Oid, mut each: impl FnMut(&Tuple)) -> bool {
@@ -258,7 +272,7 @@ pub fn try_scan_table(relid: Oid, mut each: impl FnMut(&Tuple)) -> bool {
             rel,
             pg_sys::InvalidOid,
             false,
-            std::ptr::addr_of_mut!(pg_sys::SnapshotSelfData),
+            own_table_snapshot(relid),
             0,
             std::ptr::null_mut(),
         );

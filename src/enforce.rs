@@ -211,7 +211,10 @@ pub fn fast_path_call(funcid: pg_sys::Oid, is_agent: bool) {
     });
     c.command = format!("FASTPATH {}", c.command);
     c.objects.push(format!("{qualified}()"));
-    let text = format!("fast-path function call {qualified}() (oid {})", funcid.to_u32());
+    let text = format!(
+        "fast-path function call {qualified}() (oid {})",
+        funcid.to_u32()
+    );
     c.statement = Some(text.clone());
     let d = if is_agent {
         crate::grants::begin_statement(&c, 0);

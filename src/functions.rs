@@ -48,8 +48,15 @@ fn register_invalidation() {
         return;
     }
     unsafe {
-        for cache in [pg_sys::SysCacheIdentifier::PROCOID, pg_sys::SysCacheIdentifier::LANGOID] {
-            pg_sys::CacheRegisterSyscacheCallback(cache as i32, Some(forget), pg_sys::Datum::from(0));
+        for cache in [
+            pg_sys::SysCacheIdentifier::PROCOID,
+            pg_sys::SysCacheIdentifier::LANGOID,
+        ] {
+            pg_sys::CacheRegisterSyscacheCallback(
+                cache as i32,
+                Some(forget),
+                pg_sys::Datum::from(0),
+            );
         }
     }
 }
@@ -258,6 +265,24 @@ pub fn current_context(f: &Function) -> CallContext {
 pub fn call_classification(oid: pg_sys::Oid) -> Option<Classification> {
     let f = facts(oid)?;
     agent_guard_core::classify_function(&f.facts, current_context(&f))
+}
+
+/// Whether a call of `oid` needs the function rule's check at every call
+/// (through the fmgr hook) in an agent session: a user-defined function
+/// outside agent_guard's schema that the rule restricts (an untrusted
+/// language, for instance). PostgreSQL calls trigger and event-trigger
+/// functions without the executor's execute check, so the object-access hook
+/// never sees them; agent_guard's own event-trigger functions are its own
+/// code. Built-in functions are judged where the executor calls them.
+pub fn restricted_implicit_call(oid: pg_sys::Oid) -> bool {
+    if oid.to_u32() < pg_sys::FirstNormalObjectId {
+        return false;
+    }
+    let Some(f) = facts(oid) else {
+        return false;
+    };
+    f.facts.schema != agent_guard_core::GUARD_SCHEMA
+        && agent_guard_core::classify_function(&f.facts, current_context(&f)).is_some()
 }
 
 /// The catalog's facts of the functions a tree (an analysed query or an

@@ -394,8 +394,15 @@ pub fn session_state() -> SessionState {
             role_switched: outer != session || (agent_is_login && session != auth),
             replication_role_changed: pg_sys::SessionReplicationRole
                 != pg_sys::SESSION_REPLICATION_ROLE_ORIGIN as i32,
+            on_standby: on_standby(),
         }
     }
+}
+
+/// The server is a hot standby (recovery in progress): no transaction ids,
+/// no writes, so no audit trail here. Cheap once recovery has ended.
+pub fn on_standby() -> bool {
+    unsafe { pg_sys::RecoveryInProgress() }
 }
 
 /// This session's database name (a database cannot be renamed while anyone is connected to it).

@@ -54,6 +54,8 @@ unsafe extern "C-unwind" fn check_relabel(
         // Plans reading the relation are made again with the new masks.
         unsafe { pg_sys::CacheInvalidateRelcacheByRelid(object_id) };
     } else if class_id == pg_sys::AuthIdRelationId {
+        // hot standbys learn of it from this invalidation (see crate::shmem)
+        crate::shmem::invalidate_replicas(pg_sys::Oid::from(crate::catalog::SHARED_SECLABEL));
         if !REGISTRY_WRITE.with(|w| w.get()) {
             check_restored_role_label(object_id, label.as_deref());
         } else if let Some(l) = &label {

@@ -157,9 +157,7 @@ fn literals(text: &str) -> Option<Vec<agent_guard_core::redact::Literal>> {
         scan(text, Reading::Session, |code, start, raw, val| {
             if let Some((lit, state)) = pending.as_mut() {
                 // state 0: after the constant; 1: after UESCAPE
-                let is_uescape = code > 255
-                    && raw.eq_ignore_ascii_case(b"uescape")
-                    && *state == 0;
+                let is_uescape = code > 255 && raw.eq_ignore_ascii_case(b"uescape") && *state == 0;
                 if is_uescape {
                     *state = 1;
                     lit.end = start + raw.len();

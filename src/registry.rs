@@ -477,5 +477,12 @@ fn repair_registry(
 #[pg_extern(name = "_registry_changed_bump")]
 fn registry_changed_bump() -> bool {
     crate::shmem::bump_at_commit();
+    let relid = unsafe {
+        let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), true);
+        pg_sys::get_relname_relid(c"agent_registry".as_ptr(), ns)
+    };
+    if relid != pg_sys::InvalidOid {
+        crate::shmem::invalidate_replicas(relid);
+    }
     true
 }

@@ -458,7 +458,9 @@ pub extern "C-unwind" fn agent_guard_activity_sampler(_arg: pg_sys::Datum) {
     crate::hooks::mark_own_worker();
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     unsafe {
-        SAMPLER_PID.get().store(pg_sys::MyProcPid, Ordering::Release);
+        SAMPLER_PID
+            .get()
+            .store(pg_sys::MyProcPid, Ordering::Release);
         SAMPLER_STARTED_AT
             .get()
             .store(pg_sys::GetCurrentTimestamp(), Ordering::Release);

@@ -4,7 +4,9 @@
 //! `agent_guard.classify()`. Unknown utility statements are `admin`: what
 //! agent_guard does not understand, an agent may not run.
 
-use crate::facts::{CallContext, Facts, FunctionFacts, Operation, PlanFacts, Relation, UtilityFacts};
+use crate::facts::{
+    CallContext, Facts, FunctionFacts, Operation, PlanFacts, Relation, UtilityFacts,
+};
 use crate::risk::Risk;
 use crate::{GUARD_SCHEMA, MASKED_SCHEMA, NOTIFY_CHANNEL, REQUEST_ID_SETTING};
 
@@ -143,7 +145,11 @@ pub fn riskiest_call(functions: &[FunctionFacts], ctx: CallContext) -> Option<Cl
 }
 
 /// `c`, or the riskiest call when that is riskier (keeping `c`'s objects).
-fn with_calls(mut c: Classification, functions: &[FunctionFacts], superuser: bool) -> Classification {
+fn with_calls(
+    mut c: Classification,
+    functions: &[FunctionFacts],
+    superuser: bool,
+) -> Classification {
     let ctx = CallContext {
         superuser,
         from_guard_code: false,
@@ -165,7 +171,11 @@ fn classify_plan(p: &PlanFacts) -> Classification {
         return foreign_access(p.operation.tag(), &p.foreign);
     }
     // A call whose risk exceeds the statement's decides (pg_read_file, nextval, …).
-    with_calls(classify_plan_relations(p), &p.functions, p.runs_as_superuser)
+    with_calls(
+        classify_plan_relations(p),
+        &p.functions,
+        p.runs_as_superuser,
+    )
 }
 
 fn classify_plan_relations(p: &PlanFacts) -> Classification {
@@ -205,7 +215,11 @@ fn classify_plan_relations(p: &PlanFacts) -> Classification {
         } else {
             command
         };
-        let protected: Vec<Relation> = written.iter().filter(|r| in_protected_schema(r)).cloned().collect();
+        let protected: Vec<Relation> = written
+            .iter()
+            .filter(|r| in_protected_schema(r))
+            .cloned()
+            .collect();
         let mut c = if protected.is_empty() {
             Classification::new(command, Risk::Write, reason)
         } else {
@@ -885,7 +899,8 @@ pub fn classify_function(f: &FunctionFacts, ctx: CallContext) -> Option<Classifi
         ));
     }
     let catalog = f.schema == "pg_catalog";
-    if f.shipped && f.schema != GUARD_SCHEMA && (!f.public_as_shipped || (catalog && !f.public_now)) {
+    if f.shipped && f.schema != GUARD_SCHEMA && (!f.public_as_shipped || (catalog && !f.public_now))
+    {
         return admin(format!("{qualified}() is a server-administration function"));
     }
     if catalog && SELF_CHECKING_ADMIN_FUNCTIONS.contains(&name) {
@@ -1015,7 +1030,10 @@ mod tests {
         }
         for (node, command) in [("CopyStmt", "COPY"), ("TruncateStmt", "TRUNCATE TABLE")] {
             let mut u = util(node, command);
-            u.copy = Some(CopyFacts { from: true, file_or_program: false });
+            u.copy = Some(CopyFacts {
+                from: true,
+                file_or_program: false,
+            });
             u.relations = vec![ft.clone()];
             u.foreign = vec![ft.clone()];
             assert_eq!(risk_of_util(u), Risk::Admin, "{node}");
@@ -1295,8 +1313,18 @@ mod tests {
     fn functions_public_may_not_execute_as_shipped_are_admin() {
         // pg_stat_reset, pg_stat_reset_shared, pg_read_file, lo_import, … are
         // revoked from PUBLIC by initdb: administration, without naming them
-        for name in ["pg_stat_reset", "pg_stat_reset_shared", "pg_read_file", "lo_import", "pg_reload_conf"] {
-            assert_eq!(risk_of_call(&revoked("pg_catalog", name)), Some(Risk::Admin), "{name}");
+        for name in [
+            "pg_stat_reset",
+            "pg_stat_reset_shared",
+            "pg_read_file",
+            "lo_import",
+            "pg_reload_conf",
+        ] {
+            assert_eq!(
+                risk_of_call(&revoked("pg_catalog", name)),
+                Some(Risk::Admin),
+                "{name}"
+            );
         }
         // an administrator's later GRANT ... TO PUBLIC does not make it safe
         let granted = FunctionFacts {
@@ -1311,7 +1339,10 @@ mod tests {
         };
         assert_eq!(risk_of_call(&later), Some(Risk::Admin));
         // an extension's function shipped without EXECUTE for PUBLIC (pageinspect)
-        assert_eq!(risk_of_call(&revoked("public", "page_header")), Some(Risk::Admin));
+        assert_eq!(
+            risk_of_call(&revoked("public", "page_header")),
+            Some(Risk::Admin)
+        );
         // an extension's function an administrator revoked later is the administrator's choice
         let pgcrypto = FunctionFacts {
             language: "c".into(),
@@ -1348,8 +1379,14 @@ mod tests {
 
     #[test]
     fn untrusted_languages_are_admin_compiled_code_is_not() {
-        assert_eq!(risk_of_call(&user_fn("shell", "plpython3u", false)), Some(Risk::Admin));
-        assert_eq!(risk_of_call(&user_fn("shell", "plperlu", false)), Some(Risk::Admin));
+        assert_eq!(
+            risk_of_call(&user_fn("shell", "plpython3u", false)),
+            Some(Risk::Admin)
+        );
+        assert_eq!(
+            risk_of_call(&user_fn("shell", "plperlu", false)),
+            Some(Risk::Admin)
+        );
         assert_eq!(risk_of_call(&user_fn("f", "plpgsql", true)), None);
         assert_eq!(risk_of_call(&user_fn("f", "sql", true)), None);
         assert_eq!(risk_of_call(&user_fn("f", "plperl", true)), None);
@@ -1374,9 +1411,18 @@ mod tests {
             superuser: false,
             from_guard_code: true,
         };
-        assert!(classify_function(&sync, from_guard).is_none(), "an event trigger regenerates the views");
-        assert_eq!(risk_of_call(&revoked("agent_guard", "_masking_changed")), Some(Risk::Admin));
-        assert_eq!(risk_of_call(&revoked("agent_guard", "_register_agent")), Some(Risk::Admin));
+        assert!(
+            classify_function(&sync, from_guard).is_none(),
+            "an event trigger regenerates the views"
+        );
+        assert_eq!(
+            risk_of_call(&revoked("agent_guard", "_masking_changed")),
+            Some(Risk::Admin)
+        );
+        assert_eq!(
+            risk_of_call(&revoked("agent_guard", "_register_agent")),
+            Some(Risk::Admin)
+        );
         // one an administrator revoked from PUBLIC later
         let later = FunctionFacts {
             public_now: false,
@@ -1384,10 +1430,26 @@ mod tests {
         };
         assert_eq!(risk_of_call(&later), Some(Risk::Admin));
         // API reserved to approvers and administrators
-        assert_eq!(risk_of_call(&revoked("agent_guard", "approve")), Some(Risk::Admin));
+        assert_eq!(
+            risk_of_call(&revoked("agent_guard", "approve")),
+            Some(Risk::Admin)
+        );
         // the public API and read-only helpers its wrappers call stay open
-        for name in ["request_access", "classify", "status", "partial", "hash", "_classify", "_masking_rules", "_mask_expression"] {
-            assert_eq!(risk_of_call(&FunctionFacts::builtin("agent_guard", name)), None, "{name}");
+        for name in [
+            "request_access",
+            "classify",
+            "status",
+            "partial",
+            "hash",
+            "_classify",
+            "_masking_rules",
+            "_mask_expression",
+        ] {
+            assert_eq!(
+                risk_of_call(&FunctionFacts::builtin("agent_guard", name)),
+                None,
+                "{name}"
+            );
         }
     }
 
@@ -1408,13 +1470,21 @@ mod tests {
         assert_eq!(call("pg_catalog", "set_config", false), None);
         assert_eq!(call("pg_catalog", "set_config", true), Some(Risk::Admin));
         assert_eq!(call("pg_catalog", "pg_notify", false), Some(Risk::Admin));
-        assert_eq!(call("public", "pg_read_file", true), None, "only the catalog's own");
+        assert_eq!(
+            call("public", "pg_read_file", true),
+            None,
+            "only the catalog's own"
+        );
         for (schema, f) in [
             ("public", "heap_page_items"),
             ("public", "bt_page_items"),
             ("pg_catalog", "pg_logical_slot_peek_changes"),
         ] {
-            assert_eq!(call(schema, f, true), Some(Risk::Admin), "{f} reads raw data past the masks");
+            assert_eq!(
+                call(schema, f, true),
+                Some(Risk::Admin),
+                "{f} reads raw data past the masks"
+            );
         }
         // set_config() of agent_guard's settings, seen by classify(), is admin for anyone
         let mut f = FunctionFacts::builtin("pg_catalog", "set_config");
@@ -1441,7 +1511,11 @@ mod tests {
             assert_eq!(c.risk, Risk::Admin, "{schema}.{table}");
             let mut l = PlanFacts::select();
             l.locked = vec![Relation::new(9, schema, table)];
-            assert_eq!(classify(&Facts::Plan(l)).risk, Risk::Admin, "FOR UPDATE of {schema}.{table}");
+            assert_eq!(
+                classify(&Facts::Plan(l)).risk,
+                Risk::Admin,
+                "FOR UPDATE of {schema}.{table}"
+            );
         }
         let mut t = util("TruncateStmt", "TRUNCATE TABLE");
         t.relations = vec![Relation::new(9, "pg_catalog", "pg_shseclabel")];
@@ -1476,11 +1550,23 @@ mod tests {
         assert_eq!(risk_of_util(n.clone()), Risk::Admin);
         n.channel = Some("jobs".into());
         assert_eq!(risk_of_util(n), Risk::Session);
-        for cmd in ["PREPARE TRANSACTION", "COMMIT PREPARED", "ROLLBACK PREPARED"] {
-            assert_eq!(risk_of_util(util("TransactionStmt", cmd)), Risk::Admin, "{cmd}");
+        for cmd in [
+            "PREPARE TRANSACTION",
+            "COMMIT PREPARED",
+            "ROLLBACK PREPARED",
+        ] {
+            assert_eq!(
+                risk_of_util(util("TransactionStmt", cmd)),
+                Risk::Admin,
+                "{cmd}"
+            );
         }
         for cmd in ["BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT"] {
-            assert_eq!(risk_of_util(util("TransactionStmt", cmd)), Risk::Session, "{cmd}");
+            assert_eq!(
+                risk_of_util(util("TransactionStmt", cmd)),
+                Risk::Session,
+                "{cmd}"
+            );
         }
     }
 
@@ -1493,10 +1579,19 @@ mod tests {
             risk_of_util(u)
         };
         assert_eq!(set("standard_conforming_strings", Some("off")), Risk::Admin);
-        assert_eq!(set("standard_conforming_strings", Some("false")), Risk::Admin);
+        assert_eq!(
+            set("standard_conforming_strings", Some("false")),
+            Risk::Admin
+        );
         assert_eq!(set("standard_conforming_strings", None), Risk::Admin);
-        assert_eq!(set("standard_conforming_strings", Some("on")), Risk::Session);
-        assert_eq!(set("standard_conforming_strings", Some("true")), Risk::Session);
+        assert_eq!(
+            set("standard_conforming_strings", Some("on")),
+            Risk::Session
+        );
+        assert_eq!(
+            set("standard_conforming_strings", Some("true")),
+            Risk::Session
+        );
         assert_eq!(set("backslash_quote", Some("on")), Risk::Admin);
         assert_eq!(set("backslash_quote", Some("safe_encoding")), Risk::Session);
         assert_eq!(set("backslash_quote", Some("off")), Risk::Session);
@@ -1514,7 +1609,11 @@ mod tests {
         q.functions = vec![revoked("pg_catalog", "pg_read_file")];
         let mut e = util("ExplainStmt", "EXPLAIN");
         e.inner = Some(Box::new(Facts::Plan(q.clone())));
-        assert_eq!(risk_of_util(e), Risk::Admin, "the plan's calls are checked even without ANALYZE");
+        assert_eq!(
+            risk_of_util(e),
+            Risk::Admin,
+            "the plan's calls are checked even without ANALYZE"
+        );
         let mut ctas = util("CreateTableAsStmt", "CREATE TABLE AS");
         ctas.inner = Some(Box::new(Facts::Plan(q)));
         assert_eq!(risk_of_util(ctas.clone()), Risk::Admin);

@@ -68,6 +68,9 @@ pub struct SessionState {
     pub role_switched: bool,
     /// session_replication_role is not 'origin' (triggers and rules are bypassed).
     pub replication_role_changed: bool,
+    /// The server is a hot standby (in recovery): agent_guard cannot write
+    /// the audit trail here, so agents' statements are refused.
+    pub on_standby: bool,
 }
 
 /// A grant that covers a statement.
@@ -247,6 +250,16 @@ pub fn decide(
                 actor.sponsor_status.why()
             ),
             "An administrator must register an active human sponsor with agent_guard.register_agent() before the agent can work again.",
+        );
+    }
+    if session.on_standby {
+        return deny(
+            "standby",
+            format!(
+                "agent \"{agent}\" may not run {} on a hot standby: agent_guard cannot record it in the audit trail here",
+                c.command
+            ),
+            "Connect to the primary: agent_guard records every agent statement in the primary's audit trail, and a standby cannot write it (writes need the primary anyway). Session housekeeping (SET, SHOW, BEGIN, COMMIT) still works here.",
         );
     }
     if session.role_switched {
@@ -449,6 +462,35 @@ mod tests {
     }
 
     #[test]
+    fn on_a_standby_agents_keep_only_housekeeping() {
+        let a = actor(SponsorStatus::Active);
+        let standby = SessionState {
+            on_standby: true,
+            ..session()
+        };
+        match decide(Some(&a), &standby, &read(), &NoGrants) {
+            Decision::Deny(r) => {
+                assert_eq!(r.code, "standby");
+                assert!(r.message.contains("on a hot standby"), "{}", r.message);
+                assert!(r.hint.starts_with("Connect to the primary"), "{}", r.hint);
+                assert!(r.detail.starts_with("Statement classified as read"), "{}", r.detail);
+            }
+            d => panic!("{d:?}"),
+        }
+        assert!(matches!(
+            decide(Some(&a), &standby, &util("TransactionStmt"), &NoGrants),
+            Decision::Allow { .. }
+        ));
+        // the sponsor rule keeps its own, more precise reason
+        match decide(Some(&actor(SponsorStatus::NoLogin)), &standby, &read(), &NoGrants) {
+            Decision::Deny(r) => assert_eq!(r.code, "orphaned"),
+            d => panic!("{d:?}"),
+        }
+        // nobody else is affected
+        assert_eq!(decide(None, &standby, &read(), &NoGrants), Decision::NotEnforced);
+    }
+
+    #[test]
     fn nonstandard_strings_refuse_everything_but_housekeeping() {
         let a = actor(SponsorStatus::Active);
         for c in [read(), delete()] {
@@ -456,7 +498,11 @@ mod tests {
             match nonstandard_strings_refusal(&a, &c) {
                 Decision::Deny(r) => {
                     assert_eq!(r.code, "nonstandard_strings");
-                    assert!(r.hint.contains("standard_conforming_strings = on"), "{}", r.hint);
+                    assert!(
+                        r.hint.contains("standard_conforming_strings = on"),
+                        "{}",
+                        r.hint
+                    );
                 }
                 d => panic!("{d:?}"),
             }

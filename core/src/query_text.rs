@@ -114,7 +114,11 @@ mod tests {
                 } else {
                     TokenKind::Literal
                 };
-                out.push(Token { start: i, end: i + 2 + e, kind });
+                out.push(Token {
+                    start: i,
+                    end: i + 2 + e,
+                    kind,
+                });
                 i += 2 + e;
             } else if c == b'$' {
                 let s = i;
@@ -122,21 +126,37 @@ mod tests {
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
                 }
-                out.push(Token { start: s, end: i, kind: TokenKind::Other });
+                out.push(Token {
+                    start: s,
+                    end: i,
+                    kind: TokenKind::Other,
+                });
             } else if c.is_ascii_digit() {
                 let s = i;
                 while i < b.len() && b[i].is_ascii_digit() {
                     i += 1;
                 }
-                out.push(Token { start: s, end: i, kind: TokenKind::Literal });
+                out.push(Token {
+                    start: s,
+                    end: i,
+                    kind: TokenKind::Literal,
+                });
             } else if c.is_ascii_alphabetic() {
                 let s = i;
                 while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_') {
                     i += 1;
                 }
-                out.push(Token { start: s, end: i, kind: TokenKind::Other });
+                out.push(Token {
+                    start: s,
+                    end: i,
+                    kind: TokenKind::Other,
+                });
             } else {
-                out.push(Token { start: i, end: i + 1, kind: TokenKind::Other });
+                out.push(Token {
+                    start: i,
+                    end: i + 1,
+                    kind: TokenKind::Other,
+                });
                 i += 1;
             }
         }
@@ -155,7 +175,10 @@ mod tests {
             "UPDATE customers SET ssn = '<redacted>' WHERE id = '<redacted>'"
         );
         assert_eq!(redact("SELECT 4111111111111111"), "SELECT '<redacted>'");
-        assert_eq!(redact("SELECT * FROM t WHERE a = $1"), "SELECT * FROM t WHERE a = $1");
+        assert_eq!(
+            redact("SELECT * FROM t WHERE a = $1"),
+            "SELECT * FROM t WHERE a = $1"
+        );
     }
 
     #[test]
@@ -182,7 +205,11 @@ mod tests {
 
     #[test]
     fn tokens_that_do_not_fit_the_text_hide_it() {
-        let t = [Token { start: 5, end: 2, kind: TokenKind::Other }];
+        let t = [Token {
+            start: 5,
+            end: 2,
+            kind: TokenKind::Other,
+        }];
         assert_eq!(redact_query_text("SELECT 1", &t, true), HIDDEN);
     }
 }

@@ -193,9 +193,12 @@ pub fn find_regulated(text: &str) -> Vec<(usize, usize)> {
             end -= 1;
         }
         let domain = &text[at + 1..end];
-        let tld_ok = domain
-            .rsplit_once('.')
-            .is_some_and(|(host, tld)| !host.is_empty() && !host.starts_with('.') && !tld.is_empty() && tld.bytes().all(|c| c.is_ascii_alphabetic()));
+        let tld_ok = domain.rsplit_once('.').is_some_and(|(host, tld)| {
+            !host.is_empty()
+                && !host.starts_with('.')
+                && !tld.is_empty()
+                && tld.bytes().all(|c| c.is_ascii_alphabetic())
+        });
         if start < at && tld_ok {
             spans.push((start, end));
         }
@@ -286,7 +289,9 @@ pub fn decode_unicode_escapes(value: &str, escape: char) -> String {
     let chars: Vec<char> = value.chars().collect();
     let mut out = String::with_capacity(value.len());
     let hex = |s: &[char]| -> Option<u32> {
-        (s.iter().all(|c| c.is_ascii_hexdigit())).then(|| s.iter().collect::<String>()).and_then(|h| u32::from_str_radix(&h, 16).ok())
+        (s.iter().all(|c| c.is_ascii_hexdigit()))
+            .then(|| s.iter().collect::<String>())
+            .and_then(|h| u32::from_str_radix(&h, 16).ok())
     };
     let mut i = 0;
     while i < chars.len() {
@@ -335,38 +340,78 @@ pub fn decode_c_escapes(value: &str) -> String {
         }
         let n = chars[i + 1];
         let take = |from: usize, max: usize, radix: u32| -> (usize, Option<u32>) {
-            let digits: String = chars[from..].iter().take(max).take_while(|c| c.is_digit(radix)).collect();
+            let digits: String = chars[from..]
+                .iter()
+                .take(max)
+                .take_while(|c| c.is_digit(radix))
+                .collect();
             (digits.len(), u32::from_str_radix(&digits, radix).ok())
         };
         match n {
-            'b' => { out.push('\u{8}'); i += 2; }
-            'f' => { out.push('\u{c}'); i += 2; }
-            'n' => { out.push('\n'); i += 2; }
-            'r' => { out.push('\r'); i += 2; }
-            't' => { out.push('\t'); i += 2; }
+            'b' => {
+                out.push('\u{8}');
+                i += 2;
+            }
+            'f' => {
+                out.push('\u{c}');
+                i += 2;
+            }
+            'n' => {
+                out.push('\n');
+                i += 2;
+            }
+            'r' => {
+                out.push('\r');
+                i += 2;
+            }
+            't' => {
+                out.push('\t');
+                i += 2;
+            }
             'x' => {
                 let (len, v) = take(i + 2, 2, 16);
                 match v.and_then(char::from_u32) {
-                    Some(ch) if len > 0 => { out.push(ch); i += 2 + len; }
-                    _ => { out.push('x'); i += 2; }
+                    Some(ch) if len > 0 => {
+                        out.push(ch);
+                        i += 2 + len;
+                    }
+                    _ => {
+                        out.push('x');
+                        i += 2;
+                    }
                 }
             }
             'u' | 'U' => {
                 let want = if n == 'u' { 4 } else { 8 };
                 let (len, v) = take(i + 2, want, 16);
                 match v.and_then(char::from_u32) {
-                    Some(ch) if len == want => { out.push(ch); i += 2 + len; }
-                    _ => { out.push(n); i += 2; }
+                    Some(ch) if len == want => {
+                        out.push(ch);
+                        i += 2 + len;
+                    }
+                    _ => {
+                        out.push(n);
+                        i += 2;
+                    }
                 }
             }
             '0'..='7' => {
                 let (len, v) = take(i + 1, 3, 8);
                 match v.and_then(char::from_u32) {
-                    Some(ch) => { out.push(ch); i += 1 + len; }
-                    None => { out.push(n); i += 2; }
+                    Some(ch) => {
+                        out.push(ch);
+                        i += 1 + len;
+                    }
+                    None => {
+                        out.push(n);
+                        i += 2;
+                    }
                 }
             }
-            other => { out.push(other); i += 2; }
+            other => {
+                out.push(other);
+                i += 2;
+            }
         }
     }
     out
@@ -546,7 +591,9 @@ mod tests {
             "invalid input syntax for type integer: \"<redacted>\""
         );
         assert_eq!(
-            redact_regulated("value \"my card 4111 1111 1111 1111\" is out of range for ann@example.com"),
+            redact_regulated(
+                "value \"my card 4111 1111 1111 1111\" is out of range for ann@example.com"
+            ),
             "value \"my card <redacted>\" is out of range for <redacted>"
         );
         assert_eq!(redact_regulated("division by zero"), "division by zero");
@@ -563,22 +610,38 @@ mod tests {
                 "invalid input syntax for type integer: \"ssn 219 09 9999 on file\"",
                 "invalid input syntax for type integer: '<redacted>'",
             ),
-            ("card 4111 1111 1111 1111 declined", "card <redacted> declined"),
-            ("parameters: $1 = 'note: 219-09-9999', $2 = '7'", "parameters: $1 = '<redacted>', $2 = '7'"),
-            ("value too long for type character varying(3)", "value too long for type character varying(3)"),
+            (
+                "card 4111 1111 1111 1111 declined",
+                "card <redacted> declined",
+            ),
+            (
+                "parameters: $1 = 'note: 219-09-9999', $2 = '7'",
+                "parameters: $1 = '<redacted>', $2 = '7'",
+            ),
+            (
+                "value too long for type character varying(3)",
+                "value too long for type character varying(3)",
+            ),
         ] {
             assert_eq!(redact_message(m), want, "{m}");
             assert_eq!(redact_log_line(m), want, "{m}");
         }
         // the quick scan knows no comments: their numbers go as literals do
-        let line = redact_log_line("statement: SELECT 1 /* ssn 219-09-9999 */, \"ann@example.com\", 'x'");
-        assert!(!line.contains("219") && !line.contains("9999") && !line.contains("ann@"), "{line}");
+        let line =
+            redact_log_line("statement: SELECT 1 /* ssn 219-09-9999 */, \"ann@example.com\", 'x'");
+        assert!(
+            !line.contains("219") && !line.contains("9999") && !line.contains("ann@"),
+            "{line}"
+        );
         assert!(line.starts_with("statement: SELECT '<redacted>'"), "{line}");
     }
 
     #[test]
     fn escapes_are_decoded_before_matching() {
-        assert_eq!(decode_unicode_escapes("219\\002d09-9999", '\\'), "219-09-9999");
+        assert_eq!(
+            decode_unicode_escapes("219\\002d09-9999", '\\'),
+            "219-09-9999"
+        );
         assert_eq!(decode_unicode_escapes("219!002d09!!", '!'), "219-09!");
         assert_eq!(decode_unicode_escapes("\\+00002D", '\\'), "-");
         assert_eq!(decode_unicode_escapes("bad \\zz", '\\'), "bad \\zz");

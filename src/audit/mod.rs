@@ -456,8 +456,13 @@ pub struct StatementText<'a> {
     pub params: Option<Vec<Option<String>>>,
 }
 
-/// Whether this session's statements are audited.
+/// Whether this session's statements are audited. Never on a hot standby:
+/// nothing can be written there, so nothing is queued (policy refuses
+/// agents' statements there instead; see `SessionState::on_standby`).
 pub fn audits_session(is_agent: bool, risk: Risk) -> bool {
+    if crate::identity::on_standby() {
+        return false;
+    }
     if is_agent {
         return true;
     }
@@ -494,6 +499,10 @@ pub fn statement_start(
     text: &StatementText,
     query_desc: usize,
 ) -> Result<(), Unavailable> {
+    if crate::identity::on_standby() {
+        // a hot standby cannot hold the trail: agents' statements are refused there
+        return Ok(());
+    }
     let agent = crate::identity::current_agent();
     let (request_id, traceparent) = crate::identity::correlation();
     let sk = session_key();
@@ -719,6 +728,11 @@ pub fn mark_refusing() {
 /// Record a statement that failed before agent_guard saw it run (e.g. division
 /// by zero folded by the planner), so no failed statement goes missing.
 fn record_orphan_error() {
+    if crate::identity::on_standby() {
+        // nothing is recorded on a hot standby (and nothing carried past a promotion)
+        STATE.with(|s| s.borrow_mut().orphan_error = None);
+        return;
+    }
     let orphan = STATE.with(|s| {
         let mut s = s.borrow_mut();
         if !s.open.is_empty() {
@@ -874,9 +888,7 @@ unsafe extern "C-unwind" fn on_subxact(
     _parent: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB
-        && !crate::hooks::is_own_worker()
-    {
+    if event == pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB && !crate::hooks::is_own_worker() {
         subtransaction_abort(my_subid);
     }
 }

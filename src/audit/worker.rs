@@ -669,7 +669,10 @@ impl OpenRows {
             return;
         }
         let sk = row.sk.to_string();
-        self.by_xact.entry((sk.clone(), row.x)).or_default().push(row.n);
+        self.by_xact
+            .entry((sk.clone(), row.x))
+            .or_default()
+            .push(row.n);
         self.rows.insert(
             (sk, row.n),
             OpenRow {
@@ -738,9 +741,11 @@ impl OpenRows {
             return;
         }
         for ((sk, x), ns) in self.by_xact.drain() {
-            let lacks_xact_end = ns
-                .iter()
-                .any(|n| self.rows.get(&(sk.clone(), *n)).is_some_and(|r| r.xo.is_none()));
+            let lacks_xact_end = ns.iter().any(|n| {
+                self.rows
+                    .get(&(sk.clone(), *n))
+                    .is_some_and(|r| r.xo.is_none())
+            });
             if lacks_xact_end {
                 pending.insert((sk, x));
             }
@@ -796,7 +801,9 @@ fn complete_open_rows(open: &mut OpenRows) {
         message.push(r.end.as_ref().and_then(|e| e.msg.clone()));
         xid.push(r.xo.as_ref().and_then(|x| x.xid).map(|n| n as i64));
         xact_outcome.push(r.xo.as_ref().map(|x| x.out.clone()));
-        outcome_hash.push(Some(chain::link_hex(&r.row_hash, &content).as_str().to_string()));
+        outcome_hash.push(Some(
+            chain::link_hex(&r.row_hash, &content).as_str().to_string(),
+        ));
         if r.end.is_some() && r.xo.is_some() {
             complete.push(k.clone());
         }

@@ -164,16 +164,13 @@ pub unsafe fn object_text(t: pg_sys::ObjectType::Type, node: *mut pg_sys::Node) 
                 node_text(parts[1])?
             )),
             // domain.constraint, as table constraints are named
-            OBJECT_DOMCONSTRAINT if parts.len() == 2 => Some(format!(
-                "{}.{}",
-                node_text(parts[0])?,
-                node_text(parts[1])?
-            )),
+            OBJECT_DOMCONSTRAINT if parts.len() == 2 => {
+                Some(format!("{}.{}", node_text(parts[0])?, node_text(parts[1])?))
+            }
             // the access method comes first: name USING method
             OBJECT_OPCLASS | OBJECT_OPFAMILY if parts.len() >= 2 => {
                 let method = node_text(parts[0])?;
-                let name: Option<Vec<String>> =
-                    parts[1..].iter().map(|n| node_text(*n)).collect();
+                let name: Option<Vec<String>> = parts[1..].iter().map(|n| node_text(*n)).collect();
                 Some(format!("{} USING {method}", name?.join(".")))
             }
             _ => node_text(node),

@@ -402,7 +402,10 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
 
 #[no_mangle]
 #[pg_guard]
-unsafe extern "C-unwind" fn ag_rs_planner_after(stmt: *mut pg_sys::PlannedStmt, views: *mut pg_sys::List) {
+unsafe extern "C-unwind" fn ag_rs_planner_after(
+    stmt: *mut pg_sys::PlannedStmt,
+    views: *mut pg_sys::List,
+) {
     unsafe {
         let list = pgrx::PgList::<std::ffi::c_void>::from_pg(views);
         let oids: Vec<pg_sys::Oid> = (0..list.len()).filter_map(|i| list.get_oid(i)).collect();
@@ -418,7 +421,25 @@ unsafe extern "C-unwind" fn ag_rs_planner_after(stmt: *mut pg_sys::PlannedStmt, 
 unsafe extern "C-unwind" fn ag_rs_needs_fmgr(fn_oid: pg_sys::Oid) -> bool {
     crate::identity::cached_is_agent()
         && !pass_through()
-        && crate::masking::rewrite::inlinable_sql_srf(fn_oid)
+        && (crate::masking::rewrite::inlinable_sql_srf(fn_oid)
+            || crate::functions::restricted_implicit_call(fn_oid))
+}
+
+/// A call of a function [`ag_rs_needs_fmgr`] flagged starts (or of a SECURITY
+/// DEFINER function, or one with SET clauses, in any session): in an agent
+/// session, the function rule applies to every call, also to those PostgreSQL
+/// makes without an executor check of its own — trigger and event-trigger
+/// functions an agent's write or DDL fires.
+#[no_mangle]
+#[pg_guard]
+unsafe extern "C-unwind" fn ag_rs_fmgr_start(fn_oid: pg_sys::Oid) {
+    if crate::identity::cached_is_agent()
+        && !pass_through()
+        && crate::gucs::enabled()
+        && crate::functions::restricted_implicit_call(fn_oid)
+    {
+        crate::enforce::check_function(fn_oid);
+    }
 }
 
 /// A statement is being analysed: in an agent session whose masking rules

@@ -44,6 +44,7 @@ extern void ag_rs_planner_after(PlannedStmt *stmt, List *views);
 extern void ag_rs_object_access(ObjectAccessType access, Oid classId,
 								Oid objectId, int subId, bool in_statement);
 extern bool ag_rs_needs_fmgr(Oid fn_oid);
+extern void ag_rs_fmgr_start(Oid fn_oid);
 extern void ag_rs_post_parse_analyze(ParseState *pstate, Query *query);
 extern void ag_rs_emit_log(ErrorData *edata);
 
@@ -103,6 +104,7 @@ static ProcessUtility_hook_type prev_ProcessUtility = NULL;
 static planner_hook_type prev_planner = NULL;
 static object_access_hook_type prev_object_access = NULL;
 static needs_fmgr_hook_type prev_needs_fmgr = NULL;
+static fmgr_hook_type prev_fmgr = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze = NULL;
 static emit_log_hook_type prev_emit_log = NULL;
 
@@ -315,6 +317,21 @@ ag_needs_fmgr(Oid fn_oid)
 	return ag_rs_needs_fmgr(fn_oid);
 }
 
+/*
+ * Called around every call of a function some needs_fmgr hook flagged (and of
+ * SECURITY DEFINER functions and functions with SET clauses): agent_guard
+ * checks, at the start of each call, the functions PostgreSQL calls without
+ * an executor check of its own (trigger and event-trigger functions).
+ */
+static void
+ag_fmgr(FmgrHookEventType event, FmgrInfo *flinfo, Datum *private)
+{
+	if (prev_fmgr)
+		prev_fmgr(event, flinfo, private);
+	if (event == FHET_START)
+		ag_rs_fmgr_start(flinfo->fn_oid);
+}
+
 static void
 ag_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
 {
@@ -376,6 +393,8 @@ ag_install_hooks(void)
 	object_access_hook = ag_object_access;
 	prev_needs_fmgr = needs_fmgr_hook;
 	needs_fmgr_hook = ag_needs_fmgr;
+	prev_fmgr = fmgr_hook;
+	fmgr_hook = ag_fmgr;
 	prev_post_parse_analyze = post_parse_analyze_hook;
 	post_parse_analyze_hook = ag_post_parse_analyze;
 	prev_emit_log = emit_log_hook;

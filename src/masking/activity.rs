@@ -225,11 +225,20 @@ pub unsafe fn mask_function_entry(
                 .filter(|n| !n.is_null() && (**n).type_ == NodeTag::T_String)
                 .map(|n| (*(n as *mut pg_sys::String)).sval)
                 .unwrap_or(std::ptr::null_mut());
-            let name = if name.is_null() { c"?column?".as_ptr().cast_mut() } else { name };
+            let name = if name.is_null() {
+                c"?column?".as_ptr().cast_mut()
+            } else {
+                name
+            };
             tlist = pg_sys::lappend(
                 tlist,
-                pg_sys::makeTargetEntry(expr as *mut pg_sys::Expr, resno as i16, pg_sys::pstrdup(name), false)
-                    .cast(),
+                pg_sys::makeTargetEntry(
+                    expr as *mut pg_sys::Expr,
+                    resno as i16,
+                    pg_sys::pstrdup(name),
+                    false,
+                )
+                .cast(),
             );
         }
         let sub = pg_sys::palloc0(std::mem::size_of::<pg_sys::Query>()) as *mut pg_sys::Query;
@@ -239,7 +248,8 @@ pub unsafe fn mask_function_entry(
         (*sub).canSetTag = true;
         (*sub).stmt_location = -1;
         (*sub).rtable = pg_sys::lappend(std::ptr::null_mut(), inner.cast());
-        let rtr = pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblRef>()) as *mut pg_sys::RangeTblRef;
+        let rtr =
+            pg_sys::palloc0(std::mem::size_of::<pg_sys::RangeTblRef>()) as *mut pg_sys::RangeTblRef;
         (*rtr).type_ = NodeTag::T_RangeTblRef;
         (*rtr).rtindex = 1;
         (*sub).jointree = pg_sys::makeFromExpr(

@@ -151,7 +151,10 @@ fn suggest_sensitive(
     TableIterator::new(out)
 }
 
-fn suggestions(schema: Option<&str>, rows: i32) -> Vec<(pg_sys::Oid, String, String, String, String, String)> {
+fn suggestions(
+    schema: Option<&str>,
+    rows: i32,
+) -> Vec<(pg_sys::Oid, String, String, String, String, String)> {
     let mut out = vec![];
     for t in candidates(schema) {
         let samples = sample(&t, rows);

@@ -54,7 +54,9 @@ fn labelled() -> HashMap<Oid, Vec<Own>> {
     let mut own: HashMap<Oid, Vec<(i16, Own)>> = HashMap::new();
     for (relid, attnum, label) in crate::labels::column_labels() {
         if let Some(a) = catalog::attribute(relid, attnum) {
-            own.entry(relid).or_default().push((attnum, (a.name, label, None)));
+            own.entry(relid)
+                .or_default()
+                .push((attnum, (a.name, label, None)));
         }
     }
     let mut out: HashMap<Oid, Vec<Own>> = HashMap::new();
@@ -69,13 +71,17 @@ fn labelled() -> HashMap<Oid, Vec<Own>> {
             if own_names.contains(g.name.as_str()) {
                 continue;
             }
-            let mut sources: Vec<i16> = catalog::dependencies(pg_sys::Oid::from(catalog::ATTRDEF), attrdef)
-                .into_iter()
-                .filter(|(class, obj, sub)| {
-                    *class == pg_sys::RelationRelationId && obj == relid && *sub > 0 && *sub != adnum as i32
-                })
-                .map(|(_, _, sub)| sub as i16)
-                .collect();
+            let mut sources: Vec<i16> =
+                catalog::dependencies(pg_sys::Oid::from(catalog::ATTRDEF), attrdef)
+                    .into_iter()
+                    .filter(|(class, obj, sub)| {
+                        *class == pg_sys::RelationRelationId
+                            && obj == relid
+                            && *sub > 0
+                            && *sub != adnum as i32
+                    })
+                    .map(|(_, _, sub)| sub as i16)
+                    .collect();
             sources.sort_unstable();
             let from = sources.into_iter().find_map(|s| {
                 catalog::attribute(*relid, s)
@@ -94,7 +100,8 @@ fn labelled() -> HashMap<Oid, Vec<Own>> {
 fn is_maskable(relid: Oid) -> bool {
     unsafe {
         let kind = pg_sys::get_rel_relkind(relid) as u8;
-        matches!(kind, b'r' | b'p' | b'm' | b'f') && pg_sys::get_rel_persistence(relid) as u8 != b't'
+        matches!(kind, b'r' | b'p' | b'm' | b'f')
+            && pg_sys::get_rel_persistence(relid) as u8 != b't'
     }
 }
 
@@ -167,7 +174,13 @@ pub fn masked_columns() -> Vec<MaskedColumn> {
     let schema = masked_schema();
     let mut views: HashMap<Oid, Option<Oid>> = HashMap::new();
     let mut out: Vec<MaskedColumn> = vec![];
-    for ((relid, name), Reach { rule, from, source, .. }) in effective {
+    for (
+        (relid, name),
+        Reach {
+            rule, from, source, ..
+        },
+    ) in effective
+    {
         if !is_maskable(relid) {
             continue;
         }
@@ -256,7 +269,8 @@ pub fn taints(masked: &[MaskedColumn]) -> Vec<Taint> {
     let mut found: BTreeMap<u32, HashSet<Oid>> = BTreeMap::new();
     loop {
         let before: usize = found.values().map(HashSet::len).sum::<usize>() + found.len();
-        let tainted_unlabelled = |o: &Oid| found.contains_key(&o.to_u32()) && !masked_cols.contains_key(o);
+        let tainted_unlabelled =
+            |o: &Oid| found.contains_key(&o.to_u32()) && !masked_cols.contains_key(o);
         let mut add: Vec<(Oid, Oid)> = vec![];
         // recorded populations
         for (view, reads) in &records {
@@ -275,7 +289,12 @@ pub fn taints(masked: &[MaskedColumn]) -> Vec<Taint> {
         }
         // views populated out of agent_guard's sight: by their definition
         let mut seeds: Vec<Oid> = masked_cols.keys().copied().collect();
-        seeds.extend(found.keys().map(|o| Oid::from(*o)).filter(|o| tainted_unlabelled(o)));
+        seeds.extend(
+            found
+                .keys()
+                .map(|o| Oid::from(*o))
+                .filter(|o| tainted_unlabelled(o)),
+        );
         for seed in seeds {
             let mut seen: HashSet<Oid> = HashSet::new();
             let mut queue: VecDeque<Oid> = VecDeque::from([seed]);
@@ -332,7 +351,10 @@ pub fn children_mask_more(masked: &[MaskedColumn]) -> HashSet<Oid> {
         while i < ancestors.len() {
             let root = ancestors[i];
             let root_cols = names.get(&root);
-            if cols.iter().any(|c| !root_cols.is_some_and(|r| r.contains(c))) {
+            if cols
+                .iter()
+                .any(|c| !root_cols.is_some_and(|r| r.contains(c)))
+            {
                 out.insert(root);
             }
             for p in catalog::parents(root) {
@@ -366,7 +388,11 @@ fn masking_rules_srf() -> TableIterator<
         name!(masking_view, Option<Oid>),
     ),
 > {
-    let rows = if installed() { masked_columns() } else { vec![] };
+    let rows = if installed() {
+        masked_columns()
+    } else {
+        vec![]
+    };
     TableIterator::new(rows.into_iter().map(|c| {
         (
             c.relid,

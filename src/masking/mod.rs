@@ -70,8 +70,7 @@ use std::ffi::{c_char, CStr, CString};
 pub const MASKED_SCHEMA: &str = "agent_guard_masked";
 
 /// Install masking's callbacks (from `_PG_init`, preload only).
-pub fn init() {
-}
+pub fn init() {}
 
 pub(crate) fn cstr(p: *const c_char) -> Option<String> {
     if p.is_null() {

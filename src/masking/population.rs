@@ -110,7 +110,9 @@ pub unsafe fn begin(node: *mut pg_sys::Node) -> bool {
     purge_stale();
     let matview = unsafe {
         if is_a(node, NodeTag::T_RefreshMatViewStmt) {
-            match crate::extract::range_var_relid((*(node as *mut pg_sys::RefreshMatViewStmt)).relation) {
+            match crate::extract::range_var_relid(
+                (*(node as *mut pg_sys::RefreshMatViewStmt)).relation,
+            ) {
                 Some(relid) => Some(relid),
                 None => return false,
             }
@@ -124,6 +126,11 @@ pub unsafe fn begin(node: *mut pg_sys::Node) -> bool {
             return false;
         }
     };
+    // Where agent_guard is not installed there is nothing to record into, and
+    // the population must plan exactly as without agent_guard (in parallel).
+    if !crate::identity::extension_installed() {
+        return false;
+    }
     STACK.with(|s| {
         s.borrow_mut().push(Recording {
             level: crate::hooks::nesting_level(),
@@ -184,7 +191,10 @@ pub unsafe fn observe(pstmt: *mut pg_sys::PlannedStmt, agent: bool) -> Option<Re
                 if Some(pg_sys::Oid::from(*rel)) == r.matview {
                     continue; // REFRESH CONCURRENTLY compares with the view's old contents
                 }
-                r.reads.entry(*rel).or_default().extend(cols.iter().copied());
+                r.reads
+                    .entry(*rel)
+                    .or_default()
+                    .extend(cols.iter().copied());
             }
         }
     });

@@ -65,7 +65,9 @@ pub unsafe fn refusal(query: *mut pg_sys::Query, rules: &Rules) -> Option<Refusa
 
 unsafe fn rte(q: *mut pg_sys::Query, index: i32) -> Option<*mut pg_sys::RangeTblEntry> {
     let list = PgList::<pg_sys::RangeTblEntry>::from_pg(unsafe { (*q).rtable });
-    usize::try_from(index - 1).ok().and_then(|i| list.get_ptr(i))
+    usize::try_from(index - 1)
+        .ok()
+        .and_then(|i| list.get_ptr(i))
 }
 
 unsafe fn check_write(q: *mut pg_sys::Query, rules: &Rules) -> Option<Refusal> {
@@ -105,11 +107,15 @@ unsafe fn check_write(q: *mut pg_sys::Query, rules: &Rules) -> Option<Refusal> {
         for (list, insert) in lists {
             for tle in PgList::<pg_sys::TargetEntry>::from_pg(list).iter_ptr() {
                 let resno = (*tle).resno;
-                if (*tle).resjunk || !m.masks(resno) || (insert && !inserted.contains(&(resno as i32))) {
+                if (*tle).resjunk
+                    || !m.masks(resno)
+                    || (insert && !inserted.contains(&(resno as i32)))
+                {
                     continue;
                 }
                 if lineage.expr((*tle).expr as *mut pg_sys::Node) {
-                    let column = super::cstr(pg_sys::get_attname(relid, resno, true)).unwrap_or_default();
+                    let column =
+                        super::cstr(pg_sys::get_attname(relid, resno, true)).unwrap_or_default();
                     let name = crate::extract::relation(relid).qualified();
                     let column = super::quote_identifier(&column);
                     return Some(Refusal {
@@ -151,7 +157,13 @@ impl Lineage<'_> {
     }
 
     /// The output columns `attno` (0: every one) of `sub`, nested in the query at `outer`.
-    unsafe fn output(&mut self, outer: usize, sub: *mut pg_sys::Query, attno: i16, returning: bool) -> bool {
+    unsafe fn output(
+        &mut self,
+        outer: usize,
+        sub: *mut pg_sys::Query,
+        attno: i16,
+        returning: bool,
+    ) -> bool {
         unsafe {
             if sub.is_null() || !self.following.insert((sub as usize, attno)) {
                 return false;
@@ -163,10 +175,15 @@ impl Lineage<'_> {
                         .iter_ptr()
                         .enumerate()
                         .any(|(i, r)| {
-                            (*r).rtekind == pg_sys::RTEKind::RTE_SUBQUERY && l.var(i as i32 + 1, attno, 0)
+                            (*r).rtekind == pg_sys::RTEKind::RTE_SUBQUERY
+                                && l.var(i as i32 + 1, attno, 0)
                         });
                 }
-                let list = if returning { (*sub).returningList } else { (*sub).targetList };
+                let list = if returning {
+                    (*sub).returningList
+                } else {
+                    (*sub).targetList
+                };
                 PgList::<pg_sys::TargetEntry>::from_pg(list)
                     .iter_ptr()
                     .filter(|t| !(**t).resjunk && (attno == 0 || (**t).resno == attno))
@@ -211,7 +228,8 @@ impl Lineage<'_> {
                     let found = if attno == 0 {
                         vars.iter_ptr().any(|v| self.expr(v))
                     } else {
-                        vars.get_ptr(attno as usize - 1).is_none_or(|v| self.expr(v))
+                        vars.get_ptr(attno as usize - 1)
+                            .is_none_or(|v| self.expr(v))
                     };
                     self.stack.extend(saved);
                     found
@@ -221,9 +239,11 @@ impl Lineage<'_> {
                         return true;
                     };
                     let name = super::cstr((*r).ctename);
-                    let cte = PgList::<pg_sys::CommonTableExpr>::from_pg((*self.stack[cte_level]).cteList)
-                        .iter_ptr()
-                        .find(|c| super::cstr((**c).ctename) == name);
+                    let cte = PgList::<pg_sys::CommonTableExpr>::from_pg(
+                        (*self.stack[cte_level]).cteList,
+                    )
+                    .iter_ptr()
+                    .find(|c| super::cstr((**c).ctename) == name);
                     let Some(cte) = cte else { return true };
                     let cq = (*cte).ctequery as *mut pg_sys::Query;
                     if cq.is_null() || (*cq).type_ != NodeTag::T_Query {

@@ -231,7 +231,8 @@ fn the_agent_cannot_approve_its_own_request() {
     let db = refused(agent.batch_execute(&format!("SELECT agent_guard.approve({id})")));
     // refused before approve() runs: its functions reserved to approvers are administration for agents
     assert!(
-        db.message().contains("may not change agent_guard itself (SELECT approve())"),
+        db.message()
+            .contains("may not change agent_guard itself (SELECT approve())"),
         "{}",
         db.message()
     );

@@ -21,11 +21,23 @@ fn rows_text(c: &mut Client, sql: &str) -> Result<String, postgres::Error> {
 }
 
 fn psql_as(user: &str, command: &str) -> (bool, String) {
-    let bindir = std::env::var("AG_PGBINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let bindir =
+        std::env::var("AG_PGBINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     let out = Command::new(format!("{bindir}/psql"))
         .args([
-            "-X", "-v", "ON_ERROR_STOP=1", "-h", &host(), "-p", &port().to_string(), "-U", user,
-            "-d", &database(), "-c", command,
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            &host(),
+            "-p",
+            &port().to_string(),
+            "-U",
+            user,
+            "-d",
+            &database(),
+            "-c",
+            command,
         ])
         .env_remove("PGOPTIONS")
         .output()
@@ -87,9 +99,15 @@ fn parallel_plans_do_not_take_agents_statements_out_of_their_backend() {
         ),
     )
     .unwrap_or_else(|e| panic!("{}", describe(&e)));
-    assert!(!out.contains("219-09-9999"), "raw SSN through a parallel plan:\n{out}");
+    assert!(
+        !out.contains("219-09-9999"),
+        "raw SSN through a parallel plan:\n{out}"
+    );
     assert!(out.contains("***-**-9999"), "{out}");
-    assert!(!out.contains("Gather"), "an agent's plan went parallel:\n{out}");
+    assert!(
+        !out.contains("Gather"),
+        "an agent's plan went parallel:\n{out}"
+    );
     // The function's nested statement is in the agent's own trail.
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     drop(c);
@@ -105,18 +123,22 @@ fn parallel_plans_do_not_take_agents_statements_out_of_their_backend() {
         if n >= 1 {
             break;
         }
-        assert!(Instant::now() < deadline, "the nested statement has no audit row");
+        assert!(
+            Instant::now() < deadline,
+            "the nested statement has no audit row"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // A human's plan still goes parallel (nothing changes for others).
     let plan = rows_text(
         &mut a,
-        &format!(
-            "SET force_parallel_mode = on; EXPLAIN (COSTS OFF) SELECT {f}() FROM {t};"
-        ),
+        &format!("SET force_parallel_mode = on; EXPLAIN (COSTS OFF) SELECT {f}() FROM {t};"),
     )
     .unwrap();
-    assert!(plan.contains("Gather"), "a human's plan lost parallelism:\n{plan}");
+    assert!(
+        plan.contains("Gather"),
+        "a human's plan lost parallelism:\n{plan}"
+    );
     let _ = a.batch_execute(&format!(
         "DROP TABLE {t}; DROP FUNCTION {f}(); DROP OWNED BY {agent}; DROP ROLE {agent}; DROP ROLE {sponsor};"
     ));
@@ -142,7 +164,8 @@ fn fast_path_calls_are_audited_statements_and_obey_the_sponsor_rule() {
     assert!(ok, "{out}");
     let rows = audited(&agent, "FASTPATH%", 2);
     assert!(
-        rows.iter().any(|(cmd, d)| cmd.starts_with("FASTPATH") && d == "allowed"),
+        rows.iter()
+            .any(|(cmd, d)| cmd.starts_with("FASTPATH") && d == "allowed"),
         "fast-path calls have no audit row: {rows:?}"
     );
     // Writing a large object through the fast path is a write: refused without a grant.
@@ -151,9 +174,13 @@ fn fast_path_calls_are_audited_statements_and_obey_the_sponsor_rule() {
     assert!(!ok, "lo_import via fast path was allowed: {out}");
     assert!(out.contains("may not"), "{out}");
     // The sponsor leaves: the orphaned agent reads no large object either.
-    a.batch_execute(&format!("ALTER ROLE {sponsor} NOLOGIN")).unwrap();
+    a.batch_execute(&format!("ALTER ROLE {sponsor} NOLOGIN"))
+        .unwrap();
     let (ok, out) = psql_as(&agent, &format!("\\lo_export {lo} {file}"));
-    assert!(!ok, "an orphaned agent read a large object via fast path: {out}");
+    assert!(
+        !ok,
+        "an orphaned agent read a large object via fast path: {out}"
+    );
     let _ = std::fs::remove_file(&file);
     let _ = a.batch_execute(&format!(
         "SELECT lo_unlink({lo}); DROP OWNED BY {agent}; DROP ROLE {agent}; DROP ROLE {sponsor};"

@@ -32,7 +32,10 @@ fn refused(c: &mut Client, sql: &str, secret: &str) {
             let text = describe(&e);
             assert_eq!(e.code().map(|c| c.code()), Some("42501"), "{sql}: {text}");
             let db = e.as_db_error().unwrap();
-            assert!(db.hint().is_some() && db.detail().is_some(), "{sql}: {text}");
+            assert!(
+                db.hint().is_some() && db.detail().is_some(),
+                "{sql}: {text}"
+            );
             assert!(!text.contains(secret), "{sql}: {text}");
         }
     }
@@ -46,7 +49,11 @@ fn foreign_tables_are_refused_to_agents_whoever_the_mapping_logs_in_as() {
     let root_agent = create_login_role("ft_root", "SUPERUSER");
     let human = create_login_role("ft_human", "");
     let t = unique_name("ft_customers");
-    let secret = format!("219-{:02}-{:04}", std::process::id() % 89 + 10, std::process::id() % 8999 + 1000);
+    let secret = format!(
+        "219-{:02}-{:04}",
+        std::process::id() % 89 + 10,
+        std::process::id() % 8999 + 1000
+    );
     let mut a = admin();
     a.batch_execute(&format!(
         "CREATE EXTENSION IF NOT EXISTS postgres_fdw;
@@ -78,7 +85,8 @@ fn foreign_tables_are_refused_to_agents_whoever_the_mapping_logs_in_as() {
     .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
     // the human reads through the foreign table
     let mut h = connect(&sponsor);
-    a.batch_execute(&format!("GRANT SELECT ON {t}_remote TO {sponsor}")).unwrap();
+    a.batch_execute(&format!("GRANT SELECT ON {t}_remote TO {sponsor}"))
+        .unwrap();
     assert!(ok(&mut h, &format!("SELECT ssn FROM {t}_remote")).contains(&secret));
 
     let reads = [
@@ -129,7 +137,9 @@ fn foreign_tables_are_refused_to_agents_whoever_the_mapping_logs_in_as() {
         }
         refused(
             &mut c,
-            &format!("IMPORT FOREIGN SCHEMA public LIMIT TO ({t}) FROM SERVER {t}_loop INTO public"),
+            &format!(
+                "IMPORT FOREIGN SCHEMA public LIMIT TO ({t}) FROM SERVER {t}_loop INTO public"
+            ),
             &secret,
         );
         // the classification says so beforehand

@@ -658,12 +658,18 @@ fn statements_nested_in_foreign_key_actions_are_masked() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert!(loot.len() >= 2, "the nested statements did not run: {loot:?}");
+    assert!(
+        loot.len() >= 2,
+        "the nested statements did not run: {loot:?}"
+    );
     let all = loot.join("\n");
     s.assert_clean("statements nested in foreign-key actions", &all);
     // the referential actions themselves still worked
     let nulls: i64 = a
-        .query_one(&format!("SELECT count(*) FROM {t}_orders WHERE customer IS NULL"), &[])
+        .query_one(
+            &format!("SELECT count(*) FROM {t}_orders WHERE customer IS NULL"),
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(nulls, 1);
@@ -682,7 +688,9 @@ fn statements_nested_in_foreign_key_actions_are_masked() {
 /// columns: 42501, naming the view, with a HINT.
 fn assert_tainted(c: &mut Client, s: &Shop, sql: &str) {
     match q(c, sql) {
-        Ok(out) => panic!("{sql}: an agent read a materialized view computed from masked columns:\n{out}"),
+        Ok(out) => {
+            panic!("{sql}: an agent read a materialized view computed from masked columns:\n{out}")
+        }
         Err(e) => {
             assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
             let db = e.as_db_error().unwrap();
@@ -747,8 +755,18 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
 
     let mut c = connect(&s.agent);
     for mv in [
-        "text", "json", "base", "over", "over2", "srf", "plpgsql", "dynamic", "xml", "viewrow",
-        "parallel", "explained",
+        "text",
+        "json",
+        "base",
+        "over",
+        "over2",
+        "srf",
+        "plpgsql",
+        "dynamic",
+        "xml",
+        "viewrow",
+        "parallel",
+        "explained",
     ] {
         assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_{mv}"));
         let e = c
@@ -783,7 +801,8 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     ))
     .unwrap();
     ok(&mut c, &format!("SELECT * FROM {t}_later"));
-    a.batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_later")).unwrap();
+    a.batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_later"))
+        .unwrap();
     assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_later"));
     // ... and a refresh that no longer reads masked columns clears it
     a.batch_execute(&format!(
@@ -805,7 +824,10 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
         &mut a,
         &format!("SELECT relation, built_from FROM agent_guard.masking_taints WHERE relation::text LIKE '{t}%' ORDER BY 1"),
     );
-    assert!(taints.contains(&format!("{t}_over2|{{{t}_over}}")), "{taints}");
+    assert!(
+        taints.contains(&format!("{t}_over2|{{{t}_over}}")),
+        "{taints}"
+    );
 }
 
 /// An agent's own materialized view holds the masks it read; a human's
@@ -831,17 +853,27 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
         &mut c,
         &format!("CREATE MATERIALIZED VIEW {t}_agent_copy AS SELECT id, ssn FROM {t}"),
     );
-    let copy = ok(&mut a, &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"));
+    let copy = ok(
+        &mut a,
+        &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"),
+    );
     s.assert_clean("the agent's materialized view", &copy);
     assert!(copy.contains(&s.masked_ssn(0)), "{copy}");
-    let out = ok(&mut c, &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"));
+    let out = ok(
+        &mut c,
+        &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"),
+    );
     assert!(out.contains(&s.masked_ssn(0)), "{out}");
     // its refresh would read masked columns again: refused, contents kept
     let e = c
         .batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_agent_copy"))
         .expect_err("refresh from masked columns");
     assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
-    assert!(e.as_db_error().unwrap().hint().is_some(), "{}", describe(&e));
+    assert!(
+        e.as_db_error().unwrap().hint().is_some(),
+        "{}",
+        describe(&e)
+    );
     // a human's refresh puts real values there: agents are refused from then on
     a.batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_agent_copy"))
         .unwrap();
@@ -937,7 +969,11 @@ fn granted_writes_never_write_masks_into_masked_columns() {
             Err(e) => {
                 assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
                 let db = e.as_db_error().unwrap();
-                assert!(db.hint().is_some() && db.detail().is_some(), "{sql}: {}", describe(&e));
+                assert!(
+                    db.hint().is_some() && db.detail().is_some(),
+                    "{sql}: {}",
+                    describe(&e)
+                );
             }
         }
     }
@@ -958,11 +994,17 @@ fn granted_writes_never_write_masks_into_masked_columns() {
     ] {
         ok(&mut c, &sql);
     }
-    let stored = ok(&mut a, &format!("SELECT string_agg(ssn, ',' ORDER BY id) FROM {t}"));
+    let stored = ok(
+        &mut a,
+        &format!("SELECT string_agg(ssn, ',' ORDER BY id) FROM {t}"),
+    );
     assert!(!stored.contains('*'), "no mask was stored: {stored}");
     assert!(stored.contains(literal), "{stored}");
     let prepared = c
-        .execute(format!("UPDATE {t} SET ssn = $1 WHERE id = 2").as_str(), &[&literal])
+        .execute(
+            format!("UPDATE {t} SET ssn = $1 WHERE id = 2").as_str(),
+            &[&literal],
+        )
         .unwrap_or_else(|e| panic!("{}", describe(&e)));
     assert_eq!(prepared, 1);
 }

@@ -35,7 +35,11 @@ fn refused(c: &mut Client, sql: &str) {
                 describe(&e)
             );
             let db = e.as_db_error().unwrap();
-            assert!(db.hint().is_some() && db.detail().is_some(), "{sql}: {}", describe(&e));
+            assert!(
+                db.hint().is_some() && db.detail().is_some(),
+                "{sql}: {}",
+                describe(&e)
+            );
         }
     }
 }
@@ -63,7 +67,10 @@ fn setup(prefix: &str) -> Setup {
     let ssn = format!("219-{:02}-{:04}", n % 89 + 10, n % 8999 + 1000);
     let email = format!("person{n}@secret-mail.example.com");
     let mut human = connect(&sponsor);
-    let human_pid: i32 = human.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
+    let human_pid: i32 = human
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
     human
         .batch_execute(&format!(
             "SELECT '{ssn}' AS ssn, /* {email} */ 4111111111111111 AS card, '{email}' AS email"
@@ -80,7 +87,10 @@ fn setup(prefix: &str) -> Setup {
 impl Setup {
     fn assert_clean(&self, what: &str, text: &str) {
         for s in &self.secrets {
-            assert!(!text.contains(s.as_str()), "{what}: {s:?} reached the agent:\n{text}");
+            assert!(
+                !text.contains(s.as_str()),
+                "{what}: {s:?} reached the agent:\n{text}"
+            );
         }
     }
 }
@@ -91,7 +101,10 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
     let pid = s.human_pid;
     let mut a = admin();
     // humans still see the real text
-    let real = ok(&mut a, &format!("SELECT query FROM pg_stat_activity WHERE pid = {pid}"));
+    let real = ok(
+        &mut a,
+        &format!("SELECT query FROM pg_stat_activity WHERE pid = {pid}"),
+    );
     assert!(real.contains(&s.secrets[0]), "{real}");
     let v = unique_name("qt_view");
     a.batch_execute(&format!(
@@ -124,13 +137,21 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
         let out = ok(&mut c, &sql);
         s.assert_clean(&sql, &out);
     }
-    let out = ok(&mut c, &format!("SELECT query FROM pg_stat_activity WHERE pid = {pid}"));
-    assert!(out.contains("<redacted>") && out.contains("AS ssn"), "the statement's shape stays: {out}");
+    let out = ok(
+        &mut c,
+        &format!("SELECT query FROM pg_stat_activity WHERE pid = {pid}"),
+    );
+    assert!(
+        out.contains("<redacted>") && out.contains("AS ssn"),
+        "the statement's shape stays: {out}"
+    );
     let mut copy = vec![];
-    c.copy_out(format!("COPY (SELECT query FROM pg_stat_activity WHERE pid = {pid}) TO STDOUT").as_str())
-        .unwrap()
-        .read_to_end(&mut copy)
-        .unwrap();
+    c.copy_out(
+        format!("COPY (SELECT query FROM pg_stat_activity WHERE pid = {pid}) TO STDOUT").as_str(),
+    )
+    .unwrap()
+    .read_to_end(&mut copy)
+    .unwrap();
     s.assert_clean("COPY", &String::from_utf8_lossy(&copy));
     assert!(!copy.is_empty());
     // not at all: the functions outside FROM, the one-session function anywhere
@@ -146,7 +167,10 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
         refused(&mut c, &sql);
     }
     // the rest of pg_stat_activity is there
-    let state = ok(&mut c, &format!("SELECT state, usename IS NOT NULL FROM pg_stat_activity WHERE pid = {pid}"));
+    let state = ok(
+        &mut c,
+        &format!("SELECT state, usename IS NOT NULL FROM pg_stat_activity WHERE pid = {pid}"),
+    );
     assert_eq!(state.trim(), "idle|t");
 }
 
@@ -154,7 +178,8 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
 fn pg_stat_statements_texts_reach_agents_redacted() {
     let s = setup("qs");
     let mut a = admin();
-    a.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").unwrap();
+    a.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .unwrap();
     let preloaded = ok(&mut a, "SHOW shared_preload_libraries").contains("pg_stat_statements");
     let mut c = connect(&s.agent);
     // the plan redacts the query column, whether or not the module is loaded
@@ -173,9 +198,15 @@ fn pg_stat_statements_texts_reach_agents_redacted() {
         human
             .batch_execute(&format!("DO $$ BEGIN PERFORM '{secret}'; END $$"))
             .unwrap();
-        let real = ok(&mut a, "SELECT string_agg(query, ' ') FROM pg_stat_statements");
+        let real = ok(
+            &mut a,
+            "SELECT string_agg(query, ' ') FROM pg_stat_statements",
+        );
         assert!(real.contains(secret.as_str()), "{real}");
-        let out = ok(&mut c, "SELECT string_agg(query, ' ') FROM pg_stat_statements");
+        let out = ok(
+            &mut c,
+            "SELECT string_agg(query, ' ') FROM pg_stat_statements",
+        );
         s.assert_clean("pg_stat_statements", &out);
     } else {
         eprintln!("pg_stat_statements is not preloaded: its rows were not read");

@@ -9,14 +9,28 @@ use std::time::{Duration, Instant};
 
 /// A Luhn-valid 16-digit card number unique to this run.
 fn card_number() -> String {
-    let seed = format!("4{:014}", (std::process::id() as u64 * 7919 + 1_000_003) % 100_000_000_000_000);
+    let seed = format!(
+        "4{:014}",
+        (std::process::id() as u64 * 7919 + 1_000_003) % 100_000_000_000_000
+    );
     let digits: Vec<u32> = seed.chars().map(|c| c.to_digit(10).unwrap()).collect();
     // the check digit makes the sum of the doubled-every-second digits a multiple of 10
     let sum: u32 = digits
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| if i % 2 == 0 { let x = d * 2; if x > 9 { x - 9 } else { x } } else { d })
+        .map(|(i, &d)| {
+            if i % 2 == 0 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
         .sum();
     format!("{seed}{}", (10 - sum % 10) % 10)
 }
@@ -43,7 +57,11 @@ fn trail_of(pid: i32, min: usize) -> String {
             .unwrap();
         let ended = rows.iter().filter(|r| r.get::<_, bool>(1)).count();
         if (rows.len() >= min && ended > 0) || Instant::now() > deadline {
-            return rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
+            return rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n");
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -75,12 +93,20 @@ fn error_messages_of_agents_are_redacted_in_the_trail_the_export_and_the_log() {
     let sponsor = create_login_role("red_sp", "");
     let agent = create_login_role("red_ag", "");
     admin()
-        .batch_execute(&format!("SELECT agent_guard.register_agent('{agent}', '{sponsor}')"))
+        .batch_execute(&format!(
+            "SELECT agent_guard.register_agent('{agent}', '{sponsor}')"
+        ))
         .unwrap();
     let (area, group, serial) = ssn();
     let ssn_dashed = format!("{area}-{group}-{serial}");
     let card = card_number();
-    let card_spaced = format!("{} {} {} {}", &card[..4], &card[4..8], &card[8..12], &card[12..]);
+    let card_spaced = format!(
+        "{} {} {} {}",
+        &card[..4],
+        &card[4..8],
+        &card[8..12],
+        &card[12..]
+    );
     let log_from = server_log_len();
     let mut c = connect(&agent);
     let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
@@ -96,20 +122,38 @@ fn error_messages_of_agents_are_redacted_in_the_trail_the_export_and_the_log() {
         let e = c.batch_execute(sql).expect_err(sql);
         let msg = describe(&e);
         // the client's message is redacted too
-        assert_no_raw("the client's message", &msg, &[&ssn_dashed, &card_spaced, &serial]);
+        assert_no_raw(
+            "the client's message",
+            &msg,
+            &[&ssn_dashed, &card_spaced, &serial],
+        );
     }
     // an extended-protocol parameter that holds an SSN inside longer text
     let note = format!("note: {ssn_dashed}");
-    let e = c.query("SELECT $1::text::int", &[&note]).expect_err("cast of a note");
+    let e = c
+        .query("SELECT $1::text::int", &[&note])
+        .expect_err("cast of a note");
     assert_no_raw("the client's message", &describe(&e), &[&ssn_dashed]);
     drop(c);
     let spaced_tail = format!("{group} {serial}");
-    let raw = [ssn_dashed.as_str(), card_spaced.as_str(), card.as_str(), spaced_tail.as_str()];
+    let raw = [
+        ssn_dashed.as_str(),
+        card_spaced.as_str(),
+        card.as_str(),
+        spaced_tail.as_str(),
+    ];
     let trail = trail_of(pid, attempts.len() + 1);
-    assert!(trail.contains("<redacted>"), "nothing was redacted:\n{trail}");
+    assert!(
+        trail.contains("<redacted>"),
+        "nothing was redacted:\n{trail}"
+    );
     assert_no_raw("audit_log", &trail, &raw);
     assert_no_raw("audit_export()", &export_of(pid), &raw);
-    assert!(wait_for_log(log_from, "invalid input syntax", Duration::from_secs(10)));
+    assert!(wait_for_log(
+        log_from,
+        "invalid input syntax",
+        Duration::from_secs(10)
+    ));
     assert_no_raw("the server log", &server_log_since(log_from), &raw);
     let _ = admin().batch_execute(&format!("DROP ROLE {agent}; DROP ROLE {sponsor};"));
 }
@@ -118,15 +162,24 @@ fn error_messages_of_agents_are_redacted_in_the_trail_the_export_and_the_log() {
 fn humans_audited_statements_lose_regulated_values_in_every_spelling() {
     let t = unique_name("red_notes");
     let mut a = admin();
-    a.batch_execute(&format!("CREATE TABLE {t} (id int, note text); INSERT INTO {t} VALUES (1, 'x')"))
-        .unwrap();
+    a.batch_execute(&format!(
+        "CREATE TABLE {t} (id int, note text); INSERT INTO {t} VALUES (1, 'x')"
+    ))
+    .unwrap();
     let (area, group, serial) = ssn();
     let ssn_dashed = format!("{area}-{group}-{serial}");
     let card = card_number();
-    let card_spaced = format!("{} {} {} {}", &card[..4], &card[4..8], &card[8..12], &card[12..]);
+    let card_spaced = format!(
+        "{} {} {} {}",
+        &card[..4],
+        &card[4..8],
+        &card[8..12],
+        &card[12..]
+    );
     let card_dashed = card_spaced.replace(' ', "-");
     let mut h = admin();
-    h.batch_execute("SET agent_guard.audit_non_agents = write").unwrap();
+    h.batch_execute("SET agent_guard.audit_non_agents = write")
+        .unwrap();
     let pid: i32 = h.query_one("SELECT pg_backend_pid()", &[]).unwrap().get(0);
     let notes = [
         format!("'ssn {ssn_dashed} on file'"),
@@ -142,11 +195,13 @@ fn humans_audited_statements_lose_regulated_values_in_every_spelling() {
     ];
     for n in &notes {
         let sql = format!("UPDATE {t} SET note = {n} WHERE id = 1");
-        h.batch_execute(&sql).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+        h.batch_execute(&sql)
+            .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
     }
     // extended protocol: the parameter goes to the trail redacted
     let note = format!("note: {ssn_dashed}");
-    h.execute(&format!("UPDATE {t} SET note = $1 WHERE id = 1"), &[&note]).unwrap();
+    h.execute(&format!("UPDATE {t} SET note = $1 WHERE id = 1"), &[&note])
+        .unwrap();
     drop(h);
     let deadline = Instant::now() + Duration::from_secs(20);
     let trail = loop {
@@ -158,15 +213,32 @@ fn humans_audited_statements_lose_regulated_values_in_every_spelling() {
             )
             .unwrap();
         if rows.len() > notes.len() || Instant::now() > deadline {
-            break rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
+            break rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n");
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(trail.lines().count() > notes.len(), "not every UPDATE was audited:\n{trail}");
+    assert!(
+        trail.lines().count() > notes.len(),
+        "not every UPDATE was audited:\n{trail}"
+    );
     assert_no_raw(
         "a human's audited UPDATE",
         &trail,
-        &[&ssn_dashed, &card, &card_spaced, &card_dashed, &format!("{group} {serial}"), &format!("{group}\\002d{serial}"), &format!("{group}!002d{serial}"), &format!("{group}\\x2d{serial}"), &format!("{group}-{serial}")],
+        &[
+            &ssn_dashed,
+            &card,
+            &card_spaced,
+            &card_dashed,
+            &format!("{group} {serial}"),
+            &format!("{group}\\002d{serial}"),
+            &format!("{group}!002d{serial}"),
+            &format!("{group}\\x2d{serial}"),
+            &format!("{group}-{serial}"),
+        ],
     );
     let _ = a.batch_execute(&format!("DROP TABLE {t}"));
 }

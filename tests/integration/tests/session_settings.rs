@@ -11,11 +11,22 @@ use std::time::{Duration, Instant};
 /// Run `command` with psql as `user`, with `pgoptions` in the environment
 /// (PGOPTIONS: sent in the startup packet).
 fn psql_with_options(user: &str, pgoptions: &str, command: &str) -> (bool, String) {
-    let bindir = std::env::var("AG_PGBINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let bindir =
+        std::env::var("AG_PGBINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
     let out = Command::new(format!("{bindir}/psql"))
         .args([
-            "-X", "-At", "-h", &host(), "-p", &port().to_string(), "-U", user, "-d", &database(),
-            "-c", command,
+            "-X",
+            "-At",
+            "-h",
+            &host(),
+            "-p",
+            &port().to_string(),
+            "-U",
+            user,
+            "-d",
+            &database(),
+            "-c",
+            command,
         ])
         .env("PGOPTIONS", pgoptions)
         .output()
@@ -64,7 +75,11 @@ fn superuser_agent(prefix: &str) -> Setup {
              SELECT agent_guard.register_agent('{agent}', '{sponsor}');"
         ))
         .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
-    Setup { sponsor, agent, table }
+    Setup {
+        sponsor,
+        agent,
+        table,
+    }
 }
 
 fn rows_in(table: &str) -> i64 {
@@ -96,8 +111,15 @@ fn startup_packet_cannot_switch_enforcement_off_for_a_superuser_agent() {
     for options in ["-c agent_guard.enabled=off", "-cagent_guard.enabled=false"] {
         let (ok, out) = psql_with_options(&s.agent, options, &attack);
         assert!(!ok, "PGOPTIONS='{options}' connected and ran:\n{out}");
-        assert!(out.contains("agent_guard.enabled") && out.contains("cannot be changed"), "{out}");
-        assert_eq!(rows_in(&s.table), 5, "PGOPTIONS='{options}' deleted rows:\n{out}");
+        assert!(
+            out.contains("agent_guard.enabled") && out.contains("cannot be changed"),
+            "{out}"
+        );
+        assert_eq!(
+            rows_in(&s.table),
+            5,
+            "PGOPTIONS='{options}' deleted rows:\n{out}"
+        );
     }
     // every other protective setting in the startup packet: the session starts,
     // agent_guard keeps the server's values, and the attack is refused and audited
@@ -111,7 +133,11 @@ fn startup_packet_cannot_switch_enforcement_off_for_a_superuser_agent() {
                 agent_guard.status()->'settings'->>'agent_guard.require_distinct_sponsor',
                 agent_guard.status()->'settings'->>'agent_guard.request_lifetime_s'",
     );
-    assert_eq!(status.trim(), "5000|ddl|3600", "the startup packet weakened agent_guard: {status}");
+    assert_eq!(
+        status.trim(),
+        "5000|ddl|3600",
+        "the startup packet weakened agent_guard: {status}"
+    );
     for statement in [
         format!("DELETE FROM {}", s.table),
         format!("ALTER ROLE {} NOSUPERUSER", s.agent),
@@ -124,10 +150,16 @@ fn startup_packet_cannot_switch_enforcement_off_for_a_superuser_agent() {
     }
     assert_eq!(rows_in(&s.table), 5);
     for command in ["DELETE", "ALTER ROLE", "SELECT pg_read_file()", "COPY TO"] {
-        assert!(denied(&s.agent, command) > 0, "no denied audit row for {command}");
+        assert!(
+            denied(&s.agent, command) > 0,
+            "no denied audit row for {command}"
+        );
     }
     let still_superuser: bool = admin()
-        .query_one("SELECT rolsuper FROM pg_roles WHERE rolname = $1", &[&s.agent])
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = $1",
+            &[&s.agent],
+        )
         .unwrap()
         .get(0);
     assert!(still_superuser);
@@ -141,11 +173,22 @@ fn role_database_and_function_settings_cannot_weaken_an_agent_session() {
     // ALTER ROLE / ALTER DATABASE ... SET agent_guard.enabled: refused by PostgreSQL
     for sql in [
         format!("ALTER ROLE {} SET agent_guard.enabled = off", s.agent),
-        format!("ALTER DATABASE {} SET agent_guard.enabled = off", database()),
-        format!("ALTER ROLE {} IN DATABASE {} SET agent_guard.enabled = off", s.agent, database()),
+        format!(
+            "ALTER DATABASE {} SET agent_guard.enabled = off",
+            database()
+        ),
+        format!(
+            "ALTER ROLE {} IN DATABASE {} SET agent_guard.enabled = off",
+            s.agent,
+            database()
+        ),
     ] {
         let e = a.batch_execute(&sql).expect_err(&sql);
-        assert!(describe(&e).contains("cannot be changed"), "{sql}: {}", describe(&e));
+        assert!(
+            describe(&e).contains("cannot be changed"),
+            "{sql}: {}",
+            describe(&e)
+        );
     }
     // a role setting that got into the catalog anyway is ignored at login
     let agent_oid: u32 = a
@@ -157,10 +200,15 @@ fn role_database_and_function_settings_cannot_weaken_an_agent_session() {
     ))
     .unwrap();
     let (ok, out) = psql_with_options(&s.agent, "", &format!("DELETE FROM {}", s.table));
-    assert!(!ok, "a catalogued role setting switched enforcement off:\n{out}");
+    assert!(
+        !ok,
+        "a catalogued role setting switched enforcement off:\n{out}"
+    );
     assert!(out.contains("may not"), "{out}");
-    a.batch_execute(&format!("DELETE FROM pg_db_role_setting WHERE setrole = {agent_oid}"))
-        .unwrap();
+    a.batch_execute(&format!(
+        "DELETE FROM pg_db_role_setting WHERE setrole = {agent_oid}"
+    ))
+    .unwrap();
     // an administrator's role setting that weakens: bounded by the server's value
     a.batch_execute(&format!(
         "ALTER ROLE {} SET agent_guard.audit_wait_timeout = '10min'; ALTER ROLE {} SET agent_guard.require_distinct_sponsor = off",
@@ -173,8 +221,13 @@ fn role_database_and_function_settings_cannot_weaken_an_agent_session() {
         "SELECT agent_guard.status()->'settings'->>'agent_guard.audit_wait_timeout_ms',
                 agent_guard.status()->'settings'->>'agent_guard.require_distinct_sponsor'",
     );
-    assert_eq!(status.trim(), "5000|ddl", "a role setting weakened agent_guard: {status}");
-    a.batch_execute(&format!("ALTER ROLE {} RESET ALL", s.agent)).unwrap();
+    assert_eq!(
+        status.trim(),
+        "5000|ddl",
+        "a role setting weakened agent_guard: {status}"
+    );
+    a.batch_execute(&format!("ALTER ROLE {} RESET ALL", s.agent))
+        .unwrap();
     // a function's SET clause, called by the superuser agent: refused
     let f = unique_name("rds_fn");
     a.batch_execute(&format!(
@@ -182,19 +235,35 @@ fn role_database_and_function_settings_cannot_weaken_an_agent_session() {
     ))
     .unwrap();
     let (ok, out) = psql_with_options(&s.agent, "", &format!("SELECT {f}()"));
-    assert!(!ok, "a function's SET clause changed a protective setting:\n{out}");
-    assert!(out.contains("agent sessions may not change agent_guard's protective settings"), "{out}");
+    assert!(
+        !ok,
+        "a function's SET clause changed a protective setting:\n{out}"
+    );
+    assert!(
+        out.contains("agent sessions may not change agent_guard's protective settings"),
+        "{out}"
+    );
     let e = a
         .batch_execute(&format!(
             "CREATE FUNCTION {f}_off() RETURNS int LANGUAGE sql SET agent_guard.enabled = off AS 'SELECT 1'"
         ))
         .expect_err("a SET clause of agent_guard.enabled");
-    assert!(describe(&e).contains("cannot be changed"), "{}", describe(&e));
+    assert!(
+        describe(&e).contains("cannot be changed"),
+        "{}",
+        describe(&e)
+    );
     let _ = a.batch_execute(&format!("DROP FUNCTION {f}()"));
     // SET in the session: refused for everyone, the superuser agent included
     let (ok, out) = psql_with_options(&s.agent, "", "SET agent_guard.enabled = off");
     assert!(!ok && out.contains("may not"), "{out}");
-    let e = a.batch_execute("SET agent_guard.enabled = off").expect_err("SET by a human superuser");
-    assert!(describe(&e).contains("cannot be changed now"), "{}", describe(&e));
+    let e = a
+        .batch_execute("SET agent_guard.enabled = off")
+        .expect_err("SET by a human superuser");
+    assert!(
+        describe(&e).contains("cannot be changed now"),
+        "{}",
+        describe(&e)
+    );
     teardown(&s);
 }
