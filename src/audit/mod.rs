@@ -20,8 +20,8 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::RefCell;
-use std::sync::atomic::Ordering;
 use std::ffi::CStr;
+use std::sync::atomic::Ordering;
 
 /// A statement that started and has not ended yet.
 struct Open {
@@ -74,6 +74,10 @@ struct State {
     held_slot: usize,
     /// This transaction's end is reserved for.
     xact_reserved: bool,
+    /// Transaction-level events (its end, a savepoint rollback) still
+    /// covered by the transaction's reservation; further ones wait for free
+    /// space like any record, without taking other statements' reservations.
+    event_credits: u8,
     exit_registered: bool,
 }
 
@@ -124,9 +128,7 @@ impl Unavailable {
             Unavailable::NoWriter(WriterMissing::Slow) => {
                 "the audit writer of this database did not come up in time".into()
             }
-            Unavailable::NotDurable => {
-                "the audit writer did not confirm the record in time".into()
-            }
+            Unavailable::NotDurable => "the audit writer did not confirm the record in time".into(),
         }
     }
 
@@ -170,7 +172,7 @@ pub enum WriterMissing {
 
 /// Start slot `i`'s writer unless one runs or was asked for (rate-limited)
 /// or every allowed writer runs; the reason when it cannot be had now.
-fn ensure_worker(i: usize) -> Result<(), WriterMissing> {
+pub(crate) fn ensure_worker(i: usize) -> Result<(), WriterMissing> {
     match queue::claim_start(i, crate::gucs::audit_writers()) {
         queue::Claim::Pending => Ok(()),
         queue::Claim::Busy => Err(WriterMissing::Busy),
@@ -296,11 +298,27 @@ fn send_later(payload: Vec<u8>, reserved: u64) {
     }
 }
 
+/// The reservation a transaction-level event (its end, a savepoint
+/// rollback) may use: one of the two its first statement reserved, or none.
+fn xact_event_credit() -> u64 {
+    let covered = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let c = s.event_credits > 0;
+        s.event_credits = s.event_credits.saturating_sub(1);
+        c
+    });
+    if covered {
+        queue::record_bytes(row::event_bound(&session_key(), false))
+    } else {
+        0
+    }
+}
+
 /// A record that was due could not be queued: never silent.
 fn record_lost(why: &Unavailable) {
     if queue::attached() {
         queue::totals().dropped.fetch_add(1, Ordering::Relaxed);
-        if let Some(i) = queue::slot_for(unsafe { pg_sys::MyDatabaseId }) {
+        if let Some(i) = queue::find_slot(unsafe { pg_sys::MyDatabaseId }) {
             queue::with_slot(i, |s, _| s.dropped += 1);
         }
     }
@@ -317,7 +335,7 @@ fn note_unadmitted(is_agent: bool) {
         return;
     }
     let t = queue::totals();
-    let slot = queue::slot_for(unsafe { pg_sys::MyDatabaseId });
+    let slot = queue::find_slot(unsafe { pg_sys::MyDatabaseId });
     if is_agent {
         t.refused.fetch_add(1, Ordering::Relaxed);
     } else {
@@ -340,6 +358,7 @@ fn release_reservation() {
     let (held, slot) = STATE.with(|s| {
         let mut s = s.borrow_mut();
         s.xact_reserved = false;
+        s.event_credits = 0;
         (std::mem::take(&mut s.held), s.held_slot)
     });
     if held > 0 && queue::attached() {
@@ -609,6 +628,9 @@ pub fn statement_start(
         let mut s = s.borrow_mut();
         s.held += reserve;
         s.held_slot = slot;
+        if first_in_xact {
+            s.event_credits = 2;
+        }
         s.xact_reserved = true;
         !std::mem::replace(&mut s.exit_registered, true)
     });
@@ -688,8 +710,7 @@ fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
                     event,
                     reserved: o.reserved,
                 });
-                s.finished.len() >= DEFER_LIMIT
-                    || s.held > queue::header_capacity() / DEFER_SHARE
+                s.finished.len() >= DEFER_LIMIT || s.held > queue::header_capacity() / DEFER_SHARE
             });
             if flush {
                 flush_finished(None);
@@ -824,7 +845,7 @@ fn transaction_end(committed: bool) {
     if sent {
         let event = json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
                            "out": outcome.out, "xid": outcome.xid});
-        send_later(event.to_string().into_bytes(), queue::record_bytes(row::event_bound(&session_key(), false)));
+        send_later(event.to_string().into_bytes(), xact_event_credit());
     }
     release_reservation();
 }
@@ -865,7 +886,7 @@ fn subtransaction_abort(subxact: u32) {
     if STATE.with(|s| s.borrow().xact_sent) {
         let event = json!({"k": "sub", "sk": session_key(), "x": x, "sx": subxact,
                            "upto": upto, "ts": now_us()});
-        send_later(event.to_string().into_bytes(), queue::record_bytes(row::event_bound(&session_key(), false)));
+        send_later(event.to_string().into_bytes(), xact_event_credit());
     }
 }
 

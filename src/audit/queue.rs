@@ -305,6 +305,22 @@ pub fn slot_for(db: pg_sys::Oid) -> Option<usize> {
     found
 }
 
+/// The slot database `db` has now, without assigning one (for counters).
+pub fn find_slot(db: pg_sys::Oid) -> Option<usize> {
+    if !attached() {
+        return None;
+    }
+    (0..slots()).find(|&i| slot_dboid(i) == db)
+}
+
+/// Whether slot `i` still belongs to `db` with records queued or space
+/// reserved, but no writer runs or is coming for it.
+pub fn needs_writer(i: usize, db: pg_sys::Oid) -> bool {
+    with_slot(i, |s, _| {
+        s.dboid == db && (s.head != s.tail || s.reserved != 0) && !active(s, now())
+    })
+}
+
 /// Give slot `s` (empty, nothing reserved) to database `db`, without a
 /// writer yet; its counters start again (the totals keep the old ones).
 fn assign(s: &mut Slot, db: pg_sys::Oid, now: i64) {

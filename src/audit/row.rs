@@ -464,7 +464,13 @@ pub fn bounded_message(msg: &str) -> String {
     }
     msg[..end]
         .chars()
-        .map(|c| if c.is_control() && c != '\n' && c != '\t' { ' ' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -480,10 +486,12 @@ pub fn complete_record_bound(s: &Stmt) -> usize {
     let o = |v: &Option<String>| wire_str_len(v.as_deref());
     let opt = |v: bool| if v { 9 } else { 1 };
     let mut n = 1 + wire_str_len(Some(&s.sk)) + 3 * 8 + opt(s.parent.is_some()) + 8 + 8;
-    n += [&s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr]
-        .iter()
-        .map(|v| o(v))
-        .sum::<usize>();
+    n += [
+        &s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr,
+    ]
+    .iter()
+    .map(|v| o(v))
+    .sum::<usize>();
     n += 8;
     n += [&s.db, &s.rid, &s.tp, &s.cmd, &s.risk]
         .iter()

@@ -135,7 +135,10 @@ unsafe extern "C-unwind" fn shmem_request() {
             pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
         }
     }
-    queue::request(crate::gucs::audit_queue_bytes(), crate::gucs::audit_queues());
+    queue::request(
+        crate::gucs::audit_queue_bytes(),
+        crate::gucs::audit_queues(),
+    );
 }
 
 #[pg_guard]
@@ -157,7 +160,10 @@ pub fn init_shmem() {
             pg_sys::shmem_request_hook = Some(shmem_request);
         }
         #[cfg(any(feature = "pg13", feature = "pg14"))]
-        queue::request(crate::gucs::audit_queue_bytes(), crate::gucs::audit_queues());
+        queue::request(
+            crate::gucs::audit_queue_bytes(),
+            crate::gucs::audit_queues(),
+        );
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
     }
@@ -187,6 +193,12 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
             s.worker_state = queue::WORKER_NONE;
         }
     });
+    // Killed (pg_terminate_backend) or failed with records still queued or
+    // promised: a successor writes them now, not at the next statement.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    if db != pg_sys::InvalidOid && queue::needs_writer(i, db) {
+        let _ = crate::audit::ensure_worker(i);
+    }
 }
 
 /// Whether a session wants database `db` to itself (DROP DATABASE and the
@@ -378,7 +390,8 @@ fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
         s.written += (n - undecodable) as u64;
         s.dropped += undecodable as u64;
         let t = queue::totals();
-        t.written.fetch_add((n - undecodable) as u64, Ordering::Relaxed);
+        t.written
+            .fetch_add((n - undecodable) as u64, Ordering::Relaxed);
         t.dropped.fetch_add(undecodable as u64, Ordering::Relaxed);
         s.oldest_ts = if s.tail == s.head { 0 } else { now };
         s.last_active = now;

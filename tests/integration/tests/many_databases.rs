@@ -1,11 +1,17 @@
-//! More databases than audit queues and writers: 20 databases with
-//! agent_guard, one agent session in each, on a cluster with 8 audit queues
-//! and `max_worker_processes = 8`. Every agent read that succeeds has its
-//! audit row; a read whose record cannot be admitted is refused (42501,
-//! with a hint naming the setting to raise) — never a silent loss, and
-//! `audit_stats()` counts no drop. Meanwhile a human's parallel query still
-//! gets its workers (audit writers never take the last worker slots), and
-//! the counters survive the writers' exit.
+//! More databases than the audit trail's capacity (issue 14.1): 20 databases
+//! with agent_guard, one agent session in each, on clusters of their own.
+//!
+//! - With the default capacity for `max_worker_processes = 8` (64 queues,
+//!   writers capped at half the worker pool), every agent read that succeeds
+//!   has its audit row in its own database, a read whose record cannot be
+//!   admitted is refused (42501, HINT naming the setting to raise) — never
+//!   run unaudited —, `audit_stats()` counts every refusal and no drop, a
+//!   human's parallel query gets the workers it planned while the writers
+//!   run, every database gets a writer in turn, and the counters survive a
+//!   writer's exit (`pg_terminate_backend`).
+//! - With capacity deliberately too small (`audit_queues = 2`,
+//!   `audit_writers = 1`), statements beyond it are refused, and each
+//!   database, used on its own, gets its turn and its rows.
 
 use agent_guard_integration::cluster::Cluster;
 use agent_guard_integration::*;
@@ -35,8 +41,8 @@ fn find_key<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     }
 }
 
-/// How many workers a human's parallel count(*) launches now.
-fn parallel_workers_launched(c: &mut postgres::Client) -> i64 {
+/// (planned, launched) workers of a human's parallel count(*) now.
+fn parallel_workers(c: &mut postgres::Client) -> (i64, i64) {
     c.batch_execute(
         "SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0;
          SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;",
@@ -52,26 +58,15 @@ fn parallel_workers_launched(c: &mut postgres::Client) -> i64 {
         })
         .unwrap();
     let plan: Value = serde_json::from_str(&plan).unwrap();
-    assert_eq!(
-        find_key(&plan, "Workers Planned").and_then(Value::as_i64),
-        Some(2),
-        "{plan}"
-    );
-    find_key(&plan, "Workers Launched")
-        .and_then(Value::as_i64)
-        .unwrap_or(0)
+    let n = |k| find_key(&plan, k).and_then(Value::as_i64).unwrap_or(0);
+    (n("Workers Planned"), n("Workers Launched"))
 }
 
-#[test]
-fn every_agent_read_is_audited_or_refused_in_twenty_databases() {
-    let mut cluster = Cluster::init(
-        "manydb",
-        &[
-            "max_worker_processes = 8",
-            "max_connections = 100",
-            "agent_guard.audit_queues = 8",
-        ],
-    );
+/// A cluster with `DATABASES` databases where agent_guard is created, an
+/// agent registered (its label holds in every database) and a table `big`
+/// in `postgres` for a human's parallel query.
+fn cluster_with_databases(name: &str, conf: &[&str]) -> (Cluster, Vec<String>) {
+    let mut cluster = Cluster::init(name, conf);
     cluster.start();
     let mut pg = cluster.connect("postgres", "postgres");
     pg.batch_execute(
@@ -85,13 +80,39 @@ fn every_agent_read_is_audited_or_refused_in_twenty_databases() {
         let mut c = cluster.connect("postgres", db);
         c.batch_execute("CREATE EXTENSION agent_guard").unwrap();
         if d == 0 {
-            // a registration is a role label: it holds in every database
             c.batch_execute("SELECT agent_guard.register_agent('many_agent', 'many_sponsor')")
                 .unwrap();
         }
     }
+    (cluster, dbs)
+}
 
-    let stop = Arc::new(AtomicBool::new(false));
+/// A refusal because the trail could not take the record: 42501, the
+/// message says why, the HINT names the setting to raise.
+fn assert_audit_refusal(e: &postgres::Error) {
+    let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
+    assert_eq!(db.code().code(), "42501", "{}", describe(e));
+    assert!(
+        db.message().contains("the audit trail is unavailable"),
+        "{}",
+        describe(e)
+    );
+    let hint = db.hint().unwrap_or_default();
+    assert!(
+        hint.contains("agent_guard.audit_writers") || hint.contains("agent_guard.audit_queues"),
+        "{}",
+        describe(e)
+    );
+}
+
+/// One agent session per database, each running `SELECT k` with a request
+/// id every 50 ms until `stop`; per database: the request ids that
+/// succeeded and how many were refused.
+fn agent_load(
+    cluster: &Cluster,
+    dbs: &[String],
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<(HashSet<String>, usize)>> {
     let mut sessions = vec![];
     for (d, db) in dbs.iter().enumerate() {
         let mut c = cluster.connect("many_agent", db);
@@ -108,20 +129,7 @@ fn every_agent_read_is_audited_or_refused_in_twenty_databases() {
                         ok.insert(rid);
                     }
                     Err(e) => {
-                        let db = e.as_db_error().unwrap_or_else(|| panic!("{e}"));
-                        assert_eq!(db.code().code(), "42501", "{}", describe(&e));
-                        assert!(
-                            db.message().contains("the audit trail is unavailable"),
-                            "{}",
-                            describe(&e)
-                        );
-                        let hint = db.hint().unwrap_or_default();
-                        assert!(
-                            hint.contains("agent_guard.audit_writers")
-                                || hint.contains("agent_guard.audit_queues"),
-                            "{}",
-                            describe(&e)
-                        );
+                        assert_audit_refusal(&e);
                         refused += 1;
                     }
                 }
@@ -130,103 +138,137 @@ fn every_agent_read_is_audited_or_refused_in_twenty_databases() {
             (ok, refused)
         }));
     }
+    sessions
+}
 
-    // while every database wants a writer, a human's parallel query still gets its workers
-    std::thread::sleep(Duration::from_secs(4));
-    let launched = parallel_workers_launched(&mut pg);
-    std::thread::sleep(Duration::from_secs(4));
-    stop.store(true, Ordering::Relaxed);
-    let results: Vec<(HashSet<String>, usize)> =
-        sessions.into_iter().map(|t| t.join().unwrap()).collect();
+/// The request ids with prefix `prefix` in `db`'s trail, once `expected` are
+/// all there (or after 30 s).
+fn trail_ids(
+    cluster: &Cluster,
+    db: &str,
+    prefix: &str,
+    expected: &HashSet<String>,
+) -> HashSet<String> {
+    let mut c = cluster.connect("postgres", db);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: HashSet<String> = c
+            .query(
+                "SELECT request_id FROM agent_guard.audit_log WHERE request_id LIKE $1",
+                &[&format!("{prefix}%")],
+            )
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if expected.is_subset(&rows) || Instant::now() > deadline {
+            let intact: bool = c
+                .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
+                .unwrap()
+                .get(0);
+            assert!(intact, "the chain of {db} verifies");
+            return rows;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
 
-    let mut lost = vec![];
-    let mut audited_dbs = 0;
-    let mut total_ok = 0;
-    let mut total_refused = 0;
+/// Every read that succeeded has its row in its database, and no refused
+/// read has one (it did not run). Returns (reads that succeeded, refused).
+fn check_trails(
+    cluster: &Cluster,
+    dbs: &[String],
+    results: &[(HashSet<String>, usize)],
+) -> (usize, usize) {
+    let mut problems = vec![];
+    let (mut total_ok, mut total_refused) = (0, 0);
     for (d, (ok, refused)) in results.iter().enumerate() {
         total_ok += ok.len();
         total_refused += refused;
-        if ok.is_empty() {
-            continue;
+        let rows = trail_ids(cluster, &dbs[d], &format!("db{d}-"), ok);
+        let lost = ok.difference(&rows).count();
+        let extra = rows.difference(ok).count();
+        if lost > 0 || extra > 0 {
+            problems.push(format!(
+                "{}: {} reads ran, {refused} refused, {} rows; {lost} reads without a row, {extra} rows of refused reads",
+                dbs[d],
+                ok.len(),
+                rows.len()
+            ));
         }
-        audited_dbs += 1;
-        let mut c = cluster.connect("postgres", &dbs[d]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let rows: HashSet<String> = loop {
-            let rows: HashSet<String> = c
-                .query(
-                    "SELECT request_id FROM agent_guard.audit_log WHERE request_id LIKE $1",
-                    &[&format!("db{d}-%")],
-                )
-                .unwrap()
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            if ok.is_subset(&rows) || Instant::now() > deadline {
-                break rows;
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        };
-        lost.extend(ok.difference(&rows).cloned());
-        let intact: bool = c
-            .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
-            .unwrap()
-            .get(0);
-        assert!(intact, "the chain of {} verifies", dbs[d]);
     }
+    assert!(
+        problems.is_empty(),
+        "every agent read that ran has its audit row, in its own database:\n{}",
+        problems.join("\n")
+    );
+    (total_ok, total_refused)
+}
+
+fn database_entry<'a>(st: &'a Value, db: &str) -> Option<&'a Value> {
+    st["databases"]
+        .as_array()?
+        .iter()
+        .find(|d| d["database"].as_str() == Some(db))
+}
+
+#[test]
+fn every_agent_read_in_twenty_databases_is_audited_or_refused() {
+    let (cluster, dbs) = cluster_with_databases(
+        "manydb",
+        &["max_worker_processes = 8", "max_connections = 100"],
+    );
+    let mut pg = cluster.connect("postgres", "postgres");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let sessions = agent_load(&cluster, &dbs, &stop);
+    // while every database wants a writer, a human's parallel query gets the
+    // workers it planned: audit writers never take the whole worker pool
+    std::thread::sleep(Duration::from_secs(3));
+    let mut parallel = vec![];
+    for _ in 0..3 {
+        parallel.push(parallel_workers(&mut pg));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let mut c0 = cluster.connect("postgres", &dbs[0]);
+    let during = stats(&mut c0);
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(HashSet<String>, usize)> =
+        sessions.into_iter().map(|t| t.join().unwrap()).collect();
+    let (total_ok, total_refused) = check_trails(&cluster, &dbs, &results);
     eprintln!(
-        "{total_ok} agent reads audited in {audited_dbs} databases, {total_refused} refused; \
-         a human's parallel query launched {launched} of 2 workers"
+        "{total_ok} agent reads audited, {total_refused} refused; a human's parallel query (planned, launched): {parallel:?}"
     );
+    assert!(total_ok > 0, "agents' reads ran ({total_refused} refused)");
+    for (planned, launched) in &parallel {
+        assert_eq!(*planned, 2);
+        assert_eq!(
+            launched, planned,
+            "a human's parallel query gets its workers while audit writers run: {parallel:?}; {during}"
+        );
+    }
     assert!(
-        lost.is_empty(),
-        "{} agent reads succeeded without an audit row (of {total_ok}; {total_refused} refused), e.g. {:?}",
-        lost.len(),
-        lost.iter().take(5).collect::<Vec<_>>()
-    );
-    assert!(
-        audited_dbs >= 1 && total_ok > 0,
-        "some databases were audited ({audited_dbs} of {DATABASES}; {total_ok} reads, {total_refused} refused)"
-    );
-    assert!(
-        launched >= 1,
-        "a human's parallel query launched {launched} of 2 workers while audit writers ran"
+        during["writers_running"].as_u64().is_some_and(|n| n <= 4),
+        "at most half of max_worker_processes are audit writers: {during}"
     );
 
-    // Used one after another, every database gets a queue and a writer in
-    // turn: idle databases give theirs to the busy one.
+    // Used one after another, every database gets a writer in turn: idle
+    // databases give theirs to the one that waits.
     for (d, db) in dbs.iter().enumerate() {
         let mut c = cluster.connect("many_agent", db);
+        let mut ids = HashSet::new();
         for k in 0..3 {
             let rid = format!("seq{d}-{k}");
             c.batch_execute(&format!("SELECT {k} /* request_id='{rid}' */"))
                 .unwrap_or_else(|e| panic!("{db}, used alone: {}", describe(&e)));
+            ids.insert(rid);
         }
-    }
-    for (d, db) in dbs.iter().enumerate() {
-        let mut c = cluster.connect("postgres", db);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let n: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM agent_guard.audit_log WHERE request_id LIKE $1",
-                    &[&format!("seq{d}-%")],
-                )
-                .unwrap()
-                .get(0);
-            if n == 3 {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{db}: {n} of 3 reads in the trail"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let rows = trail_ids(&cluster, db, &format!("seq{d}-"), &ids);
+        assert_eq!(rows, ids, "{db}: the reads of its turn are in its trail");
     }
 
-    let mut c = cluster.connect("postgres", &dbs[0]);
-    let st = stats(&mut c);
+    let st = stats(&mut c0);
     assert_eq!(st["totals"]["dropped"].as_u64(), Some(0), "{st}");
     assert_eq!(
         st["totals"]["refused"].as_u64(),
@@ -234,49 +276,117 @@ fn every_agent_read_is_audited_or_refused_in_twenty_databases() {
         "every refusal is counted: {st}"
     );
     assert!(
-        st["writers_running"].as_u64().unwrap_or(99) <= 4,
-        "at most half of max_worker_processes are writers: {st}"
+        st["totals"]["written"].as_u64().unwrap_or(0) >= (total_ok + 3 * DATABASES) as u64,
+        "{st}"
     );
 
-    // the counters outlive the writers
-    let written_before = st["totals"]["written"].as_u64().unwrap();
-    assert!(written_before >= total_ok as u64, "{st}");
-    let mine_before = st["databases"]
-        .as_array()
+    // the counters outlive a writer: terminate the writer of the database
+    // used last, its database keeps its queue and its counts
+    let last = dbs.last().unwrap();
+    let before = stats(&mut c0);
+    let mine_before = database_entry(&before, last)
+        .unwrap_or_else(|| panic!("{last} has a queue: {before}"))
+        .clone();
+    let pid: i32 = pg
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'agent_guard audit writer' AND datname = $1",
+            &[last],
+        )
         .unwrap()
-        .iter()
-        .find(|d| d["this_database"] == Value::Bool(true))
-        .map(|d| d["written"].as_u64().unwrap_or(0));
-    pg.batch_execute(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'agent_guard audit writer'",
-    )
-    .unwrap();
+        .get(0);
+    pg.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while pg
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'agent_guard audit writer'",
-            &[],
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
         )
         .unwrap()
         .get::<_, i64>(0)
         > 0
     {
-        assert!(Instant::now() < deadline, "writers did not exit");
+        assert!(Instant::now() < deadline, "the writer did not exit");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let after = stats(&mut c0);
+    for k in ["written", "enqueued", "refused", "dropped"] {
+        assert_eq!(
+            after["totals"][k], before["totals"][k],
+            "totals.{k} survive the writer's exit: before {before}, after {after}"
+        );
+    }
+    let mine_after = database_entry(&after, last)
+        .unwrap_or_else(|| panic!("{last} keeps its queue after its writer exits: {after}"));
+    assert_eq!(mine_after["worker_pid"], Value::from(0), "{after}");
+    for k in ["written", "enqueued", "refused", "dropped"] {
+        assert_eq!(
+            mine_after[k], mine_before[k],
+            "{last}'s {k} survives its writer's exit: before {before}, after {after}"
+        );
+    }
+    assert!(mine_after["written"].as_u64().unwrap_or(0) >= 3, "{after}");
+}
+
+#[test]
+fn beyond_a_too_small_capacity_agent_statements_are_refused_not_run_unaudited() {
+    let (cluster, dbs) = cluster_with_databases(
+        "smallcap",
+        &[
+            "max_worker_processes = 8",
+            "max_connections = 100",
+            "agent_guard.audit_queues = 2",
+            "agent_guard.audit_writers = 1",
+            "agent_guard.audit_wait_timeout = '1s'",
+        ],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sessions = agent_load(&cluster, &dbs, &stop);
+    std::thread::sleep(Duration::from_secs(8));
+    stop.store(true, Ordering::Relaxed);
+    let results: Vec<(HashSet<String>, usize)> =
+        sessions.into_iter().map(|t| t.join().unwrap()).collect();
+    let (total_ok, total_refused) = check_trails(&cluster, &dbs, &results);
+    eprintln!(
+        "capacity 2 queues, 1 writer: {total_ok} agent reads audited, {total_refused} refused"
+    );
+    assert!(
+        total_refused > 0,
+        "20 busy databases on 2 queues and 1 writer: statements beyond capacity are refused ({total_ok} ran)"
+    );
+
+    // each database, used on its own, gets its turn: its statements wait (or
+    // are refused and retried) and then run with their rows
+    let mut retried_refusals = 0;
+    for (d, db) in dbs.iter().enumerate() {
+        let mut c = cluster.connect("many_agent", db);
+        let rid = format!("turn{d}-1");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match c.batch_execute(&format!("SELECT 1 /* request_id='{rid}' */")) {
+                Ok(()) => break,
+                Err(e) => {
+                    assert_audit_refusal(&e);
+                    retried_refusals += 1;
+                    assert!(Instant::now() < deadline, "{db} never got its turn");
+                }
+            }
+        }
+        let ids = HashSet::from([rid.clone()]);
+        assert_eq!(trail_ids(&cluster, db, &rid, &ids), ids, "{db}");
+    }
+
+    let mut c = cluster.connect("postgres", &dbs[0]);
     let st = stats(&mut c);
-    assert_eq!(
-        st["totals"]["written"].as_u64(),
-        Some(written_before),
+    assert_eq!(st["queues"].as_u64(), Some(2), "{st}");
+    assert!(
+        st["writers_running"].as_u64().is_some_and(|n| n <= 1),
         "{st}"
     );
-    let mine_after = st["databases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["this_database"] == Value::Bool(true))
-        .map(|d| d["written"].as_u64().unwrap_or(0));
-    if mine_before.is_some() {
-        assert_eq!(mine_after, mine_before, "{st}");
-    }
+    assert_eq!(st["totals"]["dropped"].as_u64(), Some(0), "{st}");
+    assert_eq!(
+        st["totals"]["refused"].as_u64(),
+        Some((total_refused + retried_refusals) as u64),
+        "every refusal is counted: {st}"
+    );
 }
