@@ -131,11 +131,17 @@ pub fn check_function(funcid: pg_sys::Oid) {
     let Some(c) = crate::functions::call_classification(funcid) else {
         return;
     };
-    if let Decision::Deny(r) = decide_current(&c) {
+    refuse_denied_call(&c);
+}
+
+/// Refuse a call the current agent session may not make (recording the
+/// refusal under the running top-level statement's text); nothing when allowed.
+fn refuse_denied_call(c: &Classification) {
+    if let Decision::Deny(r) = decide_current(c) {
         if crate::identity::guard_installed() {
             let text = crate::hooks::top_level_text();
             let _ = crate::audit::statement_start(
-                &c,
+                c,
                 &Decision::Deny(r.clone()),
                 &crate::audit::StatementText {
                     text: &text,
@@ -174,21 +180,7 @@ pub unsafe fn check_query_calls(query: *mut pg_sys::Query) {
         let Some(c) = agent_guard_core::classify_function(&facts, ctx) else {
             continue;
         };
-        if let Decision::Deny(r) = decide_current(&c) {
-            if crate::identity::guard_installed() {
-                let text = crate::hooks::top_level_text();
-                let _ = crate::audit::statement_start(
-                    &c,
-                    &Decision::Deny(r.clone()),
-                    &crate::audit::StatementText {
-                        text: &text,
-                        params: None,
-                    },
-                    0,
-                );
-            }
-            refuse(&r);
-        }
+        refuse_denied_call(&c);
     }
 }
 

@@ -268,6 +268,7 @@ pub fn current_agent() -> Option<Rc<AgentRecord>> {
         c.valid && c.generation == generation && c.session_user == session
     });
     if !fresh && unsafe { pg_sys::IsTransactionState() } && !in_internal() {
+        crate::shmem::catch_up();
         refresh(generation);
     }
     CACHE.with(|c| c.borrow().agent.clone())

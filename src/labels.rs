@@ -201,6 +201,7 @@ pub fn sensitive_columns() -> Rc<SensitiveColumns> {
                 .unwrap_or_default()
         });
     }
+    crate::shmem::catch_up();
     let cols = Rc::new(load());
     SENSITIVE.with(|s| *s.borrow_mut() = Some((generation, cols.clone())));
     cols

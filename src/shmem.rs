@@ -15,8 +15,8 @@
 //! agent, or that a column is now masked, at its next statement.
 
 use pgrx::atomics::PgAtomic;
+use pgrx::pg_shmem_init;
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgXactCallbackEvent};
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,6 +25,8 @@ static GENERATION: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"agent_guard_ge
 thread_local! {
     /// A bump is pending for this transaction's commit.
     static BUMP_PENDING: Cell<bool> = const { Cell::new(false) };
+    /// The resource-release callback is registered in this backend.
+    static RELEASE_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// Invalidations replayed on a hot standby that bear on the caches.
     static LOCAL: Cell<u64> = const { Cell::new(0) };
 }
@@ -86,18 +88,52 @@ pub fn bump_now() {
 }
 
 /// Move the generation when the current transaction commits, so other
-/// backends re-read only once the change is visible to them.
+/// backends re-read only once the change is visible to them: after the
+/// commit is visible *and* its invalidation messages are sent (PostgreSQL
+/// sends them after the transaction callbacks run, so the bump waits for
+/// the release of the transaction's locks). A reader that sees the new
+/// generation and then calls [`catch_up`] reads the committed state, from
+/// the syscache too.
 pub fn bump_at_commit() {
     // Invalidate this backend's own caches right away too.
     bump_now();
     if BUMP_PENDING.with(|p| p.replace(true)) {
         return;
     }
-    pgrx::register_xact_callback(PgXactCallbackEvent::Commit, || {
-        BUMP_PENDING.with(|p| p.set(false));
+    if !RELEASE_CALLBACK.with(|r| r.replace(true)) {
+        unsafe {
+            pg_sys::RegisterResourceReleaseCallback(Some(after_release), std::ptr::null_mut())
+        };
+    }
+}
+
+/// The end of a top-level transaction: its changes are visible and its
+/// invalidations sent once its locks are released.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_release(
+    phase: pg_sys::ResourceReleasePhase::Type,
+    is_commit: bool,
+    is_top_level: bool,
+    _arg: *mut std::ffi::c_void,
+) {
+    if phase == pg_sys::ResourceReleasePhase::RESOURCE_RELEASE_AFTER_LOCKS
+        && is_top_level
+        && BUMP_PENDING.with(|p| p.replace(false))
+        && is_commit
+    {
         bump_now();
-    });
-    pgrx::register_xact_callback(PgXactCallbackEvent::Abort, || {
-        BUMP_PENDING.with(|p| p.set(false));
-    });
+    }
+}
+
+/// Before re-reading a cache because the generation moved: take in the
+/// invalidations other backends sent (their commits moved the generation
+/// only after sending them) and start a fresh catalog snapshot, so the
+/// reload sees every change the generation read before this call stands for.
+pub fn catch_up() {
+    unsafe {
+        if pg_sys::IsTransactionState() {
+            pg_sys::AcceptInvalidationMessages();
+            pg_sys::InvalidateCatalogSnapshot();
+        }
+    }
 }

@@ -473,7 +473,11 @@ mod tests {
                 assert_eq!(r.code, "standby");
                 assert!(r.message.contains("on a hot standby"), "{}", r.message);
                 assert!(r.hint.starts_with("Connect to the primary"), "{}", r.hint);
-                assert!(r.detail.starts_with("Statement classified as read"), "{}", r.detail);
+                assert!(
+                    r.detail.starts_with("Statement classified as read"),
+                    "{}",
+                    r.detail
+                );
             }
             d => panic!("{d:?}"),
         }
@@ -482,12 +486,20 @@ mod tests {
             Decision::Allow { .. }
         ));
         // the sponsor rule keeps its own, more precise reason
-        match decide(Some(&actor(SponsorStatus::NoLogin)), &standby, &read(), &NoGrants) {
+        match decide(
+            Some(&actor(SponsorStatus::NoLogin)),
+            &standby,
+            &read(),
+            &NoGrants,
+        ) {
             Decision::Deny(r) => assert_eq!(r.code, "orphaned"),
             d => panic!("{d:?}"),
         }
         // nobody else is affected
-        assert_eq!(decide(None, &standby, &read(), &NoGrants), Decision::NotEnforced);
+        assert_eq!(
+            decide(None, &standby, &read(), &NoGrants),
+            Decision::NotEnforced
+        );
     }
 
     #[test]

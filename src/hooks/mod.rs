@@ -227,10 +227,17 @@ unsafe extern "C-unwind" fn ag_rs_executor_end(query_desc: *mut pg_sys::QueryDes
     }
 }
 
-/// Statements after which every backend must re-read who is an agent.
+/// Statements after which every backend must re-read who is an agent
+/// (`COMMIT PREPARED` too: the prepared transaction may have changed
+/// registrations or labels, and its own backend's bump came at PREPARE,
+/// before the change was visible).
 fn changes_registry(node: *mut pg_sys::Node) -> bool {
     use pg_sys::NodeTag::*;
     let tag = unsafe { (*node).type_ };
+    if tag == T_TransactionStmt {
+        let kind = unsafe { (*(node as *mut pg_sys::TransactionStmt)).kind };
+        return kind == pg_sys::TransactionStmtKind::TRANS_STMT_COMMIT_PREPARED;
+    }
     matches!(
         tag,
         T_CreateRoleStmt

@@ -234,6 +234,7 @@ fn with_key<R>(f: impl FnOnce(&[u8]) -> R) -> R {
     let generation = crate::shmem::generation();
     let fresh = KEY.with(|k| matches!(&*k.borrow(), Some((g, _)) if *g == generation));
     if !fresh {
+        crate::shmem::catch_up();
         let key = load_key();
         KEY.with(|k| *k.borrow_mut() = Some((generation, key)));
     }

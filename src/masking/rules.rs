@@ -204,6 +204,7 @@ pub fn rules() -> Rc<Rules> {
     if !unsafe { pg_sys::IsTransactionState() } || crate::identity::in_internal() {
         return cached.map(|(_, r)| r).unwrap_or_default();
     }
+    crate::shmem::catch_up();
     let fresh = Rc::new(load());
     CACHE.with(|c| *c.borrow_mut() = Some((generation, fresh.clone())));
     // Plans cached under other rules (or before this session was an agent's)

@@ -32,7 +32,10 @@ fn wait_replay(primary: &mut Client, standby: &mut Client) {
         if done {
             return;
         }
-        assert!(Instant::now() < deadline, "the standby did not replay up to {lsn}");
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay up to {lsn}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -84,25 +87,40 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
         &mut a,
         &format!("SELECT ssn FROM {table} /* request_id='on-standby' */"),
     );
-    assert!(e.message().contains("may not run SELECT on a hot standby"), "{}", e.message());
     assert!(
-        e.detail().unwrap_or("").starts_with("Statement classified as sensitive_read"),
-        "{:?}",
-        e.detail()
+        e.message().contains("may not run SELECT on a hot standby"),
+        "{}",
+        e.message()
     );
-    assert!(e.hint().unwrap_or("").starts_with("Connect to the primary"), "{:?}", e.hint());
-    let e = refused(&mut a, &format!("DELETE FROM {table} /* request_id='on-standby' */"));
     assert!(
         e.detail()
             .unwrap_or("")
-            .starts_with(&format!("Statement classified as write (DELETE on public.{table})")),
+            .starts_with("Statement classified as sensitive_read"),
+        "{:?}",
+        e.detail()
+    );
+    assert!(
+        e.hint().unwrap_or("").starts_with("Connect to the primary"),
+        "{:?}",
+        e.hint()
+    );
+    let e = refused(
+        &mut a,
+        &format!("DELETE FROM {table} /* request_id='on-standby' */"),
+    );
+    assert!(
+        e.detail().unwrap_or("").starts_with(&format!(
+            "Statement classified as write (DELETE on public.{table})"
+        )),
         "{:?}",
         e.detail()
     );
     refused(&mut a, "SELECT 1 /* request_id='on-standby' */");
     // session housekeeping still works, so drivers connect and get a clear refusal
-    a.batch_execute("SET agent_guard.request_id = 'on-standby'; SHOW agent_guard.request_id; BEGIN; COMMIT")
-        .unwrap();
+    a.batch_execute(
+        "SET agent_guard.request_id = 'on-standby'; SHOW agent_guard.request_id; BEGIN; COMMIT",
+    )
+    .unwrap();
     refused(&mut a, "SET agent_guard.enabled = off");
 
     // nothing waits in the standby's memory for a writer that cannot write
@@ -126,16 +144,16 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
     let e = refused(&mut human, &format!("SELECT ssn FROM {table}"));
     assert!(e.message().contains("on a hot standby"), "{}", e.message());
     // and so does the sponsor rule
-    p.batch_execute(&format!("ALTER ROLE {sponsor} NOLOGIN")).unwrap();
+    p.batch_execute(&format!("ALTER ROLE {sponsor} NOLOGIN"))
+        .unwrap();
     wait_replay(&mut p, &mut s_admin);
     let e = refused(&mut a, "SELECT 1");
     assert!(e.message().contains("is orphaned"), "{}", e.message());
-    p.batch_execute(&format!("ALTER ROLE {sponsor} LOGIN")).unwrap();
+    p.batch_execute(&format!("ALTER ROLE {sponsor} LOGIN"))
+        .unwrap();
     wait_replay(&mut p, &mut s_admin);
-    p.batch_execute(&format!(
-        "SELECT agent_guard.unregister_agent('{late}')"
-    ))
-    .unwrap();
+    p.batch_execute(&format!("SELECT agent_guard.unregister_agent('{late}')"))
+        .unwrap();
     drop(human);
 
     // promotion: the open agent session is enforced and audited, exactly once
@@ -161,7 +179,10 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
         .unwrap()
         .get(0);
     assert_eq!(ssn, "***-**-5506");
-    refused(&mut a, &format!("DELETE FROM {table} /* request_id='after-promotion' */"));
+    refused(
+        &mut a,
+        &format!("DELETE FROM {table} /* request_id='after-promotion' */"),
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let (after, on_standby): (i64, i64) = loop {
         let r = s_admin
@@ -178,7 +199,10 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
         }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert_eq!(after, 2, "each statement after the promotion is recorded once");
+    assert_eq!(
+        after, 2,
+        "each statement after the promotion is recorded once"
+    );
     assert_eq!(on_standby, 0, "nothing was queued on the standby");
     let (total, distinct): (i64, i64) = {
         let r = s_admin
@@ -192,7 +216,10 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
     assert_eq!(total, distinct, "no record is written twice");
     assert_eq!(total, rows_before + 2);
     let v = s_admin
-        .query_one("SELECT intact, problem FROM agent_guard.verify_audit()", &[])
+        .query_one(
+            "SELECT intact, problem FROM agent_guard.verify_audit()",
+            &[],
+        )
         .unwrap();
     assert!(v.get::<_, bool>(0), "{:?}", v.get::<_, Option<String>>(1));
     drop(a);
