@@ -42,6 +42,14 @@ pub fn decide_current_with(c: &Classification, consume: bool) -> Decision {
         let actor = crate::identity::actor(&agent);
         return agent_guard_core::policy::nonstandard_strings_refusal(&actor, c);
     }
+    // Likewise while its errors would not be logged (the trail reads them there).
+    if crate::gucs::errors_unlogged() {
+        if let Some(d) =
+            agent_guard_core::policy::unlogged_errors_refusal(&crate::identity::actor(&agent), c)
+        {
+            return d;
+        }
+    }
     // Housekeeping needs no catalog access: it must work in aborted transactions.
     if c.is_housekeeping() && !c.touches_guard {
         return Decision::Allow {

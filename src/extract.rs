@@ -167,7 +167,7 @@ pub unsafe fn plan_facts(
 }
 
 /// Facts of an analyzed (not yet planned) query, for EXPLAIN and DECLARE CURSOR wrappers.
-unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
+pub(crate) unsafe fn query_facts(query: *mut pg_sys::Query) -> Facts {
     unsafe {
         if (*query).commandType == pg_sys::CmdType::CMD_UTILITY {
             return Facts::Utility(utility_facts((*query).utilityStmt));

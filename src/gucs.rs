@@ -262,6 +262,14 @@ pub fn nonstandard_lexer() -> bool {
     }
 }
 
+/// Whether errors of this session skip the server log (`log_min_messages`
+/// `log`, `fatal` or `panic`): PostgreSQL then never calls `emit_log_hook`
+/// for them, which is where agent_guard records and redacts them.
+pub fn errors_unlogged() -> bool {
+    let level = unsafe { pg_sys::log_min_messages };
+    level == pg_sys::LOG as i32 || level > pg_sys::PGERROR as i32
+}
+
 /// Values from postgresql.conf, ALTER SYSTEM, the command line, the
 /// environment or the built-in default: the server's own.
 fn server_source(source: pg_sys::GucSource::Type) -> bool {

@@ -79,6 +79,13 @@ pub fn cached_is_agent() -> bool {
     CACHE.with(|c| c.borrow().agent.is_some())
 }
 
+/// [`cached_is_agent`] for callers inside PostgreSQL's error reporting, which
+/// must not panic: `false` while the cache is being rewritten (never during a
+/// user's statement).
+pub fn cached_is_agent_in_error() -> bool {
+    CACHE.with(|c| c.try_borrow().map(|c| c.agent.is_some()).unwrap_or(false))
+}
+
 /// A role's name, or `(role N)` when it no longer exists.
 pub fn role_name(oid: pg_sys::Oid) -> String {
     unsafe {

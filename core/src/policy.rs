@@ -198,6 +198,26 @@ pub fn nonstandard_strings_refusal(actor: &Actor, c: &Classification) -> Decisio
     })
 }
 
+/// The refusal of an agent's statement (anything but session housekeeping)
+/// while the session's errors are not logged (`log_min_messages` above
+/// `error`): agent_guard reads an agent's errors as they are logged, for the
+/// trail (outcome, SQLSTATE, message) and to redact them; without that a
+/// failed statement would leave no record.
+pub fn unlogged_errors_refusal(actor: &Actor, c: &Classification) -> Option<Decision> {
+    if c.is_housekeeping() && !c.touches_guard {
+        return None;
+    }
+    Some(Decision::Deny(Refusal {
+        message: format!(
+            "agent \"{}\" may not run statements while log_min_messages keeps errors out of the server log",
+            actor.agent
+        ),
+        detail: detail(actor, c),
+        hint: "Connect with log_min_messages at error or lower (do not set it in PGOPTIONS, ALTER ROLE/DATABASE ... SET or postgresql.conf above error): agent_guard records and redacts agents' errors as they are logged.".into(),
+        code: "errors_unlogged",
+    }))
+}
+
 /// Decide whether `actor` may run a statement classified as `c`.
 pub fn decide(
     actor: Option<&Actor>,
@@ -500,6 +520,22 @@ mod tests {
             decide(None, &standby, &read(), &NoGrants),
             Decision::NotEnforced
         );
+    }
+
+    #[test]
+    fn unlogged_errors_refuse_everything_but_housekeeping() {
+        let a = actor(SponsorStatus::Active);
+        for c in [read(), delete()] {
+            match unlogged_errors_refusal(&a, &c) {
+                Some(Decision::Deny(r)) => {
+                    assert_eq!(r.code, "errors_unlogged");
+                    assert!(r.hint.contains("log_min_messages"), "{}", r.hint);
+                }
+                d => panic!("{d:?}"),
+            }
+        }
+        assert_eq!(unlogged_errors_refusal(&a, &util("VariableSetStmt")), None);
+        assert_eq!(unlogged_errors_refusal(&a, &util("TransactionStmt")), None);
     }
 
     #[test]

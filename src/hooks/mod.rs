@@ -290,7 +290,9 @@ unsafe extern "C-unwind" fn ag_rs_utility_before(
                 params: None,
             };
             if agent {
-                if let Some(r) = crate::masking::refresh::refusal(node) {
+                let masking = crate::masking::refresh::refusal(node)
+                    .or_else(|| crate::masking::ddl::refusal(node));
+                if let Some(r) = masking {
                     crate::enforce::refuse_recorded(&facts, &text, r);
                 }
             }
@@ -456,8 +458,8 @@ unsafe extern "C-unwind" fn ag_rs_fmgr_start(fn_oid: pg_sys::Oid) {
 #[no_mangle]
 #[pg_guard]
 unsafe extern "C-unwind" fn ag_rs_post_parse_analyze(
-    _pstate: *mut pg_sys::ParseState,
-    _query: *mut pg_sys::Query,
+    pstate: *mut pg_sys::ParseState,
+    query: *mut pg_sys::Query,
 ) {
     // Only with the statement's own snapshot (catalog reads need one; taking
     // one here could fix a REPEATABLE READ snapshot too early). Utility
@@ -465,6 +467,51 @@ unsafe extern "C-unwind" fn ag_rs_post_parse_analyze(
     if unsafe { pg_sys::ActiveSnapshotSet() } && enforcing() && crate::identity::guard_installed() {
         crate::masking::rules::rules();
     }
+    // A plannable statement can fail while it is planned (`SELECT 1/0`), before
+    // ExecutorStart: with errors kept out of the log it would leave no record.
+    unsafe { refuse_unlogged_errors(pstate, query) };
+}
+
+/// Refuse an agent's plannable statement as it is analysed while its errors
+/// would not be logged (see crate::gucs::errors_unlogged).
+unsafe fn refuse_unlogged_errors(pstate: *mut pg_sys::ParseState, query: *mut pg_sys::Query) {
+    unsafe {
+        if query.is_null()
+            || (*query).commandType == pg_sys::CmdType::CMD_UTILITY
+            || !crate::gucs::errors_unlogged()
+            || !enforcing()
+        {
+            return;
+        }
+        let Some(agent) = crate::identity::current_agent() else {
+            return;
+        };
+        let facts = crate::extract::query_facts(query);
+        let c = agent_guard_core::classify(&facts);
+        let actor = crate::identity::actor(&agent);
+        if let Some(agent_guard_core::Decision::Deny(r)) =
+            agent_guard_core::policy::unlogged_errors_refusal(&actor, &c)
+        {
+            let source = if pstate.is_null() {
+                std::ptr::null()
+            } else {
+                (*pstate).p_sourcetext
+            };
+            let text = statement_text(source, (*query).stmt_location, (*query).stmt_len);
+            let text = crate::audit::StatementText {
+                text: &text,
+                params: None,
+            };
+            crate::enforce::refuse_recorded(&facts, &text, r);
+        }
+    }
+}
+
+/// The DETAIL that replaces an integrity-constraint violation's as it is
+/// raised, or NULL (not an agent session): see crate::masking::errors.
+#[no_mangle]
+extern "C-unwind" fn ag_rs_row_values_hidden() -> *const c_char {
+    crate::masking::errors::row_values_hidden().map_or(std::ptr::null(), |c| c.as_ptr())
 }
 
 /// Every server-log and client message passes here before it is sent:

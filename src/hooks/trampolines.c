@@ -47,6 +47,7 @@ extern bool ag_rs_needs_fmgr(Oid fn_oid);
 extern void ag_rs_fmgr_start(Oid fn_oid);
 extern void ag_rs_post_parse_analyze(ParseState *pstate, Query *query);
 extern void ag_rs_emit_log(ErrorData *edata);
+extern const char *ag_rs_row_values_hidden(void);
 
 /* ---- state read by Rust ---------------------------------------------------- */
 /* Statements executing right now (ExecutorRun/Finish, ProcessUtility). */
@@ -74,6 +75,33 @@ ag_sec_integrity(void)
 	GetUserIdAndSecContext(&user, &sec);
 	return (sec & SECURITY_NOFORCE_RLS) != 0;
 }
+
+/*
+ * Error-context callback of every statement frame: in agent sessions an
+ * integrity-constraint violation (SQLSTATE class 23: "Failing row contains",
+ * "Key (...)=(...)") loses its DETAIL as it is raised, before a PL/pgSQL
+ * EXCEPTION handler can catch it and whether or not it is logged (see
+ * src/masking/errors.rs). Non-agent sessions: Rust says NULL, nothing changes.
+ */
+static void
+ag_hide_row_values(void *arg)
+{
+	const char *hidden;
+
+	if (ERRCODE_TO_CATEGORY(geterrcode()) != ERRCODE_INTEGRITY_CONSTRAINT_VIOLATION)
+		return;
+	hidden = ag_rs_row_values_hidden();
+	if (hidden != NULL)
+		errdetail("%s", hidden);
+}
+
+#define AG_PUSH_ROW_VALUES(cb) \
+	do { \
+		(cb).callback = ag_hide_row_values; \
+		(cb).arg = NULL; \
+		(cb).previous = error_context_stack; \
+		error_context_stack = &(cb); \
+	} while (0)
 
 static inline void
 ag_enter_frame(void)
@@ -162,12 +190,16 @@ ag_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 			   bool execute_once)
 #endif
 {
+	ErrorContextCallback row_values;
+
 	if (ag_nesting_level == 0)
 		ag_rs_top_resume(queryDesc);
 	ag_enter_frame();
 	ag_statement_frames++;
 	PG_TRY();
 	{
+		/* popped by PG_FINALLY/PG_END_TRY, which restore the stack as it was at PG_TRY */
+		AG_PUSH_ROW_VALUES(row_values);
 #if PG_VERSION_NUM >= 180000
 		if (prev_ExecutorRun)
 			prev_ExecutorRun(queryDesc, direction, count);
@@ -191,12 +223,16 @@ ag_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
 static void
 ag_ExecutorFinish(QueryDesc *queryDesc)
 {
+	ErrorContextCallback row_values;
+
 	if (ag_nesting_level == 0)
 		ag_rs_top_resume(queryDesc);
 	ag_enter_frame();
 	ag_statement_frames++;
 	PG_TRY();
 	{
+		/* popped by PG_FINALLY/PG_END_TRY, which restore the stack as it was at PG_TRY */
+		AG_PUSH_ROW_VALUES(row_values);
 		if (prev_ExecutorFinish)
 			prev_ExecutorFinish(queryDesc);
 		else
@@ -239,6 +275,7 @@ ag_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *original = pstmt->utilityStmt;
 	uint32		flags;
+	ErrorContextCallback row_values;
 
 	/* may refuse (an ERROR of agent_guard's own) or replace pstmt */
 	flags = ag_rs_utility_before(&pstmt, queryString, params);
@@ -247,6 +284,8 @@ ag_ProcessUtility(PlannedStmt *pstmt, const char *queryString,
 	ag_statement_frames++;
 	PG_TRY();
 	{
+		/* popped by PG_FINALLY/PG_END_TRY, which restore the stack as it was at PG_TRY */
+		AG_PUSH_ROW_VALUES(row_values);
 		if (prev_ProcessUtility)
 			prev_ProcessUtility(pstmt, queryString, readOnlyTree, context,
 								params, queryEnv, dest, qc);

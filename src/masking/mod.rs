@@ -51,6 +51,7 @@
 pub mod activity;
 pub mod backstop;
 pub mod copy;
+pub mod ddl;
 pub mod discover;
 pub mod effective;
 pub mod errors;

@@ -28,6 +28,10 @@ pub struct MaskedRelation {
     pub columns: Vec<(i16, String)>,
     /// A built-in rule: the masked columns read as NULL, no view.
     pub builtin: bool,
+    /// Masked columns without a label of their own: inherited from a parent
+    /// (attnum, the ancestor) or computed from a labelled column (generated).
+    pub inherited: Vec<(i16, pg_sys::Oid)>,
+    pub generated: Vec<i16>,
 }
 
 impl MaskedRelation {
@@ -126,6 +130,7 @@ fn builtin(rules: &mut Rules, relid: Option<pg_sys::Oid>, columns: &[&str]) {
                 view: None,
                 columns: cols,
                 builtin: true,
+                ..Default::default()
             },
         );
     }
@@ -142,6 +147,11 @@ fn load() -> Rules {
         let m = rules.relations.entry(c.relid.to_u32()).or_default();
         m.view = c.view;
         m.columns.push((c.attnum, c.rule.clone()));
+        if let Some(from) = c.inherited_from {
+            m.inherited.push((c.attnum, from));
+        } else if c.generated_from.is_some() {
+            m.generated.push(c.attnum);
+        }
         rules
             .names
             .entry(c.relid.to_u32())
