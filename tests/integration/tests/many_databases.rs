@@ -23,6 +23,15 @@ use std::time::{Duration, Instant};
 
 const DATABASES: usize = 20;
 
+/// The two tests run one after the other: each starts a cluster with 20
+/// databases and 20 busy sessions, and the first measures what a human's
+/// parallel query gets.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn stats(c: &mut postgres::Client) -> Value {
     let s: String = c
         .query_one("SELECT agent_guard.audit_stats()::text", &[])
@@ -214,6 +223,7 @@ fn database_entry<'a>(st: &'a Value, db: &str) -> Option<&'a Value> {
 
 #[test]
 fn every_agent_read_in_twenty_databases_is_audited_or_refused() {
+    let _serial = one_at_a_time();
     let (cluster, dbs) = cluster_with_databases(
         "manydb",
         &["max_worker_processes = 8", "max_connections = 100"],
@@ -330,6 +340,7 @@ fn every_agent_read_in_twenty_databases_is_audited_or_refused() {
 
 #[test]
 fn beyond_a_too_small_capacity_agent_statements_are_refused_not_run_unaudited() {
+    let _serial = one_at_a_time();
     let (cluster, dbs) = cluster_with_databases(
         "smallcap",
         &[
