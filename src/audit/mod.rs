@@ -140,12 +140,12 @@ impl Unavailable {
                 crate::gucs::audit_queues()
             ),
             Unavailable::NoWriter(WriterMissing::Busy) => format!(
-                "Raise agent_guard.audit_writers (now {}) to the number of databases agents use at once, and max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2; see the README, \"Operations\".",
+                "Raise agent_guard.audit_writers (now {}) to the number of databases agents use at once, and max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2; see docs/operations.md, \"Many databases and sizing\".",
                 crate::gucs::audit_writers(),
                 unsafe { pg_sys::max_worker_processes }
             ),
             Unavailable::NoWriter(WriterMissing::NotRegistered) => format!(
-                "Every background worker slot is taken: raise max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2, or lower agent_guard.audit_writers; see the README, \"Operations\".",
+                "Every background worker slot is taken: raise max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2, or lower agent_guard.audit_writers; see docs/operations.md, \"Many databases and sizing\".",
                 unsafe { pg_sys::max_worker_processes }
             ),
             Unavailable::NoWriter(WriterMissing::Slow)
@@ -192,13 +192,17 @@ pub(crate) fn ensure_worker(i: usize) -> Result<(), WriterMissing> {
 /// reserved before; with `need_writer`, only once a writer runs for the
 /// database (starting one if needed). Waits for space and for a writer up
 /// to `agent_guard.audit_wait_timeout`. Returns the slot and the record's
-/// sequence number.
+/// sequence number. Without `patient` (a non-agent session's statement,
+/// which runs unrecorded when it cannot be recorded) it does not wait for
+/// a queue, nor for a writer when none may start now; only for a writer
+/// that is starting and for space.
 fn queue_step(
     payload: Option<&[u8]>,
     durable: bool,
     reserve: u64,
     from_reserved: u64,
     need_writer: bool,
+    patient: bool,
 ) -> Result<(usize, u64), Unavailable> {
     if !queue::attached() {
         return Err(Unavailable::NoSlot);
@@ -215,7 +219,7 @@ fn queue_step(
     let mut i = loop {
         match queue::slot_for(db) {
             Some(i) => break i,
-            None if expired() => return Err(Unavailable::NoSlot),
+            None if !patient || expired() => return Err(Unavailable::NoSlot),
             None => sleep.nap(20),
         }
     };
@@ -254,6 +258,9 @@ fn queue_step(
             Err(queue::Full::NoWriter) => {
                 if let Err(why) = ensure_worker(i) {
                     missing = why;
+                    if !patient {
+                        return Err(Unavailable::NoWriter(missing));
+                    }
                 }
                 if expired() {
                     return Err(Unavailable::NoWriter(missing));
@@ -292,7 +299,7 @@ fn wait_durable(i: usize, seq: u64) -> Result<(), Unavailable> {
 fn send_later(payload: Vec<u8>, reserved: u64) {
     // all of the event's reservation goes back with it (it was an upper bound)
     let from = STATE.with(|s| s.borrow().held).min(reserved);
-    match queue_step(Some(&payload), false, 0, from, false) {
+    match queue_step(Some(&payload), false, 0, from, false, true) {
         Ok(_) => STATE.with(|s| s.borrow_mut().held -= from),
         Err(why) => record_lost(&why),
     }
@@ -616,7 +623,10 @@ pub fn statement_start(
             0
         };
     let payload = durable.then(|| event.event_json());
-    let admitted = queue_step(payload.as_deref(), durable, reserve, 0, true);
+    // agents' statements (and agent_guard's own events) wait for capacity,
+    // other sessions' run unrecorded rather than wait
+    let patient = agent.is_some() || query_desc == OWN_EVENT;
+    let admitted = queue_step(payload.as_deref(), durable, reserve, 0, true, patient);
     let (slot, seq) = match admitted {
         Ok(v) => v,
         Err(why) => {
@@ -1103,6 +1113,9 @@ pub fn record_admin_event(command: &str, text: &str) {
     );
 }
 
+/// The query descriptor key of agent_guard's own events ([`record_event`]).
+const OWN_EVENT: usize = usize::MAX;
+
 /// Put one event of agent_guard's own into the trail, durably.
 pub fn record_event(command: &str, risk: Risk, objects: Vec<String>, text: &str) {
     let mut c = Classification::new(command, risk, text);
@@ -1111,11 +1124,11 @@ pub fn record_event(command: &str, risk: Risk, objects: Vec<String>, text: &str)
         reason: "administrator".into(),
         grant: None,
     };
-    if let Err(u) = statement_start(&c, &d, &StatementText { text, params: None }, usize::MAX) {
+    if let Err(u) = statement_start(&c, &d, &StatementText { text, params: None }, OWN_EVENT) {
         warning!(
             "agent_guard: could not record {command} in the audit trail: {}",
             u.describe()
         );
     }
-    statement_end(usize::MAX, None);
+    statement_end(OWN_EVENT, None);
 }

@@ -11,7 +11,10 @@
 //!   writer's exit (`pg_terminate_backend`).
 //! - With capacity deliberately too small (`audit_queues = 2`,
 //!   `audit_writers = 1`), statements beyond it are refused, and each
-//!   database, used on its own, gets its turn and its rows.
+//!   database, used on its own, gets its turn and its rows; a human whose
+//!   statements are audited too (`audit_non_agents = 'all'`) is never
+//!   refused nor kept waiting: what cannot be recorded at once runs
+//!   unrecorded and is counted as dropped.
 
 use agent_guard_integration::cluster::Cluster;
 use agent_guard_integration::*;
@@ -353,13 +356,35 @@ fn beyond_a_too_small_capacity_agent_statements_are_refused_not_run_unaudited() 
     );
     let stop = Arc::new(AtomicBool::new(false));
     let sessions = agent_load(&cluster, &dbs, &stop);
-    std::thread::sleep(Duration::from_secs(8));
+    // meanwhile a human whose statements are audited too (audit_non_agents)
+    // is never refused and never waits for capacity that is not there: a
+    // statement that cannot be recorded at once runs unrecorded (dropped)
+    let human_db = dbs[5].clone();
+    let mut human = cluster.connect("postgres", &human_db);
+    human
+        .batch_execute("SET agent_guard.audit_non_agents = 'all'")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    const HUMAN: usize = 40;
+    let mut slowest = Duration::ZERO;
+    for k in 0..HUMAN {
+        let t = Instant::now();
+        human
+            .batch_execute(&format!("SELECT {k} /* request_id='human-{k}' */"))
+            .unwrap_or_else(|e| panic!("a human's statement is never refused: {}", describe(&e)));
+        slowest = slowest.max(t.elapsed());
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stop.store(true, Ordering::Relaxed);
     let results: Vec<(HashSet<String>, usize)> =
         sessions.into_iter().map(|t| t.join().unwrap()).collect();
     let (total_ok, total_refused) = check_trails(&cluster, &dbs, &results);
     eprintln!(
-        "capacity 2 queues, 1 writer: {total_ok} agent reads audited, {total_refused} refused"
+        "capacity 2 queues, 1 writer: {total_ok} agent reads audited, {total_refused} refused; a human's slowest statement: {slowest:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(600),
+        "a human's statement does not wait for audit capacity (agent_guard.audit_wait_timeout is 1 s): slowest {slowest:?}"
     );
     assert!(
         total_refused > 0,
@@ -388,13 +413,27 @@ fn beyond_a_too_small_capacity_agent_statements_are_refused_not_run_unaudited() 
     }
 
     let mut c = cluster.connect("postgres", &dbs[0]);
+    let human_rows: i64 = cluster
+        .connect("postgres", &human_db)
+        .query_one(
+            "SELECT count(*) FROM agent_guard.audit_log WHERE request_id LIKE 'human-%'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     let st = stats(&mut c);
+    eprintln!("a human's statements: {HUMAN}, recorded {human_rows}");
     assert_eq!(st["queues"].as_u64(), Some(2), "{st}");
     assert!(
         st["writers_running"].as_u64().is_some_and(|n| n <= 1),
         "{st}"
     );
-    assert_eq!(st["totals"]["dropped"].as_u64(), Some(0), "{st}");
+    // no agent record is dropped; the human's unrecorded statements are counted
+    assert_eq!(
+        st["totals"]["dropped"].as_u64(),
+        Some(HUMAN as u64 - human_rows as u64),
+        "the human's statements that ran unrecorded are counted as dropped, nothing else: {st}"
+    );
     assert_eq!(
         st["totals"]["refused"].as_u64(),
         Some((total_refused + retried_refusals) as u64),
