@@ -29,6 +29,7 @@ fn pg_config_from_pgrx_home(major: &str) -> Option<PathBuf> {
 
 fn main() {
     println!("cargo:rerun-if-changed=src/hooks/trampolines.c");
+    println!("cargo:rerun-if-changed=src/audit/forward.c");
     println!("cargo:rerun-if-env-changed=PGRX_PG_CONFIG_PATH");
     println!("cargo:rerun-if-env-changed=PGRX_HOME");
     let major = enabled_major();
@@ -67,4 +68,24 @@ fn main() {
         .flag_if_supported("-Wno-missing-field-initializers")
         .flag_if_supported("-fvisibility=hidden")
         .compile("agent_guard_hooks");
+    // libpq, for forwarding a hot standby's audit records to the primary
+    // (src/audit/forward.c): client headers and library, not the server's.
+    let client = |arg: &str| {
+        Command::new(&pg_config)
+            .arg(arg)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let client_include = client("--includedir").unwrap_or_else(|| "/usr/include/postgresql".into());
+    cc::Build::new()
+        .file("src/audit/forward.c")
+        .include(&client_include)
+        .flag_if_supported("-fvisibility=hidden")
+        .compile("agent_guard_forward");
+    if let Some(libdir) = client("--libdir") {
+        println!("cargo:rustc-link-search=native={libdir}");
+    }
+    println!("cargo:rustc-link-lib=dylib=pq");
 }

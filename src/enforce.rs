@@ -90,6 +90,9 @@ pub fn evaluate_agent_statement(
 
 /// Refuse an agent's statement because the audit trail cannot take its record.
 pub fn refuse_unaudited(why: &crate::audit::Unavailable) -> ! {
+    if let crate::audit::Unavailable::Forwarding = why {
+        refuse(&crate::audit::forward::refusal());
+    }
     refuse(&Refusal {
         message: format!("agent statement refused: the audit trail is unavailable ({})", why.describe()),
         detail: "agent_guard refuses agent statements it cannot record (fail closed), whatever their risk.".into(),

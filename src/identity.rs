@@ -403,6 +403,7 @@ pub fn session_state() -> SessionState {
             replication_role_changed: pg_sys::SessionReplicationRole
                 != pg_sys::SESSION_REPLICATION_ROLE_ORIGIN as i32,
             on_standby: on_standby(),
+            standby_forwarding: crate::audit::forward::enabled(),
         }
     }
 }

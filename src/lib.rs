@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 mod api;
 mod audit;
 mod catalog;
+mod compat;
 mod enforce;
 mod extract;
 mod functions;
@@ -67,6 +68,15 @@ extension_sql_file!(
         audit::functions::_audit_writer,
         audit::functions::purge_audit,
         audit::functions::verify_audit
+    ]
+);
+extension_sql_file!(
+    "../sql/forward.sql",
+    name = "forward",
+    requires = [
+        "audit",
+        audit::ingest::ingest_forwarded,
+        audit::ingest::verify_forwarded
     ]
 );
 extension_sql_file!(
@@ -131,6 +141,8 @@ pub extern "C-unwind" fn _PG_init() {
         }
         LOADED_AT_STARTUP = true;
     }
+    // (before gucs::init(), which reserves the agent_guard. prefix)
+    audit::forward::init_gucs();
     gucs::init();
     shmem::init();
     audit::init();

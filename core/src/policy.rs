@@ -69,8 +69,13 @@ pub struct SessionState {
     /// session_replication_role is not 'origin' (triggers and rules are bypassed).
     pub replication_role_changed: bool,
     /// The server is a hot standby (in recovery): agent_guard cannot write
-    /// the audit trail here, so agents' statements are refused.
+    /// the audit trail here, so agents' statements are refused, unless
+    /// [`SessionState::standby_forwarding`].
     pub on_standby: bool,
+    /// On a hot standby, agents' records are forwarded to the primary's
+    /// trail (`agent_guard.standby_audit = forward`): reads are judged as on
+    /// the primary; writes and schema changes are refused (read-only).
+    pub standby_forwarding: bool,
 }
 
 /// A grant that covers a statement.
@@ -272,7 +277,18 @@ pub fn decide(
             "An administrator must register an active human sponsor with agent_guard.register_agent() before the agent can work again.",
         );
     }
-    if session.on_standby {
+    if session.on_standby && session.standby_forwarding {
+        if c.risk >= Risk::Write {
+            return deny(
+                "standby_read_only",
+                format!(
+                    "agent \"{agent}\" may not run {} on a hot standby: a standby is read-only",
+                    c.command
+                ),
+                "Connect to the primary for writes and schema changes (and request a grant there if one is needed). Reads work here; their records go to the primary's audit trail.",
+            );
+        }
+    } else if session.on_standby {
         return deny(
             "standby",
             format!(
@@ -520,6 +536,54 @@ mod tests {
             decide(None, &standby, &read(), &NoGrants),
             Decision::NotEnforced
         );
+    }
+
+    #[test]
+    fn on_a_forwarding_standby_agents_read_and_never_write() {
+        let a = actor(SponsorStatus::Active);
+        let standby = SessionState {
+            on_standby: true,
+            standby_forwarding: true,
+            ..session()
+        };
+        assert!(matches!(
+            decide(Some(&a), &standby, &read(), &NoGrants),
+            Decision::Allow { .. }
+        ));
+        match decide(Some(&a), &standby, &delete(), &NoGrants) {
+            Decision::Deny(r) => {
+                assert_eq!(r.code, "standby_read_only");
+                assert!(
+                    r.message
+                        .contains("on a hot standby: a standby is read-only"),
+                    "{}",
+                    r.message
+                );
+                assert!(
+                    r.hint.starts_with("Connect to the primary for writes"),
+                    "{}",
+                    r.hint
+                );
+            }
+            d => panic!("{d:?}"),
+        }
+        // the sponsor rule holds here too
+        match decide(
+            Some(&actor(SponsorStatus::NoLogin)),
+            &standby,
+            &read(),
+            &NoGrants,
+        ) {
+            Decision::Deny(r) => assert_eq!(r.code, "orphaned"),
+            d => panic!("{d:?}"),
+        }
+        // agent_guard itself stays out of reach
+        let mut set = util("VariableSetStmt");
+        set.touches_guard = true;
+        assert!(matches!(
+            decide(Some(&a), &standby, &set, &NoGrants),
+            Decision::Deny(_)
+        ));
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! reads may go asynchronously. If the trail cannot be written, the agent's
 //! statement is refused.
 
+pub mod forward;
+pub mod ingest;
 pub mod insert;
 pub mod queue;
 pub mod row;
@@ -108,6 +110,8 @@ pub enum Unavailable {
     /// No writer runs for this database and none came up in time.
     NoWriter(WriterMissing),
     NotDurable,
+    /// On a hot standby: the primary did not take the record (see [`forward`]).
+    Forwarding,
 }
 
 impl Unavailable {
@@ -129,6 +133,7 @@ impl Unavailable {
                 "the audit writer of this database did not come up in time".into()
             }
             Unavailable::NotDurable => "the audit writer did not confirm the record in time".into(),
+            Unavailable::Forwarding => "the primary did not take the record".into(),
         }
     }
 
@@ -151,6 +156,7 @@ impl Unavailable {
             Unavailable::NoWriter(WriterMissing::Slow)
             | Unavailable::Full
             | Unavailable::NotDurable => "Check SELECT agent_guard.audit_stats() and the server log; the audit writer may be down or its queue full.".into(),
+            Unavailable::Forwarding => "Check the server log of this standby and of the primary (agent_guard.forward_conninfo, the role agent_guard_forwarder), or connect to the primary.".into(),
         }
     }
 }
@@ -297,6 +303,13 @@ fn wait_durable(i: usize, seq: u64) -> Result<(), Unavailable> {
 /// `reserved` bytes its start reserved for it. Such an event is never refused:
 /// if it still cannot be queued it is counted as dropped and reported.
 fn send_later(payload: Vec<u8>, reserved: u64) {
+    if crate::identity::on_standby() {
+        // nothing is queued (or reserved) on a hot standby: records go to the primary
+        if let Err(why) = forward::send(payload, false) {
+            record_lost(&why);
+        }
+        return;
+    }
     // all of the event's reservation goes back with it (it was an upper bound)
     let from = STATE.with(|s| s.borrow().held).min(reserved);
     match queue_step(Some(&payload), false, 0, from, false, true) {
@@ -482,12 +495,13 @@ pub struct StatementText<'a> {
     pub params: Option<Vec<Option<String>>>,
 }
 
-/// Whether this session's statements are audited. Never on a hot standby:
-/// nothing can be written there, so nothing is queued (policy refuses
-/// agents' statements there instead; see `SessionState::on_standby`).
+/// Whether this session's statements are audited. On a hot standby only
+/// agents', when their records are forwarded to the primary ([`forward`];
+/// otherwise policy refuses agents' statements there, see
+/// `SessionState::on_standby`).
 pub fn audits_session(is_agent: bool, risk: Risk) -> bool {
     if crate::identity::on_standby() {
-        return false;
+        return is_agent && forward::enabled();
     }
     if is_agent {
         return true;
@@ -525,7 +539,8 @@ pub fn statement_start(
     text: &StatementText,
     query_desc: usize,
 ) -> Result<(), Unavailable> {
-    if crate::identity::on_standby() {
+    let standby = crate::identity::on_standby();
+    if standby && !forward::enabled() {
         // a hot standby cannot hold the trail: agents' statements are refused there
         return Ok(());
     }
@@ -604,6 +619,25 @@ pub fn statement_start(
     let durable = matches!(d, Decision::Deny(_))
         || c.risk > Risk::SensitiveRead
         || crate::gucs::audit_durability_sync();
+    if standby {
+        // on a hot standby every statement's record is forwarded before it
+        // runs (housekeeping's travels with the next one); no queue there
+        forward::send(event.event_json(), durable || c.risk > Risk::Session)?;
+        STATE.with(|s| s.borrow_mut().xact_sent = true);
+        if !matches!(d, Decision::Deny(_)) {
+            STATE.with(|s| {
+                s.borrow_mut().open.push(Open {
+                    n,
+                    lvl: level,
+                    query_desc,
+                    subxact,
+                    event: None,
+                    reserved: 0,
+                })
+            });
+        }
+        return Ok(());
+    }
     // What this statement's later records need, reserved now: its end
     // event, or its complete record; once per transaction, the
     // transaction's end and a savepoint rollback (further ones, rare, wait
@@ -759,8 +793,8 @@ pub fn mark_refusing() {
 /// Record a statement that failed before agent_guard saw it run (e.g. division
 /// by zero folded by the planner), so no failed statement goes missing.
 fn record_orphan_error() {
-    if crate::identity::on_standby() {
-        // nothing is recorded on a hot standby (and nothing carried past a promotion)
+    if crate::identity::on_standby() && !forward::enabled() {
+        // nothing is recorded on a hot standby without forwarding
         STATE.with(|s| s.borrow_mut().orphan_error = None);
         return;
     }
@@ -908,7 +942,11 @@ unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut s
     match event {
         pg_sys::XactEvent::XACT_EVENT_COMMIT => transaction_end(true),
         pg_sys::XactEvent::XACT_EVENT_ABORT => transaction_end(false),
-        _ => {}
+        _ => return,
+    }
+    if crate::identity::on_standby() {
+        // ends and transaction outcomes go to the primary now
+        forward::flush_quietly();
     }
 }
 

@@ -201,6 +201,14 @@ fn load() -> Rules {
     rules
 }
 
+/// The rules read again now, whatever the generation says (a relation the
+/// cached rules name turned out to be gone: its change committed, but the
+/// generation moves only after the committing transaction released its locks).
+pub fn reload() -> Rc<Rules> {
+    CACHE.with(|c| *c.borrow_mut() = None);
+    rules()
+}
+
 /// The rules, re-read when the generation moved. Outside a transaction, or
 /// from agent_guard's own SPI, the last rules read are returned.
 pub fn rules() -> Rc<Rules> {

@@ -1,0 +1,162 @@
+//! The primary's side of forwarding (see [`super::forward`]): hot standbys
+//! call `agent_guard.ingest_forwarded()` to record their agents' statements
+//! in `agent_guard.audit_forwarded`, a hash chain per source; and
+//! `agent_guard.verify_forwarded(source)` checks one source's chain.
+//!
+//! `ingest_forwarded` checks the caller and lets its writes past the tables'
+//! append-only triggers (as the audit writer's own); the events are applied by
+//! the SQL function `agent_guard._ingest_forwarded` (`sql/forward.sql`).
+//! SECURITY DEFINER, executable by `agent_guard_forwarder` only (set in SQL).
+
+use agent_guard_core::chain::{self, ChainRow};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// Record a batch of a hot standby's audit events; returns the rows added
+/// (0 when every statement was already recorded: a retry).
+#[pg_extern]
+fn ingest_forwarded(source: &str, system_identifier: &str, events: JsonB) -> i64 {
+    if crate::identity::current_agent().is_some() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "agent sessions may not write the audit trail"
+        );
+    }
+    if source.is_empty() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "agent_guard: a forwarded record needs a source name"
+        );
+    }
+    let own = unsafe { pg_sys::GetSystemIdentifier() }.to_string();
+    if system_identifier != own {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("agent_guard: source \"{source}\" is not a standby of this server (system identifier {system_identifier}, this server's is {own})"),
+            "Point agent_guard.forward_conninfo on the standby at the primary it replicates from."
+        );
+    }
+    let source = source.to_string();
+    let sysid = system_identifier.to_string();
+    super::worker::set_writer(true);
+    pgrx::PgTryBuilder::new(move || {
+        crate::search_path::pinned(move || {
+            Spi::get_one_with_args::<i64>(
+                "SELECT agent_guard._ingest_forwarded($1, $2, $3)",
+                &[source.as_str().into(), sysid.as_str().into(), events.into()],
+            )
+        })
+    })
+    .finally(|| super::worker::set_writer(false))
+    .execute()
+    .unwrap_or_else(|e| error!("agent_guard: cannot record the forwarded events: {e}"))
+    .unwrap_or(0)
+}
+
+/// Whether the hash chain of `source`'s forwarded records is intact (also
+/// against the head kept in `agent_guard.forward_sources`), and if not, the
+/// first row where it breaks.
+#[pg_extern]
+fn verify_forwarded(
+    source: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(intact, bool),
+        name!(rows_checked, i64),
+        name!(first_broken_id, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
+    let source = source.to_string();
+    crate::search_path::pinned(move || verify(&source))
+}
+
+fn verify(
+    source: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(intact, bool),
+        name!(rows_checked, i64),
+        name!(first_broken_id, Option<i64>),
+        name!(problem, Option<String>),
+    ),
+> {
+    type Row = (i64, String, String, String, Option<String>, Option<String>);
+    let rows: Vec<Row> = Spi::connect(|c| {
+        c.select(
+            "SELECT a.id, agent_guard._forwarded_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
+                    CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
+                         THEN agent_guard._forwarded_outcome(a) END, a.outcome_hash \
+             FROM agent_guard.audit_forwarded a WHERE a.source = $1 ORDER BY a.id",
+            None,
+            &[source.into()],
+        )
+        .map(|t| {
+            t.filter_map(|r| {
+                Some((
+                    r.get::<i64>(1).ok()??,
+                    r.get::<String>(2).ok()??,
+                    r.get::<String>(3).ok()??,
+                    r.get::<String>(4).ok()??,
+                    r.get::<String>(5).ok()?,
+                    r.get::<String>(6).ok()?,
+                ))
+            })
+            .collect()
+        })
+        .unwrap_or_default()
+    });
+    let head: Option<(String, i64)> = Spi::connect(|c| {
+        c.select(
+            "SELECT s.head_hash, s.rows_received FROM agent_guard.forward_sources s WHERE s.source = $1",
+            None,
+            &[source.into()],
+        )
+        .ok()
+        .and_then(|t| {
+            let r = t.first();
+            Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??))
+        })
+    });
+    let n = rows.len() as i64;
+    let broken = chain::first_break(
+        rows.iter().map(|r| ChainRow {
+            id: r.0,
+            content: &r.1,
+            prev_hash: &r.2,
+            row_hash: &r.3,
+            outcome: r.4.as_deref(),
+            outcome_hash: r.5.as_deref(),
+        }),
+        chain::GENESIS,
+    )
+    .or_else(|| {
+        let last = rows.last().map_or(chain::GENESIS, |r| r.3.as_str());
+        match &head {
+            None if rows.is_empty() => None,
+            None => Some((
+                rows[0].0,
+                "the source is missing from agent_guard.forward_sources".into(),
+            )),
+            Some((h, _)) if h != last => Some((
+                rows.last().map_or(0, |r| r.0),
+                "the chain ends before the head recorded in agent_guard.forward_sources (newest rows were removed)".into(),
+            )),
+            Some((_, count)) if *count != n => Some((
+                rows.last().map_or(0, |r| r.0),
+                format!("{count} rows were received, {n} are left"),
+            )),
+            _ => None,
+        }
+    });
+    let row = match broken {
+        None => (true, n, None, None),
+        Some((id, why)) => (false, n, Some(id), Some(why)),
+    };
+    TableIterator::new(std::iter::once(row))
+}

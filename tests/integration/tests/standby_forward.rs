@@ -1,0 +1,500 @@
+//! A hot standby with `agent_guard.standby_audit = forward`: an agent's read
+//! there is judged and masked as on the primary, and its record is committed
+//! in the primary's `agent_guard.audit_forwarded` (a hash chain per source)
+//! before it runs — and replayed by the standby. Writes stay refused. If the
+//! primary cannot take the record (down, or the forwarding role lacks
+//! agent_guard_forwarder) the statement is refused with 42501 and a HINT.
+//! The chain continues across a standby restart; a promotion neither loses
+//! nor duplicates a record; a resent record is taken once.
+
+use agent_guard_integration::cluster::Cluster;
+use agent_guard_integration::*;
+use std::time::{Duration, Instant};
+
+fn code(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
+/// Wait until the standby has replayed everything the primary wrote so far.
+fn wait_replay(primary: &mut Client, standby: &mut Client) {
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: bool = standby
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay up to {lsn}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn refused(c: &mut Client, sql: &str) -> postgres::error::DbError {
+    let e = c.batch_execute(sql).expect_err(sql);
+    assert_eq!(code(&e), "42501", "{sql}: {}", describe(&e));
+    e.as_db_error().unwrap().clone()
+}
+
+fn count(c: &mut Client, sql: &str, source: &str) -> i64 {
+    c.query_one(sql, &[&source]).unwrap().get(0)
+}
+
+fn verify(c: &mut Client, source: &str) -> (bool, i64, Option<String>) {
+    let r = c
+        .query_one(
+            "SELECT intact, rows_checked, problem FROM agent_guard.verify_forwarded($1)",
+            &[&source],
+        )
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2))
+}
+
+/// Set the standby's forward_conninfo (None: back to the configuration
+/// file's, `expect`) and wait until new sessions see it.
+fn set_conninfo(standby: &Cluster, db: &str, value: Option<&str>, expect: &str) {
+    let mut s = standby.connect(&superuser(), db);
+    match value {
+        Some(v) => s
+            .batch_execute(&format!(
+                "ALTER SYSTEM SET agent_guard.forward_conninfo = '{v}'"
+            ))
+            .unwrap(),
+        None => s
+            .batch_execute("ALTER SYSTEM RESET agent_guard.forward_conninfo")
+            .unwrap(),
+    }
+    s.batch_execute("SELECT pg_reload_conf()").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut n = standby.connect(&superuser(), db);
+        let now: String = n
+            .query_one("SHOW agent_guard.forward_conninfo", &[])
+            .unwrap()
+            .get(0);
+        if now == expect {
+            return;
+        }
+        assert!(Instant::now() < deadline, "forward_conninfo is still {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail() {
+    let db = database();
+    let mut p = admin();
+    let sponsor = create_login_role("sf_sponsor", "");
+    let agent = create_login_role("sf_agent", "");
+    let human = create_login_role("sf_human", "");
+    let fwd = create_login_role("sf_fwd", "");
+    let nofwd = create_login_role("sf_nofwd", "");
+    let table = unique_name("sf_t");
+    let source = unique_name("replica");
+    p.batch_execute(&format!(
+        "CREATE TABLE {table} (id int PRIMARY KEY, ssn text);
+         INSERT INTO {table} VALUES (1, '214-13-5506');
+         SECURITY LABEL FOR agent_guard ON COLUMN {table}.ssn IS 'MASKED WITH FUNCTION agent_guard.partial(ssn, 0, ''***-**-'', 4)';
+         GRANT SELECT, DELETE ON {table} TO {agent}, {human};
+         GRANT agent_guard_forwarder TO {fwd};
+         SELECT agent_guard.register_agent('{agent}', '{sponsor}');"
+    ))
+    .unwrap();
+    let good = format!("host={} port={} user={fwd}", host(), port());
+
+    let mut standby = Cluster::standby_of_test_cluster(
+        "standby-fwd",
+        &[
+            "hot_standby = on",
+            "agent_guard.standby_audit = forward",
+            &format!("agent_guard.forward_source_name = '{source}'"),
+            &format!("agent_guard.forward_conninfo = '{good}'"),
+        ],
+    );
+    standby.start();
+    let mut s_admin = standby.connect(&superuser(), &db);
+    wait_replay(&mut p, &mut s_admin);
+    assert!(s_admin
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0));
+
+    // the agent's read: masked as on the primary, recorded there first
+    let mut a = standby.connect(&agent, &db);
+    let ssn: String = a
+        .query_one(
+            &format!("SELECT ssn FROM {table} WHERE id = 1 /* request_id='sf-read-1' */"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ssn, "***-**-5506");
+    // (the statement's end and its transaction's travel at commit)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let rows = p
+            .query(
+                "SELECT agent, sponsor, login_role, decision, command, risk, outcome, transaction_outcome
+                 FROM agent_guard.audit_forwarded WHERE source = $1 AND request_id = 'sf-read-1'",
+                &[&source],
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 1, "one record of the read on the primary");
+        let r = &rows[0];
+        if r.get::<_, Option<String>>(7).is_some() || Instant::now() > deadline {
+            break rows.into_iter().next().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        row.get::<_, Option<String>>(0).as_deref(),
+        Some(agent.as_str())
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some(sponsor.as_str())
+    );
+    assert_eq!(
+        row.get::<_, Option<String>>(2).as_deref(),
+        Some(agent.as_str())
+    );
+    assert_eq!(row.get::<_, String>(3), "allowed");
+    assert_eq!(row.get::<_, Option<String>>(4).as_deref(), Some("SELECT"));
+    assert_eq!(
+        row.get::<_, Option<String>>(5).as_deref(),
+        Some("sensitive_read")
+    );
+    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("ok"));
+    assert_eq!(
+        row.get::<_, Option<String>>(7).as_deref(),
+        Some("committed")
+    );
+    // the standby replayed the record before the read ran
+    assert_eq!(
+        count(
+            &mut s_admin,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1 AND request_id = 'sf-read-1'",
+            &source
+        ),
+        1
+    );
+    // not in the primary's own chain, nor queued on the standby
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM agent_guard.audit_log WHERE request_id = 'sf-read-1' OR $1 = ''",
+            &source
+        ),
+        0
+    );
+    let (intact, n, problem) = verify(&mut p, &source);
+    assert!(intact, "{problem:?}");
+    assert!(n >= 1);
+
+    // writes stay refused, and the refusal is recorded on the primary
+    let e = refused(
+        &mut a,
+        &format!("DELETE FROM {table} /* request_id='sf-write' */"),
+    );
+    assert!(
+        e.message().contains("a standby is read-only"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.hint()
+            .unwrap_or("")
+            .starts_with("Connect to the primary for writes"),
+        "{:?}",
+        e.hint()
+    );
+    let denied: (String, Option<String>) = {
+        let r = p
+            .query_one(
+                "SELECT decision, outcome FROM agent_guard.audit_forwarded
+                 WHERE source = $1 AND request_id = 'sf-write'",
+                &[&source],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(denied, ("denied".to_string(), Some("denied".to_string())));
+    // a human on the standby is not forwarded
+    let mut h = standby.connect(&human, &db);
+    let ssn: String = h
+        .query_one(&format!("SELECT ssn FROM {table} WHERE id = 1"), &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ssn, "214-13-5506");
+
+    // the primary's side: only agent_guard_forwarder may call ingest; a resent
+    // record is taken once; the trail is append-only
+    let sysid: String = p
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let (sk, n1): (String, i64) = {
+        let r = p
+            .query_one(
+                "SELECT session_key, statement_no FROM agent_guard.audit_forwarded
+                 WHERE source = $1 AND request_id = 'sf-read-1'",
+                &[&source],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let resend = format!(
+        r#"[{{"k":"stmt","sk":"{sk}","n":{n1},"x":0,"sx":1,"lvl":0,"ts":0,"pid":0,"obj":[],"dec":"allowed","rid":"sf-resent"}},
+            {{"k":"end","sk":"{sk}","n":{n1},"ts":0,"rows":99,"out":"error"}}]"#
+    );
+    let before = count(
+        &mut p,
+        "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1",
+        &source,
+    );
+    let mut f = connect(&fwd);
+    let added: i64 = f
+        .query_one(
+            "SELECT agent_guard.ingest_forwarded($1, $2, $3::text::jsonb)",
+            &[&source, &sysid, &resend],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(added, 0, "a resent record is not taken again");
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1",
+            &source
+        ),
+        before
+    );
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1 AND rows_affected = 99",
+            &source
+        ),
+        0,
+        "an outcome is written once"
+    );
+    let e = f
+        .query_one(
+            "SELECT agent_guard.ingest_forwarded($1, '1', '[]'::jsonb)",
+            &[&source],
+        )
+        .expect_err("another cluster's records");
+    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    let mut nf = connect(&nofwd);
+    let e = nf
+        .query_one(
+            "SELECT agent_guard.ingest_forwarded($1, $2, '[]'::jsonb)",
+            &[&source, &sysid],
+        )
+        .expect_err("not a forwarder");
+    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    for sql in [
+        "UPDATE agent_guard.audit_forwarded SET agent = 'someone else'".to_string(),
+        "DELETE FROM agent_guard.audit_forwarded".to_string(),
+        "TRUNCATE agent_guard.audit_forwarded".to_string(),
+        "UPDATE agent_guard.forward_sources SET rows_received = 0".to_string(),
+        "DELETE FROM agent_guard.forward_sources".to_string(),
+    ] {
+        refused(&mut p, &sql);
+    }
+    let (intact, _, problem) = verify(&mut p, &source);
+    assert!(intact, "{problem:?}");
+
+    // the forwarding role lacks agent_guard_forwarder: refused, with a hint
+    let bad = format!("host={} port={} user={nofwd}", host(), port());
+    set_conninfo(&standby, &db, Some(&bad), &bad);
+    let mut a2 = standby.connect(&agent, &db);
+    let e = refused(&mut a2, "SELECT 1 /* request_id='sf-no-rights' */");
+    assert!(
+        e.message()
+            .contains("could not record it in the primary's audit trail"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.detail().unwrap_or("").contains("42501"),
+        "{:?}",
+        e.detail()
+    );
+    assert!(
+        e.hint().unwrap_or("").contains("agent_guard_forwarder"),
+        "{:?}",
+        e.hint()
+    );
+    drop(a2);
+    // the primary cannot be reached: refused
+    let down = format!("host={} port=1 user={fwd} connect_timeout=2", host());
+    set_conninfo(&standby, &db, Some(&down), &down);
+    let mut a3 = standby.connect(&agent, &db);
+    let e = refused(
+        &mut a3,
+        &format!("SELECT id FROM {table} /* request_id='sf-down' */"),
+    );
+    assert!(
+        e.message()
+            .contains("could not record it in the primary's audit trail"),
+        "{}",
+        e.message()
+    );
+    assert!(
+        e.hint()
+            .unwrap_or("")
+            .starts_with("Check that the primary is up"),
+        "{:?}",
+        e.hint()
+    );
+    // session housekeeping still works
+    a3.batch_execute("SET agent_guard.request_id = 'x'; BEGIN; COMMIT")
+        .unwrap();
+    drop(a3);
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM agent_guard.audit_forwarded
+             WHERE source = $1 AND request_id IN ('sf-no-rights', 'sf-down')",
+            &source
+        ),
+        0
+    );
+
+    // a restarted standby continues its chain
+    set_conninfo(&standby, &db, None, &good);
+    drop(a);
+    drop(h);
+    drop(s_admin);
+    standby.stop("fast");
+    standby.start();
+    let mut s_admin = standby.connect(&superuser(), &db);
+    let mut a = standby.connect(&agent, &db);
+    let ssn: String = a
+        .query_one(
+            &format!("SELECT ssn FROM {table} WHERE id = 1 /* request_id='sf-read-2' */"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ssn, "***-**-5506");
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1 AND request_id = 'sf-read-2'",
+            &source
+        ),
+        1
+    );
+    let rows = count(
+        &mut p,
+        "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1",
+        &source,
+    );
+    let (intact, n, problem) = verify(&mut p, &source);
+    assert!(intact, "{problem:?}");
+    assert_eq!(n, rows);
+
+    // promotion: every forwarded record is on the promoted server once; the
+    // open session's next statements go to its own trail
+    a.batch_execute(&format!(
+        "SELECT id FROM {table} /* request_id='sf-read-3' */"
+    ))
+    .unwrap();
+    wait_replay(&mut p, &mut s_admin);
+    let on_primary = count(
+        &mut p,
+        "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1",
+        &source,
+    );
+    standby.promote();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s_admin
+        .query_one("SELECT pg_is_in_recovery()", &[])
+        .unwrap()
+        .get::<_, bool>(0)
+    {
+        assert!(Instant::now() < deadline, "promotion did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (total, distinct): (i64, i64) = {
+        let r = s_admin
+            .query_one(
+                "SELECT count(*), count(DISTINCT event_key) FROM agent_guard.audit_forwarded WHERE source = $1",
+                &[&source],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(total, on_primary, "no forwarded record is lost");
+    assert_eq!(total, distinct, "no forwarded record is written twice");
+    assert_eq!(
+        count(
+            &mut s_admin,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1 AND request_id = 'sf-read-3'",
+            &source
+        ),
+        1
+    );
+    let (intact, _, problem) = verify(&mut s_admin, &source);
+    assert!(intact, "{problem:?}");
+    let ssn: String = a
+        .query_one(
+            &format!("SELECT ssn FROM {table} WHERE id = 1 /* request_id='sf-after-promotion' */"),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ssn, "***-**-5506");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n = count(
+            &mut s_admin,
+            "SELECT count(*) FROM agent_guard.audit_log WHERE request_id = 'sf-after-promotion' OR $1 = ''",
+            &source,
+        );
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline && n == 0,
+            "after the promotion the read is recorded once in the server's own trail ({n})"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        count(
+            &mut s_admin,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1",
+            &source
+        ),
+        on_primary,
+        "nothing is forwarded after the promotion"
+    );
+    assert_eq!(
+        count(
+            &mut p,
+            "SELECT count(*) FROM agent_guard.audit_forwarded WHERE source = $1",
+            &source
+        ),
+        on_primary
+    );
+    drop(a);
+    drop(s_admin);
+    drop(standby);
+}
