@@ -21,18 +21,25 @@ pub struct Cluster {
     running: bool,
 }
 
-/// A port of 127.0.0.1 nobody listens on, from 28850 up.
+/// A port of 127.0.0.1 nobody listens on, from 28850 up, and not handed
+/// out before by this process (tests of one binary run in parallel: two
+/// clusters initialised before either starts would otherwise get the same).
 fn free_port() -> u16 {
-    (28850..28990)
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let p = (28850..28990)
         .find(|p| {
-            TcpListener::bind(("127.0.0.1", *p)).is_ok()
+            !given.contains(p)
+                && TcpListener::bind(("127.0.0.1", *p)).is_ok()
                 && std::net::TcpStream::connect_timeout(
                     &([127, 0, 0, 1], *p).into(),
                     Duration::from_millis(200),
                 )
                 .is_err()
         })
-        .expect("no free port in 28850..28990")
+        .expect("no free port in 28850..28990");
+    given.push(p);
+    p
 }
 
 fn tool(name: &str) -> String {
