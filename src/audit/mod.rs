@@ -10,6 +10,7 @@
 //! reads may go asynchronously. If the trail cannot be written, the agent's
 //! statement is refused.
 
+pub mod drop_guard;
 pub mod insert;
 pub mod queue;
 pub mod row;
@@ -727,6 +728,7 @@ pub fn init() {
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
     worker::init_shmem();
+    drop_guard::init();
 }
 
 /// Parameters of a statement run with the extended protocol or EXECUTE, as text.
