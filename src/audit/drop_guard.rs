@@ -1,10 +1,14 @@
 //! `DROP EXTENSION agent_guard` destroys the audit trail, so it needs an
 //! explicit, recorded confirmation while the trail holds rows (issue 14.4).
 //!
-//! Every route that drops the extension (`DROP EXTENSION`, `DROP SCHEMA
-//! agent_guard CASCADE`, `DROP OWNED BY` its owner) reaches the object-access
-//! hook with `OAT_DROP` on the extension before anything is deleted (the C
-//! trampoline calls [`ag_rs_extension_drop`] for `pg_extension` objects only).
+//! Every route that drops the trail (`DROP EXTENSION`, `DROP SCHEMA
+//! agent_guard CASCADE`, `DROP OWNED BY` the extension's owner, `DROP TABLE`
+//! after `ALTER EXTENSION agent_guard DROP TABLE agent_guard.audit_log`)
+//! reaches the object-access hook with `OAT_DROP` on `agent_guard.audit_log`
+//! while the table still exists (the C trampoline calls
+//! [`ag_rs_relation_drop`] for `pg_class` objects). The extension's own
+//! `OAT_DROP` is no place for the check: PostgreSQL deletes an extension's
+//! members first, so the table is gone by then.
 //! There, when `agent_guard.audit_log` holds rows, the drop goes ahead only if
 //! a superuser set `agent_guard.confirm_drop_trail` to the database's name in
 //! the same transaction (the setting's assign hook remembers the local
@@ -90,26 +94,30 @@ fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
     (rows, last)
 }
 
-/// The object-access hook saw `DROP` of extension `extension` (any route).
+/// The object-access hook saw `DROP` of relation `relid` (any route: the
+/// trampoline calls this for every `pg_class` object; only
+/// `agent_guard.audit_log` matters). PostgreSQL drops an extension's member
+/// objects before the extension itself, so by the time the extension's own
+/// `OAT_DROP` arrives the table is gone: the table's drop is the one place
+/// where the trail can still be counted and the drop refused.
 #[no_mangle]
 #[pg_guard]
-pub unsafe extern "C-unwind" fn ag_rs_extension_drop(extension: pg_sys::Oid) {
+pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
     if crate::hooks::is_own_worker() {
         return;
     }
     unsafe {
-        let name = pg_sys::get_extension_name(extension);
-        if cstr(name).as_deref() != Some("agent_guard") {
+        if cstr(pg_sys::get_rel_name(relid)).as_deref() != Some("audit_log") {
             return;
         }
         let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), true);
-        if ns == pg_sys::InvalidOid {
+        if ns == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != ns {
             return;
         }
-        let relid = pg_sys::get_relname_relid(c"audit_log".as_ptr(), ns);
-        if relid == pg_sys::InvalidOid {
-            return;
-        }
+        // dropped as a member of the extension (DROP EXTENSION, DROP SCHEMA
+        // CASCADE, DROP OWNED) or on its own after ALTER EXTENSION … DROP TABLE
+        let with_extension =
+            pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, relid) != pg_sys::InvalidOid;
         let (rows, last) = trail_summary(relid);
         if rows == 0 {
             return;
@@ -138,11 +146,16 @@ pub unsafe extern "C-unwind" fn ag_rs_extension_drop(extension: pg_sys::Oid) {
             } else {
                 "agent_guard.confirm_drop_trail was not set in this transaction".to_string()
             };
+            let what = if with_extension {
+                "extension agent_guard"
+            } else {
+                "table agent_guard.audit_log"
+            };
             crate::audit::mark_refusing();
             pgrx::pg_sys::panic::ErrorReport::new(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 format!(
-                    "dropping extension agent_guard would destroy the audit trail of database \"{db}\" ({rows} rows)"
+                    "dropping {what} would destroy the audit trail of database \"{db}\" ({rows} rows)"
                 ),
                 "agent_guard",
             )
@@ -156,10 +169,15 @@ pub unsafe extern "C-unwind" fn ag_rs_extension_drop(extension: pg_sys::Oid) {
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return");
         }
+        let how = if with_extension {
+            "with the extension"
+        } else {
+            "(table agent_guard.audit_log on its own)"
+        };
         let at =
             cstr(pg_sys::timestamptz_to_str(pg_sys::GetCurrentTimestamp())).unwrap_or_default();
         log!(
-            "agent_guard: audit trail of database \"{db}\" dropped with the extension by {who} at {at} \
+            "agent_guard: audit trail of database \"{db}\" dropped {how} by {who} at {at} \
              (confirmed with agent_guard.confirm_drop_trail; takes effect if the transaction commits): \
              {rows} rows, last id {last_id}, last hash {last_hash}"
         );

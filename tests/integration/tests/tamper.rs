@@ -45,6 +45,31 @@ fn fill_trail(c: &mut Client, n: i64) {
     }
 }
 
+/// The trail's newest (id, row_hash) once it no longer changes (the writer
+/// has written and completed every record sent so far).
+fn settled_head(c: &mut Client) -> (i64, String) {
+    let read = |c: &mut Client| -> (i64, String) {
+        let r = c
+            .query_one(
+                "SELECT id, row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut prev = read(c);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = read(c);
+        if now == prev {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the trail kept changing for 30 s");
+        prev = now;
+    }
+}
+
 fn drop_database(db: &str) {
     let mut pg = connect_db(&superuser(), "postgres");
     let _ = pg.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
@@ -78,6 +103,14 @@ fn dropping_the_extension_with_a_trail_needs_a_confirmation_in_the_same_transact
         c.batch_execute("DROP SCHEMA agent_guard CASCADE"),
         "DROP SCHEMA agent_guard CASCADE",
     );
+    // the table taken out of the extension first, then dropped on its own
+    refused(
+        c.batch_execute(
+            "BEGIN; ALTER EXTENSION agent_guard DROP TABLE agent_guard.audit_log; DROP TABLE agent_guard.audit_log CASCADE; COMMIT",
+        ),
+        "DROP TABLE agent_guard.audit_log after ALTER EXTENSION ... DROP TABLE",
+    );
+    c.batch_execute("ROLLBACK").ok();
     // confirmed in an earlier transaction only
     c.batch_execute(&format!("SET agent_guard.confirm_drop_trail = '{db}'"))
         .unwrap();
@@ -130,20 +163,16 @@ fn dropping_the_extension_with_a_trail_needs_a_confirmation_in_the_same_transact
 #[test]
 fn a_confirmed_drop_is_logged_and_a_new_trail_verifies_from_its_first_row() {
     let (db, mut c) = database_with_trail("tamper_redo", 5);
-    let last: (i64, String) = {
-        let r = c
-            .query_one(
-                "SELECT id, row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
-                &[],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    // `c` audits its own statements: drop from a session that does not, once
+    // the writer has written (and completed) everything `c` sent
+    let mut d = connect_db(&superuser(), &db);
+    let last = settled_head(&mut d);
     let from = server_log_len();
-    c.batch_execute(&format!(
+    d.batch_execute(&format!(
         "BEGIN; SET LOCAL agent_guard.confirm_drop_trail = '{db}'; DROP EXTENSION agent_guard; COMMIT"
     ))
     .unwrap_or_else(|e| panic!("confirmed DROP EXTENSION: {}", describe(&e)));
+    drop(d);
     let gone: bool = c
         .query_one(
             "SELECT NOT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'agent_guard')",
