@@ -65,7 +65,10 @@ fn settled_head(c: &mut Client) -> (i64, String) {
         if now == prev {
             return now;
         }
-        assert!(Instant::now() < deadline, "the trail kept changing for 30 s");
+        assert!(
+            Instant::now() < deadline,
+            "the trail kept changing for 30 s"
+        );
         prev = now;
     }
 }
