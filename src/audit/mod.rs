@@ -11,6 +11,7 @@
 //! statement is refused.
 
 pub mod drop_guard;
+pub mod head;
 pub mod insert;
 pub mod queue;
 pub mod row;
@@ -728,6 +729,7 @@ pub fn init() {
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
     worker::init_shmem();
+    head::init();
     drop_guard::init();
 }
 
