@@ -453,6 +453,24 @@ pub fn attribute(relid: Oid, attnum: i16) -> Option<Attribute> {
     }
 }
 
+/// The type a domain is defined over (one level; `None` for a type that is
+/// not a domain), from the syscache.
+pub fn domain_base_type(type_oid: Oid) -> Option<Oid> {
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::TYPEOID as i32,
+            Datum::from(type_oid),
+        );
+        if tup.is_null() {
+            return None;
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_type>(tup);
+        let base = ((*form).typtype as u8 == pg_sys::TYPTYPE_DOMAIN).then_some((*form).typbasetype);
+        pg_sys::ReleaseSysCache(tup);
+        base
+    }
+}
+
 /// A relation's TOAST table, from the syscache.
 pub fn toast_relation(relid: Oid) -> Option<Oid> {
     unsafe {

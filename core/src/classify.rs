@@ -881,16 +881,14 @@ pub fn classify_function(f: &FunctionFacts, ctx: CallContext) -> Option<Classifi
     let command = format!("SELECT {name}()");
     let admin = |reason: String| Some(Classification::new(&command, Risk::Admin, reason));
 
-    if f.schema == GUARD_SCHEMA && !ctx.from_guard_code {
-        if !f.public_as_shipped || !f.public_now {
-            let mut c = Classification::new(
-                &command,
-                Risk::Admin,
-                format!("{qualified}() is internal to agent_guard or reserved to its administrators and approvers"),
-            );
-            c.touches_guard = true;
-            return Some(c);
-        }
+    if f.schema == GUARD_SCHEMA && !ctx.from_guard_code && (!f.public_as_shipped || !f.public_now) {
+        let mut c = Classification::new(
+            &command,
+            Risk::Admin,
+            format!("{qualified}() is internal to agent_guard or reserved to its administrators and approvers"),
+        );
+        c.touches_guard = true;
+        return Some(c);
     }
     if !f.language_trusted && !compiled_language(&f.language) {
         return admin(format!(

@@ -388,9 +388,13 @@ unsafe extern "C-unwind" fn ag_rs_planner_before(
         // agent_guard's own SPI in an agent session is not parallel either:
         // a worker would find itself working for an agent and refuse.
         let agent_session = !is_own_worker() && crate::identity::cached_is_agent();
-        // Nor is a materialized view's population: its nested statements
-        // are recorded in this backend.
-        if agent_session || enforcing() || crate::masking::population::active() {
+        // Nor is a materialized view's population that could run user code
+        // in workers: its nested statements are recorded in this backend.
+        if agent_session
+            || enforcing()
+            || (crate::masking::population::active()
+                && crate::masking::population::needs_serial_plan(parse))
+        {
             *cursor_options &= !(pg_sys::CURSOR_OPT_PARALLEL_OK as i32);
         }
         if !enforcing() {

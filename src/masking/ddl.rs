@@ -12,6 +12,11 @@
 //! from stored values: `DETACH PARTITION` and `NO INHERIT` leave a partition
 //! or child without the labels it inherited, `DROP EXPRESSION` turns a
 //! generated column masked for what it is computed from into a plain column.
+//! A masked column's type conversion runs input functions, casts and domain
+//! checks over its stored values (`regclass` quotes `relation "Maria" does
+//! not exist`), and so does a `CHECK` added to its domain. Row-level
+//! triggers, transition tables and rules receive a relation's whole real
+//! rows, in every session that writes it (humans' too).
 //!
 //! In agent sessions (with or without a grant, which a human may have
 //! approved for an innocent-looking migration) these are refused, judged from
@@ -50,6 +55,23 @@ pub unsafe fn refusal(node: *mut pg_sys::Node) -> Option<Refusal> {
             exprs.extend(index_elem_exprs((*s).indexParams));
             return evaluates(&rules, relid, &masked, &exprs, "CREATE INDEX");
         }
+        if is_a(node, NodeTag::T_AlterDomainStmt) {
+            return domain_check(node as *mut pg_sys::AlterDomainStmt);
+        }
+        if is_a(node, NodeTag::T_CreateTrigStmt) {
+            let t = node as *mut pg_sys::CreateTrigStmt;
+            let receives_rows = (*t).row || !(*t).transitionRels.is_null();
+            if !receives_rows {
+                return None;
+            }
+            let relid = crate::extract::range_var_relid((*t).relation)?;
+            return attaches(relid, "a row-level trigger (or one with transition tables)");
+        }
+        if is_a(node, NodeTag::T_RuleStmt) {
+            let relid =
+                crate::extract::range_var_relid((*(node as *mut pg_sys::RuleStmt)).relation)?;
+            return attaches(relid, "a rule");
+        }
         if !is_a(node, NodeTag::T_AlterTableStmt) {
             return None;
         }
@@ -87,13 +109,16 @@ pub unsafe fn refusal(node: *mut pg_sys::Node) -> Option<Refusal> {
                     "ALTER TABLE ALTER COLUMN SET EXPRESSION",
                 ),
                 AT_AlterColumnType if !def.is_null() && is_a(def, NodeTag::T_ColumnDef) => {
-                    let using = (*(def as *mut pg_sys::ColumnDef)).raw_default;
+                    let def = def as *mut pg_sys::ColumnDef;
+                    let using = (*def).raw_default;
                     let column = super::cstr((*cmd).name).unwrap_or_default();
-                    // USING the masked column itself keeps it where it was, masked
+                    // no USING, or USING the masked column itself: its stored
+                    // values go through the conversion to the new type
                     let itself = masked.contains(&column)
-                        && column_ref(using).is_some_and(|f| f.last() == Some(&column));
+                        && (using.is_null()
+                            || column_ref(using).is_some_and(|f| f.last() == Some(&column)));
                     if itself {
-                        None
+                        converts(&rules, relid, &column, (*def).typeName)
                     } else {
                         let what = "ALTER TABLE ALTER COLUMN TYPE ... USING";
                         evaluates(&rules, relid, &masked, &[using], what)
@@ -356,6 +381,162 @@ unsafe fn drops_expression(
         hint: format!(
             "A human can label {name}.{col} first (SECURITY LABEL FOR agent_guard ON COLUMN ...), or run it."
         ),
+        code: "masked_ddl",
+    })
+}
+
+/// Whether converting stored values from `source` to `target` runs nothing
+/// but PostgreSQL's own code that quotes no value: both types built in, the
+/// target no domain, and the same type or binary coercible (at most a
+/// built-in length coercion, as `varchar(10)` to `varchar(20)`, follows).
+fn conversion_runs_no_code(source: pg_sys::Oid, target: pg_sys::Oid) -> bool {
+    let built_in =
+        |t: pg_sys::Oid| t != pg_sys::InvalidOid && t.to_u32() < pg_sys::FirstNormalObjectId;
+    built_in(source)
+        && built_in(target)
+        && crate::catalog::domain_base_type(target).is_none()
+        && (source == target || unsafe { pg_sys::IsBinaryCoercible(source, target) })
+}
+
+/// The refusal when an agent's `ALTER COLUMN … TYPE` would convert the real
+/// values of a masked column with more than a binary coercion: input
+/// functions quote what they cannot read (`relation "Maria" does not
+/// exist` for `regclass`), and user-defined casts and domain checks receive
+/// every stored value.
+unsafe fn converts(
+    rules: &Rules,
+    relid: pg_sys::Oid,
+    column: &str,
+    type_name: *mut pg_sys::TypeName,
+) -> Option<Refusal> {
+    unsafe {
+        let attnum = CString::new(column)
+            .map(|c| pg_sys::get_attnum(relid, c.as_ptr()))
+            .unwrap_or(0);
+        let source = if attnum > 0 {
+            pg_sys::get_atttype(relid, attnum)
+        } else {
+            pg_sys::InvalidOid
+        };
+        let target = if type_name.is_null() || (*type_name).pct_type {
+            pg_sys::InvalidOid
+        } else {
+            pg_sys::LookupTypeNameOid(std::ptr::null_mut(), type_name, true)
+        };
+        if conversion_runs_no_code(source, target) {
+            return None;
+        }
+        let name = rules.name(relid);
+        let col = format!("{name}.{}", super::quote_identifier(column));
+        let new_type = if target == pg_sys::InvalidOid {
+            "the new type".to_string()
+        } else {
+            crate::catalog::format_type(target, -1)
+        };
+        Some(Refusal {
+            message: format!("agent may not change masked column {col} to type {new_type}"),
+            detail: format!(
+                "The conversion runs over the stored, real values of {col} outside the masks: \
+                 its errors and the casts, input functions and domain checks it calls would carry them."
+            ),
+            hint: "Only binary-compatible changes between built-in types (such as a longer varchar) are open to agents; have a human run this schema change.".into(),
+            code: "masked_ddl",
+        })
+    }
+}
+
+/// The refusal when an agent's `ALTER DOMAIN … ADD CONSTRAINT … CHECK` (valid
+/// or `NOT VALID`: later writes check it too) or `VALIDATE CONSTRAINT` would
+/// evaluate a check over the real values of masked columns of that domain.
+unsafe fn domain_check(s: *mut pg_sys::AlterDomainStmt) -> Option<Refusal> {
+    unsafe {
+        let what = match (*s).subtype as u8 {
+            b'C' => {
+                let c = (*s).def;
+                if c.is_null()
+                    || !is_a(c, NodeTag::T_Constraint)
+                    || (*(c as *mut pg_sys::Constraint)).contype != pg_sys::ConstrType::CONSTR_CHECK
+                {
+                    return None;
+                }
+                "ALTER DOMAIN ADD CONSTRAINT ... CHECK"
+            }
+            b'V' => "ALTER DOMAIN VALIDATE CONSTRAINT",
+            _ => return None,
+        };
+        let type_name = pg_sys::makeTypeNameFromNameList((*s).typeName);
+        let domain = pg_sys::LookupTypeNameOid(std::ptr::null_mut(), type_name, true);
+        if domain == pg_sys::InvalidOid {
+            return None;
+        }
+        let rules = super::rules::rules();
+        for (relid, m) in rules.labelled() {
+            for (attnum, _) in &m.columns {
+                if !type_uses_domain(pg_sys::get_atttype(relid, *attnum), domain) {
+                    continue;
+                }
+                let col = format!(
+                    "{}.{}",
+                    rules.name(relid),
+                    super::quote_identifier(&attname(relid, *attnum).unwrap_or_default())
+                );
+                let dom = crate::catalog::format_type(domain, -1);
+                return Some(Refusal {
+                    message: format!("agent may not run {what} on domain {dom}: masked column {col} is of that domain"),
+                    detail: format!(
+                        "The check is evaluated over the stored and the newly written real values of {col} outside the masks: \
+                         the functions it calls would receive them."
+                    ),
+                    hint: "Have a human run this schema change.".into(),
+                    code: "masked_ddl",
+                });
+            }
+        }
+        None
+    }
+}
+
+/// Whether values of type `t` are checked against `domain`: `t` is the domain,
+/// a domain over it, or an array of either.
+fn type_uses_domain(mut t: pg_sys::Oid, domain: pg_sys::Oid) -> bool {
+    for _ in 0..32 {
+        if t == pg_sys::InvalidOid {
+            return false;
+        }
+        if t == domain {
+            return true;
+        }
+        let element = unsafe { pg_sys::get_element_type(t) };
+        t = if element != pg_sys::InvalidOid {
+            element
+        } else {
+            match crate::catalog::domain_base_type(t) {
+                Some(base) => base,
+                None => return false,
+            }
+        };
+    }
+    false
+}
+
+/// The refusal when an agent would attach code that receives whole rows
+/// (row-level triggers, transition tables, rules' `NEW`/`OLD`) to a relation
+/// with masked columns (or partitions or children with them): the code runs
+/// over the real rows in every session that writes the relation, humans'
+/// included, and can keep them where the agent reads them unmasked.
+fn attaches(relid: pg_sys::Oid, what: &str) -> Option<Refusal> {
+    let rules = super::rules::rules();
+    let masked = masked_names(&rules, relid);
+    let first = masked.iter().next()?;
+    let name = rules.name(relid);
+    let col = format!("{name}.{}", super::quote_identifier(first));
+    Some(Refusal {
+        message: format!("agent may not attach {what} to {name}: masked column {col} would reach it unmasked"),
+        detail: format!(
+            "Triggers and rules on {name} receive its real rows in every session that writes it, humans' included; \
+             what they keep or raise would carry the real values of its masked columns."
+        ),
+        hint: "Have a human create it, or use a statement-level trigger without transition tables.".into(),
         code: "masked_ddl",
     })
 }

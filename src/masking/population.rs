@@ -11,9 +11,10 @@
 //!
 //! So, while a population runs (in any session), every `ExecutorStart`
 //! notes the relations and columns its plan reads (range-table entries and
-//! their selected columns; the whole row as column 0), and the plans are
-//! made without parallelism (a parallel worker's nested statements would be
-//! out of sight). When the statement succeeds, the reads replace the view's
+//! their selected columns; the whole row as column 0), and plans that could
+//! run user-defined code in parallel workers are made without parallelism
+//! (a worker's nested statements would be out of sight; see
+//! [`needs_serial_plan`]). When the statement succeeds, the reads replace the view's
 //! previous record in `agent_guard.matview_populations` /
 //! `agent_guard.matview_reads`, in the same transaction. effective.rs then
 //! judges the view by its record against the current masking rules: a view
@@ -71,6 +72,81 @@ pub fn active() -> bool {
     }
     purge_stale();
     STACK.with(|s| !s.borrow().is_empty())
+}
+
+/// Whether a query planned while a population runs must be planned without
+/// parallelism: a parallel worker's nested statements would be out of this
+/// backend's sight. Workers run only parallel-safe code, and PostgreSQL's
+/// own functions that run queries (`query_to_xml`, `ts_stat`, …) are not
+/// parallel safe; so a query that calls no user-defined function, operator
+/// or aggregate and has no expression of a user-defined type (a domain, a
+/// row type, a type with functions of its own) runs in workers nothing but
+/// scans the leader's plan names, and keeps its parallel plan.
+///
+/// # Safety
+/// `query` must be a valid Query about to be planned.
+pub unsafe fn needs_serial_plan(query: *mut pg_sys::Query) -> bool {
+    if query.is_null() {
+        return true;
+    }
+    unsafe { pg_sys::query_tree_walker(query, Some(user_code), std::ptr::null_mut(), 0) }
+}
+
+fn user_defined(oid: pg_sys::Oid) -> bool {
+    oid.to_u32() >= pg_sys::FirstNormalObjectId
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn user_function(func: pg_sys::Oid, _ctx: *mut std::ffi::c_void) -> bool {
+    user_defined(func)
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn user_code(node: *mut pg_sys::Node, ctx: *mut std::ffi::c_void) -> bool {
+    unsafe {
+        if node.is_null() {
+            return false;
+        }
+        let oid = match (*node).type_ {
+            NodeTag::T_Query => {
+                let q = node as *mut pg_sys::Query;
+                return user_sort_operators(q)
+                    || pg_sys::query_tree_walker(q, Some(user_code), ctx, 0);
+            }
+            NodeTag::T_Var => Some((*(node as *mut pg_sys::Var)).vartype),
+            NodeTag::T_Const => Some((*(node as *mut pg_sys::Const)).consttype),
+            NodeTag::T_Param => Some((*(node as *mut pg_sys::Param)).paramtype),
+            NodeTag::T_CoerceToDomain => Some((*(node as *mut pg_sys::CoerceToDomain)).resulttype),
+            NodeTag::T_RelabelType => Some((*(node as *mut pg_sys::RelabelType)).resulttype),
+            NodeTag::T_RowExpr => Some((*(node as *mut pg_sys::RowExpr)).row_typeid),
+            _ => None,
+        };
+        if oid.is_some_and(user_defined) {
+            return true;
+        }
+        if pg_sys::check_functions_in_node(node, Some(user_function), ctx) {
+            return true;
+        }
+        pg_sys::expression_tree_walker(node, Some(user_code), ctx)
+    }
+}
+
+/// Whether the sort, group or distinct clauses of `q` (its windows' too)
+/// use a user-defined operator: the walkers do not visit them.
+unsafe fn user_sort_operators(q: *mut pg_sys::Query) -> bool {
+    unsafe {
+        let user = |list: *mut pg_sys::List| {
+            PgList::<pg_sys::SortGroupClause>::from_pg(list)
+                .iter_ptr()
+                .any(|c| user_defined((*c).eqop) || user_defined((*c).sortop))
+        };
+        if user((*q).sortClause) || user((*q).groupClause) || user((*q).distinctClause) {
+            return true;
+        }
+        PgList::<pg_sys::WindowClause>::from_pg((*q).windowClause)
+            .iter_ptr()
+            .any(|w| user((*w).partitionClause) || user((*w).orderClause))
+    }
 }
 
 /// The CREATE MATERIALIZED VIEW a utility statement runs (also under

@@ -134,7 +134,8 @@ unsafe fn visit_query(q: *mut pg_sys::Query, w: &mut Walk) {
                 pg_sys::RTEKind::RTE_SUBQUERY => visit_query((*rte).subquery, w),
                 pg_sys::RTEKind::RTE_FUNCTION => {
                     // a call of a query-text function becomes a redacting subquery
-                    if !super::activity::mask_function_entry(rte, |n| walk_expr(n, w)) {
+                    let redacted = super::activity::mask_function_entry(rte, |n| walk_expr(n, w));
+                    if !redacted {
                         walk_expr((*rte).functions as *mut pg_sys::Node, w)
                     }
                 }

@@ -87,6 +87,30 @@ pub fn describe(e: &postgres::Error) -> String {
     }
 }
 
+/// All rows of all statements of `sql` (simple query protocol) as text: one
+/// line per row, cells separated by `|`, NULL as `NULL`.
+pub fn rows_text(c: &mut Client, sql: &str) -> Result<String, postgres::Error> {
+    let mut out = String::new();
+    for m in c.simple_query(sql)? {
+        if let postgres::SimpleQueryMessage::Row(r) = m {
+            let cells: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
+            out.push_str(&cells.join("|"));
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+/// [`rows_text`] that must succeed (panics with the server's message).
+pub fn rows_text_ok(c: &mut Client, sql: &str) -> String {
+    rows_text(c, sql).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
+}
+
+/// The SQLSTATE of a client error ("" when the error did not come from the server).
+pub fn sqlstate(e: &postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_default()
+}
+
 fn try_connect_db(user: &str, dbname: &str) -> Result<Client, postgres::Error> {
     postgres::Config::new()
         .host(&host())

@@ -7,26 +7,10 @@
 //! untouched.
 
 use agent_guard_integration::*;
-use postgres::{Client, SimpleQueryMessage};
-
-fn q(c: &mut Client, sql: &str) -> Result<String, postgres::Error> {
-    let mut out = String::new();
-    for m in c.simple_query(sql)? {
-        if let SimpleQueryMessage::Row(r) = m {
-            let cells: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
-            out.push_str(&cells.join("|"));
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
-
-fn ok(c: &mut Client, sql: &str) -> String {
-    q(c, sql).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-}
+use postgres::Client;
 
 fn refused(c: &mut Client, sql: &str, secret: &str) {
-    match q(c, sql) {
+    match rows_text(c, sql) {
         Ok(out) => panic!("{sql}: not refused:\n{out}"),
         Err(e) => {
             let text = describe(&e);
@@ -87,7 +71,7 @@ fn foreign_tables_are_refused_to_agents_whoever_the_mapping_logs_in_as() {
     let mut h = connect(&sponsor);
     a.batch_execute(&format!("GRANT SELECT ON {t}_remote TO {sponsor}"))
         .unwrap();
-    assert!(ok(&mut h, &format!("SELECT ssn FROM {t}_remote")).contains(&secret));
+    assert!(rows_text_ok(&mut h, &format!("SELECT ssn FROM {t}_remote")).contains(&secret));
 
     let reads = [
         format!("SELECT * FROM {t}_remote"),
@@ -143,16 +127,16 @@ fn foreign_tables_are_refused_to_agents_whoever_the_mapping_logs_in_as() {
             &secret,
         );
         // the classification says so beforehand
-        let risk = ok(
+        let risk = rows_text_ok(
             &mut c,
             &format!("SELECT risk FROM agent_guard.classify('SELECT * FROM {t}_remote')"),
         );
         assert_eq!(risk.trim(), "admin");
         // local partitions and tables stay readable
-        ok(&mut c, &format!("SELECT * FROM {t}_parts_local"));
+        rows_text_ok(&mut c, &format!("SELECT * FROM {t}_parts_local"));
     }
     // nothing was written remotely
-    let rows = ok(&mut a, &format!("SELECT id, ssn FROM {t} ORDER BY id"));
+    let rows = rows_text_ok(&mut a, &format!("SELECT id, ssn FROM {t} ORDER BY id"));
     assert_eq!(rows, format!("1|{secret}\n"));
     let _ = a.batch_execute(&format!(
         "DROP TABLE {t}_parts; DROP FOREIGN TABLE {t}_remote CASCADE; DROP FUNCTION IF EXISTS {t}_remote_f(); DROP SERVER {t}_loop CASCADE;"

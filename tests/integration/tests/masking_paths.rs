@@ -7,7 +7,7 @@
 //! in any statement text either.
 
 use agent_guard_integration::*;
-use postgres::{Client, SimpleQueryMessage};
+use postgres::Client;
 use std::io::Read;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -98,23 +98,6 @@ impl Shop {
             );
         }
     }
-}
-
-/// All rows of all statements of `sql` as text, cells separated by `|`.
-fn q(c: &mut Client, sql: &str) -> Result<String, postgres::Error> {
-    let mut out = String::new();
-    for m in c.simple_query(sql)? {
-        if let SimpleQueryMessage::Row(r) = m {
-            let cells: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
-            out.push_str(&cells.join("|"));
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
-
-fn ok(c: &mut Client, sql: &str) -> String {
-    q(c, sql).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
 }
 
 fn copy_out(c: &mut Client, sql: &str) -> String {
@@ -209,7 +192,7 @@ fn every_read_path_is_masked_for_agents_and_real_for_the_sponsor() {
 
     // the human sponsor reads real values
     let mut human = connect(&s.sponsor);
-    let real = ok(
+    let real = rows_text_ok(
         &mut human,
         &format!("SELECT ssn, card_number, email FROM {t} ORDER BY id"),
     );
@@ -224,7 +207,7 @@ fn every_read_path_is_masked_for_agents_and_real_for_the_sponsor() {
     let mut outputs = String::new();
     let mut statements = 0;
     let mut read = |c: &mut Client, sql: &str| -> String {
-        let out = ok(c, sql);
+        let out = rows_text_ok(c, sql);
         s.assert_clean(sql, &out);
         statements += 1;
         outputs.push_str(&out);
@@ -397,7 +380,7 @@ fn granted_writes_keep_real_data_and_return_masked_values() {
     grant(&mut c, &s.approver, "ddl");
 
     // a granted UPDATE of another column leaves the SSN intact; RETURNING is masked
-    let ret = ok(
+    let ret = rows_text_ok(
         &mut c,
         &format!("UPDATE {t} SET note = 'checked' WHERE id = 1 RETURNING *"),
     );
@@ -443,34 +426,34 @@ fn granted_writes_keep_real_data_and_return_masked_values() {
         format!("UPDATE {t} SET note = 'n' FROM {t} o WHERE o.id = {t}.id AND o.ssn = {t}.ssn RETURNING {t}.ssn, o.card_number"),
         format!("WITH w AS (UPDATE {t} SET note = 'w' WHERE id = 2 RETURNING *) SELECT ssn, email, card_number FROM w"),
     ] {
-        let out = ok(&mut c, &sql);
+        let out = rows_text_ok(&mut c, &sql);
         s.assert_clean(&sql, &out);
         assert!(out.contains("***-**-"), "{sql}: {out}");
     }
     // predicates of writes see masked values too
-    let none = ok(
+    let none = rows_text_ok(
         &mut c,
         &format!("DELETE FROM {t} WHERE ssn = '{}' RETURNING id", s.raw[0].0),
     );
     assert_eq!(none, "", "the real SSN matches no masked value");
     // copies receive masked values: INSERT ... SELECT, CREATE TABLE AS, SET other = masked
-    ok(
+    rows_text_ok(
         &mut c,
         &format!("INSERT INTO {t}_copy SELECT id, ssn, card_number FROM {t}"),
     );
-    ok(
+    rows_text_ok(
         &mut c,
         &format!("CREATE TABLE {t}_ctas AS SELECT id, ssn, email FROM {t}"),
     );
-    ok(&mut c, &format!("SELECT * INTO {t}_into FROM {t}"));
-    ok(&mut c, &format!("UPDATE {t} SET note = email WHERE id = 2"));
+    rows_text_ok(&mut c, &format!("SELECT * INTO {t}_into FROM {t}"));
+    rows_text_ok(&mut c, &format!("UPDATE {t} SET note = email WHERE id = 2"));
     for table in [
         format!("{t}_copy"),
         format!("{t}_ctas"),
         format!("{t}_into"),
         t.clone(),
     ] {
-        let all = ok(&mut a, &format!("SELECT x::text FROM {table} x"));
+        let all = rows_text_ok(&mut a, &format!("SELECT x::text FROM {table} x"));
         if table == *t {
             assert!(all.contains(&s.raw[1].0), "the real SSN stays: {all}");
             assert!(
@@ -534,13 +517,13 @@ fn materialized_views_of_masked_columns_are_refused_until_labelled() {
             .expect("COPY refused too");
         assert_eq!(sqlstate(&e), "42501");
     }
-    ok(&mut c, &format!("SELECT * FROM {t}_names"));
+    rows_text_ok(&mut c, &format!("SELECT * FROM {t}_names"));
     a.batch_execute(&format!(
         "SECURITY LABEL FOR agent_guard ON COLUMN {t}_mv.ssn IS 'MASKED WITH FUNCTION agent_guard.partial(ssn, 0, ''***-**-'', 4)';
          SECURITY LABEL FOR agent_guard ON COLUMN {t}_mv.card_number IS 'SENSITIVE';"
     ))
     .unwrap();
-    let out = ok(&mut c, &format!("SELECT * FROM {t}_mv ORDER BY id"));
+    let out = rows_text_ok(&mut c, &format!("SELECT * FROM {t}_mv ORDER BY id"));
     s.assert_clean("labelled materialized view", &out);
     assert!(out.contains(&s.masked_ssn(0)), "{out}");
     drop(c);
@@ -569,14 +552,14 @@ fn plans_cached_before_masking_are_made_again() {
     // statements prepared (by SQL and by the extended protocol) while the column was not masked
     c.batch_execute(&format!("PREPARE late AS SELECT secret FROM {t}_late"))
         .unwrap();
-    let before = ok(&mut c, "EXECUTE late");
+    let before = rows_text_ok(&mut c, "EXECUTE late");
     assert!(before.contains(&secret), "not masked yet: {before}");
     let stmt = c.prepare(&format!("SELECT secret FROM {t}_late")).unwrap();
     a.batch_execute(&format!(
         "SECURITY LABEL FOR agent_guard ON COLUMN {t}_late.secret IS 'MASKED WITH VALUE ''(masked)''';"
     ))
     .unwrap();
-    let after = ok(&mut c, "EXECUTE late");
+    let after = rows_text_ok(&mut c, "EXECUTE late");
     assert_eq!(after.trim(), "(masked)", "replanned with the mask");
     let v: String = c.query_one(&stmt, &[]).unwrap().get(0);
     assert_eq!(v, "(masked)", "extended-protocol statement replanned");
@@ -595,7 +578,7 @@ fn a_session_that_becomes_an_agent_reads_masked_values_from_then_on() {
     c.batch_execute(&format!("PREPARE p AS SELECT ssn FROM {t} ORDER BY id"))
         .unwrap();
     assert!(
-        ok(&mut c, "EXECUTE p").contains(&s.raw[0].0),
+        rows_text_ok(&mut c, "EXECUTE p").contains(&s.raw[0].0),
         "a human reads real values"
     );
     a.batch_execute(&format!(
@@ -603,7 +586,7 @@ fn a_session_that_becomes_an_agent_reads_masked_values_from_then_on() {
         s.sponsor
     ))
     .unwrap();
-    let out = ok(&mut c, "EXECUTE p");
+    let out = rows_text_ok(&mut c, "EXECUTE p");
     s.assert_clean("after registration", &out);
     assert!(out.contains(&s.masked_ssn(0)), "{out}");
     drop(c);
@@ -649,9 +632,9 @@ fn statements_nested_in_foreign_key_actions_are_masked() {
     let mut c = connect(&s.agent);
     grant(&mut c, &s.approver, "write");
     // SET NULL on the orders row: its CHECK constraint reads customers.
-    ok(&mut c, &format!("DELETE FROM {t} WHERE id = 1"));
+    rows_text_ok(&mut c, &format!("DELETE FROM {t} WHERE id = 1"));
     // CASCADE to the notes row: its BEFORE DELETE trigger reads customers.
-    ok(&mut c, &format!("DELETE FROM {t} WHERE id = 2"));
+    rows_text_ok(&mut c, &format!("DELETE FROM {t} WHERE id = 2"));
     let loot: Vec<String> = a
         .query(&format!("SELECT what FROM {t}_loot"), &[])
         .unwrap()
@@ -687,7 +670,7 @@ fn statements_nested_in_foreign_key_actions_are_masked() {
 /// The refusal an agent gets for a materialized view computed from masked
 /// columns: 42501, naming the view, with a HINT.
 fn assert_tainted(c: &mut Client, s: &Shop, sql: &str) {
-    match q(c, sql) {
+    match rows_text(c, sql) {
         Ok(out) => {
             panic!("{sql}: an agent read a materialized view computed from masked columns:\n{out}")
         }
@@ -750,7 +733,7 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     ))
     .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
     // the human reads real values in every one of them
-    let raw = ok(&mut a, &format!("SELECT string_agg(t, ' ') FROM {t}_text"));
+    let raw = rows_text_ok(&mut a, &format!("SELECT string_agg(t, ' ') FROM {t}_text"));
     assert!(raw.contains(&s.raw[0].0), "{raw}");
 
     let mut c = connect(&s.agent);
@@ -780,14 +763,14 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_read_text()"));
     // what read no masked column stays readable
     for mv in ["late", "clean", "clean_srf", "later"] {
-        let out = ok(&mut c, &format!("SELECT * FROM {t}_{mv}"));
+        let out = rows_text_ok(&mut c, &format!("SELECT * FROM {t}_{mv}"));
         s.assert_clean(mv, &out);
         assert!(!out.is_empty(), "{mv}");
     }
     // a concurrent refresh reads the view itself: still clean
     a.batch_execute(&format!("REFRESH MATERIALIZED VIEW CONCURRENTLY {t}_clean"))
         .unwrap();
-    ok(&mut c, &format!("SELECT * FROM {t}_clean"));
+    rows_text_ok(&mut c, &format!("SELECT * FROM {t}_clean"));
 
     // a column labelled after the population taints what read it
     a.batch_execute(&format!(
@@ -800,7 +783,7 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
         "CREATE OR REPLACE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} $$;"
     ))
     .unwrap();
-    ok(&mut c, &format!("SELECT * FROM {t}_later"));
+    rows_text_ok(&mut c, &format!("SELECT * FROM {t}_later"));
     a.batch_execute(&format!("REFRESH MATERIALIZED VIEW {t}_later"))
         .unwrap();
     assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_later"));
@@ -810,17 +793,17 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
          REFRESH MATERIALIZED VIEW {t}_srf;"
     ))
     .unwrap();
-    let out = ok(&mut c, &format!("SELECT * FROM {t}_srf"));
+    let out = rows_text_ok(&mut c, &format!("SELECT * FROM {t}_srf"));
     assert!(out.contains("Customer 1"), "{out}");
     // labelled, a materialized view is read masked
     a.batch_execute(&format!(
         "SECURITY LABEL FOR agent_guard ON COLUMN {t}_text.t IS 'MASKED WITH VALUE ''(row)''';"
     ))
     .unwrap();
-    let out = ok(&mut c, &format!("SELECT * FROM {t}_text"));
+    let out = rows_text_ok(&mut c, &format!("SELECT * FROM {t}_text"));
     assert_eq!(out.trim(), "(row)\n(row)".trim(), "{out}");
     // the view reports how each taint was found
-    let taints = ok(
+    let taints = rows_text_ok(
         &mut a,
         &format!("SELECT relation, built_from FROM agent_guard.masking_taints WHERE relation::text LIKE '{t}%' ORDER BY 1"),
     );
@@ -849,17 +832,17 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
     let mut c = connect(&s.agent);
     grant(&mut c, &s.approver, "ddl");
     // the agent's copy holds masks, like its CREATE TABLE AS would
-    ok(
+    rows_text_ok(
         &mut c,
         &format!("CREATE MATERIALIZED VIEW {t}_agent_copy AS SELECT id, ssn FROM {t}"),
     );
-    let copy = ok(
+    let copy = rows_text_ok(
         &mut a,
         &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"),
     );
     s.assert_clean("the agent's materialized view", &copy);
     assert!(copy.contains(&s.masked_ssn(0)), "{copy}");
-    let out = ok(
+    let out = rows_text_ok(
         &mut c,
         &format!("SELECT ssn FROM {t}_agent_copy ORDER BY id"),
     );
@@ -880,11 +863,11 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
     assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_agent_copy"));
 
     // a view that read no masked column, whose function now reads one
-    ok(
+    rows_text_ok(
         &mut c,
         &format!("CREATE MATERIALIZED VIEW {t}_labels AS SELECT {t}_label(id) AS l FROM generate_series(1, 2) id"),
     );
-    ok(&mut c, &format!("REFRESH MATERIALIZED VIEW {t}_labels"));
+    rows_text_ok(&mut c, &format!("REFRESH MATERIALIZED VIEW {t}_labels"));
     a.batch_execute(&format!(
         "CREATE OR REPLACE FUNCTION {t}_label(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
              DECLARE r text; BEGIN SELECT ssn INTO r FROM {t} WHERE id = i; RETURN r; END $$;"
@@ -897,7 +880,7 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
         let e = c.batch_execute(&sql).expect_err(&sql);
         assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
     }
-    let kept = ok(&mut a, &format!("SELECT l FROM {t}_labels ORDER BY l"));
+    let kept = rows_text_ok(&mut a, &format!("SELECT l FROM {t}_labels ORDER BY l"));
     assert_eq!(kept, "Customer 1\nCustomer 2\n");
 }
 
@@ -924,7 +907,7 @@ fn granted_writes_never_write_masks_into_masked_columns() {
         agent = s.agent
     ))
     .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
-    let before = ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
+    let before = rows_text_ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
     let mut c = connect(&s.agent);
     grant(&mut c, &s.approver, "write");
     let refused = [
@@ -977,7 +960,7 @@ fn granted_writes_never_write_masks_into_masked_columns() {
             }
         }
     }
-    let after = ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
+    let after = rows_text_ok(&mut a, &format!("SELECT x::text FROM {t} x ORDER BY id"));
     assert_eq!(before, after, "the refused writes changed nothing");
     // values that carry no mask are written
     let literal = "111-22-3333";
@@ -992,9 +975,9 @@ fn granted_writes_never_write_masks_into_masked_columns() {
         format!("INSERT INTO {t} (id, ssn) SELECT 51, '{literal}' FROM {t} WHERE ssn <> '' LIMIT 1"),
         format!("INSERT INTO {t} (id, ssn) VALUES (1, '{literal}') ON CONFLICT (id) DO UPDATE SET ssn = EXCLUDED.ssn"),
     ] {
-        ok(&mut c, &sql);
+        rows_text_ok(&mut c, &sql);
     }
-    let stored = ok(
+    let stored = rows_text_ok(
         &mut a,
         &format!("SELECT string_agg(ssn, ',' ORDER BY id) FROM {t}"),
     );

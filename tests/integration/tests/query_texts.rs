@@ -4,28 +4,11 @@
 //! views and functions humans wrote over them, `pg_stat_statements`.
 
 use agent_guard_integration::*;
-use postgres::{Client, SimpleQueryMessage};
+use postgres::Client;
 use std::io::Read;
 
-/// All rows of all statements of `sql` as text, cells separated by `|`.
-fn q(c: &mut Client, sql: &str) -> Result<String, postgres::Error> {
-    let mut out = String::new();
-    for m in c.simple_query(sql)? {
-        if let SimpleQueryMessage::Row(r) = m {
-            let cells: Vec<&str> = (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect();
-            out.push_str(&cells.join("|"));
-            out.push('\n');
-        }
-    }
-    Ok(out)
-}
-
-fn ok(c: &mut Client, sql: &str) -> String {
-    q(c, sql).unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)))
-}
-
 fn refused(c: &mut Client, sql: &str) {
-    match q(c, sql) {
+    match rows_text(c, sql) {
         Ok(out) => panic!("{sql}: not refused:\n{out}"),
         Err(e) => {
             assert_eq!(
@@ -101,7 +84,7 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
     let pid = s.human_pid;
     let mut a = admin();
     // humans still see the real text
-    let real = ok(
+    let real = rows_text_ok(
         &mut a,
         &format!("SELECT query FROM pg_stat_activity WHERE pid = {pid}"),
     );
@@ -134,10 +117,10 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
         format!("WITH w AS (SELECT query FROM pg_stat_activity) SELECT * FROM w"),
         format!("SELECT (SELECT query FROM pg_stat_activity WHERE pid = {pid})"),
     ] {
-        let out = ok(&mut c, &sql);
+        let out = rows_text_ok(&mut c, &sql);
         s.assert_clean(&sql, &out);
     }
-    let out = ok(
+    let out = rows_text_ok(
         &mut c,
         &format!("SELECT query FROM pg_stat_activity WHERE pid = {pid}"),
     );
@@ -167,7 +150,7 @@ fn other_sessions_query_texts_reach_agents_redacted_or_not_at_all() {
         refused(&mut c, &sql);
     }
     // the rest of pg_stat_activity is there
-    let state = ok(
+    let state = rows_text_ok(
         &mut c,
         &format!("SELECT state, usename IS NOT NULL FROM pg_stat_activity WHERE pid = {pid}"),
     );
@@ -180,14 +163,15 @@ fn pg_stat_statements_texts_reach_agents_redacted() {
     let mut a = admin();
     a.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         .unwrap();
-    let preloaded = ok(&mut a, "SHOW shared_preload_libraries").contains("pg_stat_statements");
+    let preloaded =
+        rows_text_ok(&mut a, "SHOW shared_preload_libraries").contains("pg_stat_statements");
     let mut c = connect(&s.agent);
     // the plan redacts the query column, whether or not the module is loaded
     for sql in [
         "EXPLAIN (VERBOSE, COSTS OFF) SELECT query FROM pg_stat_statements",
         "EXPLAIN (VERBOSE, COSTS OFF) SELECT * FROM pg_stat_statements(true)",
     ] {
-        let plan = ok(&mut c, sql);
+        let plan = rows_text_ok(&mut c, sql);
         assert!(plan.contains("agent_guard.redact_query"), "{sql}:\n{plan}");
     }
     refused(&mut c, "SELECT (pg_stat_statements(true)).query");
@@ -198,12 +182,12 @@ fn pg_stat_statements_texts_reach_agents_redacted() {
         human
             .batch_execute(&format!("DO $$ BEGIN PERFORM '{secret}'; END $$"))
             .unwrap();
-        let real = ok(
+        let real = rows_text_ok(
             &mut a,
             "SELECT string_agg(query, ' ') FROM pg_stat_statements",
         );
         assert!(real.contains(secret.as_str()), "{real}");
-        let out = ok(
+        let out = rows_text_ok(
             &mut c,
             "SELECT string_agg(query, ' ') FROM pg_stat_statements",
         );

@@ -9,10 +9,6 @@ use agent_guard_integration::cluster::{client_tool, client_tool_stdout, Cluster}
 use agent_guard_integration::*;
 use std::time::{Duration, Instant};
 
-fn code(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
 fn wait_count(c: &mut Client, sql: &str, want: i64) -> i64 {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -94,7 +90,7 @@ fn registrations_masks_and_the_trail_survive_a_restore_into_another_cluster() {
         .get(0);
     assert_eq!(ssn, "***-**-5506");
     let e = a.batch_execute("DELETE FROM customers").unwrap_err();
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     drop(a);
     let src_rows = wait_count(
         &mut src,
@@ -242,7 +238,7 @@ fn registrations_masks_and_the_trail_survive_a_restore_into_another_cluster() {
         .get(0);
     assert_eq!(ssn, "***-**-5506", "reads stay masked after the restore");
     let e = a.batch_execute("DELETE FROM customers").unwrap_err();
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     let db = e.as_db_error().unwrap();
     assert!(
         db.hint()
@@ -285,7 +281,7 @@ fn registrations_masks_and_the_trail_survive_a_restore_into_another_cluster() {
     // the agent whose label was lost fails closed
     let mut l = target.connect(&lost, "dst");
     let e = l.batch_execute("SELECT name FROM customers").unwrap_err();
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     assert!(
         describe(&e).contains("no agent registration (role security label) confirms it"),
         "{}",
@@ -346,7 +342,7 @@ fn registrations_masks_and_the_trail_survive_a_restore_into_another_cluster() {
         .iter()
         .any(|(c, _)| c == "stale_registry_row"));
     let e = l.batch_execute("SELECT 1").unwrap_err();
-    assert_eq!(code(&e), "42501", "still refused until someone decides");
+    assert_eq!(sqlstate(&e), "42501", "still refused until someone decides");
     dst.batch_execute(&format!(
         "SELECT agent_guard.register_agent('{lost}', '{sponsor}')"
     ))
@@ -386,7 +382,7 @@ fn unconfirmed_registry_rows_fail_closed() {
     ))
     .unwrap();
     let e = open.batch_execute("SELECT 1").unwrap_err();
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     let db = e.as_db_error().unwrap();
     assert!(
         db.message()
@@ -401,7 +397,7 @@ fn unconfirmed_registry_rows_fail_closed() {
     );
     let mut fresh = connect(&human);
     let e = fresh.batch_execute("SELECT 1").unwrap_err();
-    assert_eq!(code(&e), "42501");
+    assert_eq!(sqlstate(&e), "42501");
     // the refusal is in the trail, as an agent's
     let n = wait_count(
         &mut a,
@@ -444,7 +440,7 @@ fn role_labels_restore_only_from_superusers() {
             "SECURITY LABEL FOR agent_guard ON ROLE {agent} IS '{label}'"
         ))
         .unwrap_err();
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     // malformed labels are refused
     let e = a
         .batch_execute(&format!(
@@ -481,7 +477,7 @@ fn role_labels_restore_only_from_superusers() {
             "SECURITY LABEL FOR agent_guard ON ROLE {agent} IS NULL"
         ))
         .unwrap_err();
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     assert!(
         describe(&e).contains("unregister_agent"),
         "{}",

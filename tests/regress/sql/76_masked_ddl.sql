@@ -29,6 +29,14 @@ SECURITY LABEL FOR agent_guard ON COLUMN par.ssn IS 'SENSITIVE';
 -- a human's function that reports its argument
 CREATE FUNCTION public.checked(text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
 AS $$ BEGIN RAISE NOTICE 'checked %', $1; RETURN true; END $$;
+CREATE FUNCTION public.checked_domain(text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+AS $$ BEGIN RAISE NOTICE 'domain checked %', $1; RETURN true; END $$;
+-- a masked column of a domain the agent owns, and a domain a human wrote
+CREATE DOMAIN public.secret_t AS text;
+CREATE DOMAIN public.ssn_t AS text CHECK (public.checked_domain(VALUE));
+CREATE TABLE holder (id int, v public.secret_t);
+INSERT INTO holder VALUES (1, 'Maria');
+SECURITY LABEL FOR agent_guard ON COLUMN holder.v IS 'SENSITIVE';
 -- the agent owns the tables and holds an approved DDL grant on them
 ALTER TABLE customers OWNER TO regress_bot;
 ALTER TABLE pt OWNER TO regress_bot;
@@ -36,11 +44,13 @@ ALTER TABLE pt_a OWNER TO regress_bot;
 ALTER TABLE pt_b OWNER TO regress_bot;
 ALTER TABLE par OWNER TO regress_bot;
 ALTER TABLE chi OWNER TO regress_bot;
+ALTER TABLE holder OWNER TO regress_bot;
+ALTER DOMAIN public.secret_t OWNER TO regress_bot;
 GRANT CREATE ON SCHEMA public TO regress_bot;
 SELECT agent_guard.register_agent('regress_bot', 'regress_sponsor');
 RESET client_min_messages;
 \c - regress_bot
-SELECT agent_guard.request_access('ddl', ARRAY['customers', 'pt', 'pt_a', 'pt_b', 'par', 'chi']::regclass[], 'migration');
+SELECT agent_guard.request_access('ddl', ARRAY['customers', 'pt', 'pt_a', 'pt_b', 'par', 'chi', 'holder']::regclass[], 'migration');
 \c - regress_approver
 SELECT agent_guard.approve(1) AS approved;
 \c - regress_bot
@@ -57,6 +67,12 @@ ALTER TABLE customers ADD CONSTRAINT c3 EXCLUDE USING btree ((name::int) WITH =)
 ALTER TABLE customers ADD COLUMN g int GENERATED ALWAYS AS (name::int) STORED;
 ALTER TABLE customers ADD COLUMN h text CHECK (h <> name);
 ALTER TABLE customers ALTER COLUMN name TYPE int USING name::int;
+-- converting the stored values of a masked column: input functions quote
+-- what they cannot read (regclass: relation "Maria" does not exist), domain
+-- checks and casts receive every value
+ALTER TABLE customers ALTER COLUMN name TYPE regclass;
+ALTER TABLE customers ALTER COLUMN ssn TYPE public.ssn_t USING ssn;
+ALTER TABLE pt ALTER COLUMN ssn TYPE public.ssn_t;
 -- copying real values into a column that is not masked
 ALTER TABLE customers ALTER COLUMN amount TYPE text USING ssn;
 -- through the parent, to the parent's and to a partition's own label
@@ -83,6 +99,30 @@ SELECT id, name, ssn, last4 FROM customers ORDER BY id;
 SELECT * FROM pt ORDER BY k;
 SELECT * FROM chi;
 
+-- ---- a grant for any schema change: a check on the domain of a masked
+-- column (evaluated now, or at later writes when NOT VALID) is refused ----
+SELECT agent_guard.request_access('ddl', reason => 'domain migration');
+\c - regress_approver
+SELECT agent_guard.approve(2) AS approved;
+\c - regress_bot
+ALTER DOMAIN public.secret_t ADD CONSTRAINT sc CHECK (public.checked(VALUE));
+ALTER DOMAIN public.secret_t ADD CONSTRAINT sc CHECK (public.checked(VALUE)) NOT VALID;
+ALTER DOMAIN public.secret_t SET DEFAULT 'none';
+ALTER DOMAIN public.secret_t ADD CONSTRAINT nn CHECK (VALUE IS NOT NULL) NOT VALID;
+ALTER DOMAIN public.secret_t VALIDATE CONSTRAINT nn;
+SELECT * FROM holder;
+-- code that receives whole rows of a masked relation: it would run over the
+-- real rows in every session that writes it (humans' included)
+CREATE FUNCTION public.bot_keep() RETURNS trigger LANGUAGE plpgsql
+AS $$ BEGIN RAISE NOTICE 'row %', NEW; RETURN NEW; END $$;
+CREATE TRIGGER keep BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION public.bot_keep();
+CREATE TRIGGER keep AFTER UPDATE ON pt FOR EACH ROW EXECUTE FUNCTION public.bot_keep();
+CREATE TRIGGER keep AFTER UPDATE ON customers REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION public.bot_keep();
+CREATE RULE keep AS ON UPDATE TO customers DO ALSO NOTIFY keep;
+-- a statement-level trigger receives no row: allowed
+CREATE TRIGGER stmt AFTER UPDATE ON customers FOR EACH STATEMENT EXECUTE FUNCTION public.bot_keep();
+DROP TRIGGER stmt ON customers;
+
 -- ---- humans are not affected ----
 \c - postgres
 CREATE INDEX customers_name_idx ON customers ((length(name)));
@@ -91,5 +131,6 @@ SELECT * FROM pt_a;
 -- the agent's refusals are in the trail
 SELECT command, risk, decision, nesting_level, left(reason, 60) AS reason FROM agent_guard.audit_log
 WHERE agent = 'regress_bot' AND decision = 'denied' ORDER BY id;
-DROP TABLE customers, pt, pt_a, pt_b, chi, par;
-DROP FUNCTION public.checked(text);
+DROP TABLE customers, pt, pt_a, pt_b, chi, par, holder;
+DROP DOMAIN public.secret_t, public.ssn_t;
+DROP FUNCTION public.checked(text), public.checked_domain(text), public.bot_keep();
