@@ -3,7 +3,22 @@
 #
 #   ag_config SECTION KEY      value from pgrx.toml (quotes stripped)
 #   ag_root                    the repository root
-#   ag_bindir                  PostgreSQL's bin directory (from pg_config)
+#   ag_pg_config [MAJOR]       pg_config of MAJOR: the packaged major's is pgrx.toml
+#                              [postgres] pg_config, a source-built one's is
+#                              source_prefix/MAJOR/bin/pg_config. Without MAJOR:
+#                              the PostgreSQL this run uses, env AG_PG_CONFIG
+#                              (scripts/test.sh --pg sets it), else the packaged one.
+#   ag_use_major MAJOR         export AG_PG_MAJOR and AG_PG_CONFIG for MAJOR: every
+#                              helper below and every script then uses that server
+#   ag_pg_major                major version of ag_pg_config
+#   ag_tested_majors           pgrx.toml [postgres] tested_majors
+#   ag_installed_majors        the tested majors present on this machine (packaged,
+#                              or built by scripts/build-postgres.sh: stamp present)
+#   ag_pgrx_init               `cargo pgrx init --pgNN PG_CONFIG...` for every installed
+#                              tested major, unless ~/.pgrx/config.toml (PGRX_HOME)
+#                              already names each (init rewrites the whole file,
+#                              so one init names them all)
+#   ag_bindir                  PostgreSQL's bin directory (from ag_pg_config)
 #   ag_cargo_path              add ~/.cargo/bin to PATH if cargo is not on it
 #   ag_log MSG...              bold "==> MSG" on stderr
 #   ag_die MSG...              print "error: MSG" on stderr and exit 1
@@ -14,7 +29,9 @@
 #   ag_cluster_port NAME       port of cluster NAME (test|demo|bench): env
 #                              AG_<NAME>_PORT, else pgrx.toml [NAME_cluster] port
 #   ag_cluster_datadir NAME    data dir of cluster NAME: env AG_<NAME>_DATADIR,
-#                              else pgrx.toml [NAME_cluster] data_dir
+#                              else pgrx.toml [NAME_cluster] data_dir, with
+#                              "-MAJOR" appended when AG_PG_MAJOR is another
+#                              major than the packaged one
 #   ag_cluster_start DATADIR PORT [extra postgresql.conf lines...]
 #       initdb DATADIR (as postgres, trust auth for local + 127.0.0.1) if it
 #       has no cluster yet; (re)write DATADIR/agent_guard.base.conf (port,
@@ -68,7 +85,54 @@ ag_cargo_path() {
   fi
 }
 
-ag_bindir() { "$(ag_config postgres pg_config)" --bindir; }
+ag_pg_config() {
+  local major=${1:-}
+  if [ -z "$major" ]; then
+    if [ -n "${AG_PG_CONFIG:-}" ]; then printf '%s\n' "$AG_PG_CONFIG"; else ag_config postgres pg_config; fi
+  elif [ "$major" = "$(ag_config postgres major)" ]; then
+    ag_config postgres pg_config
+  else
+    printf '%s/%s/bin/pg_config\n' "$(ag_config postgres source_prefix)" "$major"
+  fi
+}
+
+ag_use_major() {
+  AG_PG_MAJOR=$1
+  AG_PG_CONFIG=$(ag_pg_config "$1")
+  export AG_PG_MAJOR AG_PG_CONFIG
+}
+
+ag_pg_major() { "$(ag_pg_config)" --version | sed -nE 's/^PostgreSQL ([0-9]+).*/\1/p'; }
+
+ag_tested_majors() { ag_config postgres tested_majors; }
+
+ag_installed_majors() {
+  local m packaged
+  packaged=$(ag_config postgres major)
+  for m in $(ag_tested_majors); do
+    if [ "$m" = "$packaged" ]; then
+      [ -x "$(ag_pg_config "$m")" ] && echo "$m"
+    else
+      [ -f "$(ag_config postgres source_prefix)/$m/.agent_guard-build" ] && [ -x "$(ag_pg_config "$m")" ] && echo "$m"
+    fi
+  done
+  return 0
+}
+
+ag_pgrx_init() {
+  local pgrx_home=${PGRX_HOME:-$HOME/.pgrx} m pc args=() need=0
+  for m in $(ag_installed_majors); do
+    pc=$(ag_pg_config "$m")
+    args+=("--pg$m" "$pc")
+    grep -Eq "^[[:space:]]*pg$m[[:space:]]*=[[:space:]]*\"$pc\"" "$pgrx_home/config.toml" 2>/dev/null || need=1
+  done
+  [ $need = 1 ] || return 0
+  ag_log "cargo pgrx init ${args[*]}"
+  cargo pgrx init "${args[@]}" >/tmp/agent_guard-pgrx-init.log 2>&1 \
+    || { cat /tmp/agent_guard-pgrx-init.log >&2; return 1; }
+}
+
+ag_bindir() { "$(ag_pg_config)" --bindir; }
 
 ag_log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -98,6 +162,9 @@ ag_cluster_datadir() {
   var="AG_$(printf '%s' "$name" | tr '[:lower:]' '[:upper:]')_DATADIR"
   if [ -n "${!var:-}" ]; then dir=${!var}; else dir=$(ag_config "${name}_cluster" data_dir) || return 1; fi
   case $dir in /*) ;; *) dir="$(ag_root)/$dir" ;; esac
+  if [ -z "${!var:-}" ] && [ -n "${AG_PG_MAJOR:-}" ] && [ "$AG_PG_MAJOR" != "$(ag_config postgres major)" ]; then
+    dir="$dir-$AG_PG_MAJOR"
+  fi
   printf '%s\n' "$dir"
 }
 
@@ -213,7 +280,7 @@ EOF
 
 ag_detach_installed_lib() {
   local lib
-  lib="$("$(ag_config postgres pg_config)" --pkglibdir)/agent_guard.so"
+  lib="$("$(ag_pg_config)" --pkglibdir)/agent_guard.so"
   [ -f "$lib" ] || return 0
   cp -p "$lib" "$lib.detach.$$" && mv -f "$lib.detach.$$" "$lib"
 }

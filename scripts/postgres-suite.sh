@@ -66,7 +66,7 @@ set -uo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 root=$(ag_root)
-pg_config=${AG_PGSUITE_PG_CONFIG:-$(ag_config postgres pg_config)}
+pg_config=${AG_PGSUITE_PG_CONFIG:-$(ag_pg_config)}
 pg_source=${AG_PGSUITE_PG_SOURCE:-}
 cache=${AG_PGSUITE_CACHE:-/var/tmp/agent_guard/pgsrc}
 port=${AG_PGSUITE_PORT:-28830}
@@ -110,12 +110,21 @@ allowlist=${AG_PGSUITE_ALLOWLIST:-$root/tests/postgres/allowlist-$major.txt}
 # upstream tarball of the Debian source package that built the package owning
 # FILE (only MEMBERs, tar wildcards, are extracted). Downloads at most once.
 debian_source_tree() {
-  local file=$1 pkg srcpkg srcver v got="" dl tarball dir
+  local file=$1 pkg srcpkg srcver
   shift
   command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg here: pass --pg-source DIR" >&2; return 1; }
   pkg=$(dpkg -S "$file" 2>/dev/null | awk -F': ' '!/^diversion/ { print $1; exit }')
   [ -n "$pkg" ] || { echo "$file belongs to no Debian package: pass --pg-source DIR" >&2; return 1; }
   read -r srcpkg srcver < <(dpkg-query -W -f='${source:Package} ${source:Version}\n' "$pkg")
+  source_package_tree "$srcpkg" "$srcver" "$@"
+}
+
+# source_package_tree SRCPKG SRCVER MEMBER...: as debian_source_tree, for a
+# named source package: version SRCVER if the archive has it, else the newest
+# it has (SRCVER "newest": the newest, chosen once and then reused).
+source_package_tree() {
+  local srcpkg=$1 srcver=$2 v got="" dl tarball dir
+  shift 2
   mkdir -p "$cache" && chmod 755 "$cache"
   # Reuse: the installed version, or the one chosen earlier for it.
   if [ -f "$cache/${srcpkg}_$srcver/.complete" ]; then got=$srcver
@@ -154,10 +163,18 @@ debian_source_tree() {
     rm -rf "$dl" "$dl.log"
     [ "$got" = "$srcver" ] || printf '%s\n' "$got" >"$cache/${srcpkg}_$srcver.use"
   fi
-  [ "$got" = "$srcver" ] || [ $prepare_only = 1 ] || echo "note: the source of $srcpkg $srcver (installed) could not be downloaded; using the tests of $got (delete $cache/${srcpkg}_$srcver.use to try again)" >&2
+  [ "$got" = "$srcver" ] || [ "$srcver" = newest ] || [ $prepare_only = 1 ] || echo "note: the source of $srcpkg $srcver (installed) could not be downloaded; using the tests of $got (delete $cache/${srcpkg}_$srcver.use to try again)" >&2
   printf '%s\n' "$cache/${srcpkg}_$got/tree"
 }
 
+# A server scripts/build-postgres.sh built names its source tree.
+source_built=0
+if [ -f "$(dirname "$bindir")/.agent_guard-build" ]; then
+  source_built=1
+  if [ -z "$pg_source" ] && [ -f "$(dirname "$bindir")/.agent_guard-source" ]; then
+    pg_source=$(cat "$(dirname "$bindir")/.agent_guard-source")
+  fi
+fi
 if [ -n "$pg_source" ]; then
   [ -f "$pg_source/src/test/regress/parallel_schedule" ] || ag_die "--pg-source $pg_source: no src/test/regress/parallel_schedule"
   pg_tree=$pg_source
@@ -167,9 +184,31 @@ else
 fi
 regress_src="$pg_tree/src/test/regress"
 pgaudit_tree=""
+pgaudit_skip=""
 if want_run pgaudit; then
-  [ -f "$pkglibdir/pgaudit.so" ] || ag_die "pgaudit is not installed for PostgreSQL $major ($pkglibdir/pgaudit.so)"
-  pgaudit_tree=$(debian_source_tree "$pkglibdir/pgaudit.so" '*') || ag_die "no pgaudit sources"
+  if [ $source_built = 1 ]; then
+    # No Debian postgresql-MAJOR-pgaudit for a server built from source:
+    # build pgaudit from Debian's source package pgaudit-MAJOR (pgaudit's
+    # release branch for that major) against it and install it there, once.
+    if pgaudit_tree=$(source_package_tree "pgaudit-$major" newest '*'); then
+      pgaudit_stamp="$pg_config $version $pgaudit_tree"
+      if [ "$(cat "$pkglibdir/.pgaudit-built-for" 2>/dev/null)" != "$pgaudit_stamp" ] || [ ! -f "$pkglibdir/pgaudit.so" ]; then
+        rm -rf "$work/pgaudit-build" && mkdir -p "$work" && cp -r "$pgaudit_tree" "$work/pgaudit-build"
+        if make -s -C "$work/pgaudit-build" USE_PGXS=1 PG_CONFIG="$pg_config" with_llvm=no install \
+            >"$work/pgaudit-build.log" 2>&1; then
+          printf '%s\n' "$pgaudit_stamp" >"$pkglibdir/.pgaudit-built-for"
+        else
+          cat "$work/pgaudit-build.log" >&2
+          ag_die "building pgaudit-$major against $pg_config failed (log: $work/pgaudit-build.log)"
+        fi
+      fi
+    else
+      pgaudit_skip="the package archive serves no source package pgaudit-$major to build pgaudit for this server from"
+    fi
+  else
+    [ -f "$pkglibdir/pgaudit.so" ] || ag_die "pgaudit is not installed for PostgreSQL $major ($pkglibdir/pgaudit.so)"
+    pgaudit_tree=$(debian_source_tree "$pkglibdir/pgaudit.so" '*') || ag_die "no pgaudit sources"
+  fi
 fi
 
 # ---- regress.so, refint.so, autoinc.so (the suite's --dlpath) ------------------
@@ -231,9 +270,11 @@ pg_regress_run() {
 # Names of the tests a schedule runs, in order.
 schedule_tests() { awk '$1 == "test:" { for (i = 2; i <= NF; i++) print $i }' "$1"; }
 
-# Tests pg_regress reported as failed (PG 15: "test NAME ... FAILED", "     NAME ... FAILED").
+# Tests pg_regress reported as failed (PG 15: "test NAME ... FAILED",
+# "     NAME ... FAILED"; 16+, TAP: "not ok N     - NAME   12 ms", "+" inside a group).
 failed_tests() {
-  awk '/ \.\.\. FAILED/ || / \.\.\. failed/ { n = ($1 == "test") ? $2 : $1; print n }' "$1"
+  awk '/ \.\.\. FAILED/ || / \.\.\. failed/ { n = ($1 == "test") ? $2 : $1; print n; next }
+       $1 == "not" && $2 == "ok" && ($4 == "-" || $4 == "+") { print $5 }' "$1"
 }
 
 passed=0
@@ -443,7 +484,9 @@ want_run B && run_bc B "preload agent_guard, no extension" \
 want_run C && run_bc C "preload + CREATE EXTENSION + audit all" \
   "$(printf "shared_preload_libraries = 'agent_guard'\nagent_guard.audit_non_agents = 'all'")" \
   --load-extension=agent_guard
-want_run pgaudit && run_pgaudit
+if want_run pgaudit; then
+  if [ -n "$pgaudit_skip" ]; then echo "postgres pgaudit: skipped: $pgaudit_skip"; else run_pgaudit; fi
+fi
 
 echo "postgres: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

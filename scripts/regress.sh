@@ -18,7 +18,9 @@
 #        scripts/regress.sh --accept NAME...     copy results/NAME.out over
 #                                                expected/NAME.out (no run)
 #        AG_REGRESS_ACCEPT=1 scripts/regress.sh  run, then accept every result
-# env:   AG_TEST_PORT (default pgrx.toml [test_cluster] port)
+# env:   AG_TEST_PORT (default pgrx.toml [test_cluster] port),
+#        AG_PG_CONFIG (the server's pg_config: its pg_regress and psql; default
+#        pgrx.toml [postgres] pg_config)
 # Prints one line per test and ends with "regress: N passed, M failed";
 # exits 1 if any test failed.
 set -euo pipefail
@@ -54,9 +56,9 @@ if [ ${#names[@]} -eq 0 ]; then
 fi
 [ ${#names[@]} -gt 0 ] || ag_die "no tests in $dir/sql"
 
-pg_config=$(ag_config postgres pg_config)
+pg_config=$(ag_pg_config)
 pg_regress="$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress"
-[ -x "$pg_regress" ] || ag_die "pg_regress not found at $pg_regress (install postgresql-server-dev-$(ag_config postgres major))"
+[ -x "$pg_regress" ] || ag_die "pg_regress not found at $pg_regress (install postgresql-server-dev-$(ag_pg_major), or run scripts/setup.sh)"
 bindir=$(ag_bindir)
 port=$(ag_cluster_port test)
 db=agent_guard_regress
@@ -111,8 +113,9 @@ SQL
     --inputdir="$dir" --outputdir="$dir" --dbname="$db" "$n" 2>&1)
   rc=$?
   set -e
-  line=$(printf '%s\n' "$out" | grep -E "^(test )?[[:space:]]*$n[[:space:]]+\.\.\." | head -n 1 || true)
-  if [ $rc = 0 ] && printf '%s' "$line" | grep -Eq '\.\.\.[[:space:]]+ok'; then
+  # pg_regress up to 15: "test NAME ... ok"; from 16 on (TAP): "ok 1 - NAME  12 ms".
+  line=$(printf '%s\n' "$out" | grep -E "^(test )?[[:space:]]*$n[[:space:]]+\.\.\.|^(not )?ok [0-9]+[[:space:]]+- $n([[:space:]]|\$)" | head -n 1 || true)
+  if [ $rc = 0 ] && printf '%s' "$line" | grep -Eq '\.\.\.[[:space:]]+ok|^ok [0-9]'; then
     printf '%s\n' "$line"
     passed=$((passed + 1))
   else

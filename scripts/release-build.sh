@@ -3,7 +3,7 @@
 #
 #   bash scripts/release-build.sh VERSION [PG_CONFIG]
 #
-# The commit of each release is listed in releases.txt ("VERSION COMMIT").
+# The commit of each release is listed in releases.txt ("VERSION COMMIT MAJORS").
 # The release's sources come from this repository's history (git archive), so
 # no network is needed; the build (cargo pgrx package --debug) goes to
 # /var/tmp/agent_guard/releases/VERSION-pgMAJOR/ (env AG_RELEASES_DIR) and is

@@ -4,7 +4,11 @@
 #   - Debian packages: PostgreSQL server + headers, clang/libclang (bindgen),
 #     build tools, sudo (cargo pgrx test --runas), and pgrx.toml's peer_packages
 #   - cargo-pgrx at pgrx.toml's [tooling] cargo_pgrx_version
-#   - `cargo pgrx init --pgNN <pg_config>` (only if ~/.pgrx/config.toml lacks it)
+#   - every other major of pgrx.toml tested_majors, built from source into
+#     source_prefix/MAJOR by scripts/build-postgres.sh (once per machine; a
+#     major whose source the archive does not serve is reported and skipped)
+#   - `cargo pgrx init --pgNN <pg_config>...` for every installed tested major
+#     (only if ~/.pgrx/config.toml lacks one of them)
 # Debian's own "main" cluster (port 5432, systemd/init service) is never used:
 # every script runs its own cluster (scripts/lib.sh ag_cluster_start), so the
 # package install is told not to create it.
@@ -73,13 +77,20 @@ if [ "$have" != "$pgrx_version" ]; then
   [ "$have" = "$pgrx_version" ] || ag_die "cargo pgrx --version reports '${have:-nothing}', want $pgrx_version (is ~/.cargo/bin in PATH?)"
 fi
 
+# ---- the other tested majors, from source --------------------------------------
+for m in $(ag_tested_majors); do
+  [ "$m" = "$major" ] && continue
+  rc=0
+  bash "$(dirname "${BASH_SOURCE[0]}")/build-postgres.sh" "$m" || rc=$?
+  case $rc in
+    0) ;;
+    3) ag_log "PostgreSQL $m: its source is not available from the package archive here; it is not built and not tested" ;;
+    *) ag_die "building PostgreSQL $m failed (scripts/build-postgres.sh $m)" ;;
+  esac
+done
+
 # ---- cargo pgrx init ----------------------------------------------------------
-pgrx_home=${PGRX_HOME:-$HOME/.pgrx}
-if ! grep -Eq "^[[:space:]]*pg$major[[:space:]]*=[[:space:]]*\"$pg_config\"" "$pgrx_home/config.toml" 2>/dev/null; then
-  ag_log "cargo pgrx init --pg$major $pg_config"
-  cargo pgrx init "--pg$major" "$pg_config" >/tmp/agent_guard-pgrx-init.log 2>&1 \
-    || { cat /tmp/agent_guard-pgrx-init.log >&2; ag_die "cargo pgrx init failed"; }
-fi
+ag_pgrx_init || ag_die "cargo pgrx init failed"
 
 # ---- shared scratch dir for clusters -------------------------------------------
 # Root-owned and traversable; cluster data dirs inside belong to postgres.

@@ -233,19 +233,7 @@ fn decision_for(c: &Classification, as_role: Option<pg_sys::Oid>) -> Decision {
 
 /// One statement of a multi-statement string, by the raw parser's location and length.
 fn statement_slice(sql: &str, location: i32, len: i32) -> Option<String> {
-    let start = if location > 0 {
-        (location as usize).min(sql.len())
-    } else {
-        0
-    };
-    let end = if len > 0 {
-        (start + len as usize).min(sql.len())
-    } else {
-        sql.len()
-    };
-    sql.get(start..end)
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    Some(crate::compat::statement_text(sql, location, len).to_string()).filter(|s| !s.is_empty())
 }
 
 /// Classify each statement of `sql` without running it (the same code enforcement uses).

@@ -38,46 +38,21 @@ fn operation(cmd: pg_sys::CmdType::Type) -> Operation {
         pg_sys::CmdType::CMD_INSERT => Operation::Insert,
         pg_sys::CmdType::CMD_UPDATE => Operation::Update,
         pg_sys::CmdType::CMD_DELETE => Operation::Delete,
-        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-        pg_sys::CmdType::CMD_MERGE => Operation::Merge,
+        c if crate::compat::is_merge(c) => Operation::Merge,
         _ => Operation::Select,
     }
 }
 
 /// The columns a range-table entry reads, inserts or updates (attnums; 0 means the whole row).
-#[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-unsafe fn selected_columns(
-    _pstmt: *mut pg_sys::PlannedStmt,
-    rte: *mut pg_sys::RangeTblEntry,
-) -> Vec<i32> {
-    unsafe {
-        let mut cols = bitmap_members((*rte).selectedCols);
-        cols.extend(bitmap_members((*rte).insertedCols));
-        cols.extend(bitmap_members((*rte).updatedCols));
-        cols
-    }
-}
-
-#[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
 unsafe fn selected_columns(
     pstmt: *mut pg_sys::PlannedStmt,
     rte: *mut pg_sys::RangeTblEntry,
 ) -> Vec<i32> {
     unsafe {
-        let index = (*rte).perminfoindex;
-        if index == 0 {
-            return vec![];
-        }
-        let perms = PgList::<pg_sys::RTEPermissionInfo>::from_pg((*pstmt).permInfos);
-        match perms.get_ptr(index as usize - 1) {
-            Some(p) => {
-                let mut cols = bitmap_members((*p).selectedCols);
-                cols.extend(bitmap_members((*p).insertedCols));
-                cols.extend(bitmap_members((*p).updatedCols));
-                cols
-            }
-            None => vec![],
-        }
+        crate::compat::rte_columns(pstmt, rte)
+            .into_iter()
+            .flat_map(|set| bitmap_members(set))
+            .collect()
     }
 }
 
@@ -118,7 +93,7 @@ pub unsafe fn plan_facts(
         let mut seen = BTreeSet::new();
         let mut sensitive_cols = BTreeSet::new();
         for rte in rtable.iter_ptr() {
-            if (*rte).rtekind != pg_sys::RTEKind::RTE_RELATION {
+            if !crate::compat::is_relation_entry(rte) {
                 continue;
             }
             let relid = (*rte).relid;

@@ -216,18 +216,7 @@ fn single_statement(text: &str) -> String {
             );
         }
         let raw = raws.get_ptr(0).unwrap();
-        let (loc, len) = ((*raw).stmt_location, (*raw).stmt_len);
-        let start = if loc > 0 {
-            (loc as usize).min(text.len())
-        } else {
-            0
-        };
-        let end = if len > 0 {
-            (start + len as usize).min(text.len())
-        } else {
-            text.len()
-        };
-        text.get(start..end).unwrap_or(text).trim().to_string()
+        crate::compat::statement_text(text, (*raw).stmt_location, (*raw).stmt_len).to_string()
     }
 }
 

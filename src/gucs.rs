@@ -439,10 +439,7 @@ pub fn init() {
             None,
             None,
         );
-        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-        pg_sys::MarkGUCPrefixReserved(c"agent_guard".as_ptr());
-        #[cfg(any(feature = "pg13", feature = "pg14"))]
-        pg_sys::EmitWarningsOnPlaceholders(c"agent_guard".as_ptr());
+        crate::compat::reserve_guc_prefix();
     }
 }
 
@@ -463,35 +460,10 @@ pub fn settings() -> serde_json::Value {
 
 /// Whether changing `name` with SET needs superuser rights (PGC_SUSET or stricter).
 pub fn is_superuser_only(name: &str) -> bool {
-    unsafe {
-        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15"))]
-        {
-            let vars = pg_sys::get_guc_variables();
-            let n = pg_sys::GetNumConfigOptions();
-            for i in 0..n as usize {
-                let var = *vars.add(i);
-                if var.is_null() {
-                    continue;
-                }
-                let vname = CStr::from_ptr((*var).name).to_string_lossy();
-                if vname.eq_ignore_ascii_case(name) {
-                    return !matches!(
-                        (*var).context,
-                        pg_sys::GucContext::PGC_USERSET | pg_sys::GucContext::PGC_BACKEND
-                    );
-                }
-            }
-            false
-        }
-        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15")))]
-        {
-            let cname = std::ffi::CString::new(name).unwrap_or_default();
-            let var = pg_sys::find_option(cname.as_ptr(), false, true, pg_sys::WARNING as i32);
-            !var.is_null()
-                && !matches!(
-                    (*var).context,
-                    pg_sys::GucContext::PGC_USERSET | pg_sys::GucContext::PGC_BACKEND
-                )
-        }
-    }
+    crate::compat::guc_context(name).is_some_and(|context| {
+        !matches!(
+            context,
+            pg_sys::GucContext::PGC_USERSET | pg_sys::GucContext::PGC_BACKEND
+        )
+    })
 }

@@ -14,7 +14,7 @@ use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
 
-// Token codes from PostgreSQL's gram.h (the same in 13–17).
+// Token codes from PostgreSQL's gram.h (the same in 13–18).
 pub const IDENT: i32 = 258;
 pub const UIDENT: i32 = 259;
 pub const FCONST: i32 = 260;
@@ -229,4 +229,23 @@ pub fn tokens(text: &str) -> (Vec<(i32, usize, usize, bool)>, bool) {
     .catch_others(|_| false)
     .execute();
     (out.into_inner(), complete)
+}
+
+/// The offset just after the last `;` token of `text` (0 if none): where
+/// the statement after it begins, its leading comments included. Never
+/// raises: for text that does not lex, `None`. (Used by `compat` where
+/// PostgreSQL's statement locations skip leading comments.)
+#[allow(dead_code)]
+pub fn after_last_semicolon(text: &str) -> Option<usize> {
+    pgrx::PgTryBuilder::new(|| {
+        let mut end = 0;
+        scan(text, Reading::Session, |code, start, _raw, _val| {
+            if code == b';' as i32 {
+                end = start + 1;
+            }
+        });
+        Some(end)
+    })
+    .catch_others(|_| None)
+    .execute()
 }

@@ -20,6 +20,7 @@ use pgrx::prelude::*;
 mod api;
 mod audit;
 mod catalog;
+mod compat;
 mod enforce;
 mod extract;
 mod functions;

@@ -97,7 +97,7 @@ impl AuditTable {
             let natts = (*desc).natts as usize;
             let mut attrs = Vec::with_capacity(natts);
             let mut seen = vec![false; COLUMNS.len()];
-            for a in (*desc).attrs.as_slice(natts) {
+            for a in (0..natts).map(|i| &*crate::compat::tuple_desc_attr(desc, i)) {
                 if a.attisdropped {
                     attrs.push(None);
                     continue;
@@ -198,7 +198,7 @@ impl AuditTable {
                     bistate,
                 );
                 for &slot in &slots[..chunk.len()] {
-                    insert_index_tuples(rri, slot, estate);
+                    crate::compat::insert_index_tuples(rri, slot, estate);
                     let econtext = (*estate).es_per_tuple_exprcontext;
                     if !econtext.is_null() {
                         pg_sys::MemoryContextReset((*econtext).ecxt_per_tuple_memory);
@@ -221,26 +221,6 @@ impl AuditTable {
 
     pub fn close(self) {
         unsafe { pg_sys::table_close(self.rel, pg_sys::NoLock as pg_sys::LOCKMODE) };
-    }
-}
-
-/// Insert the index entries of the heap tuple in `slot` (its TID set by the heap insert).
-unsafe fn insert_index_tuples(
-    rri: *mut pg_sys::ResultRelInfo,
-    slot: *mut pg_sys::TupleTableSlot,
-    estate: *mut pg_sys::EState,
-) {
-    let (none, no_list) = (std::ptr::null_mut(), std::ptr::null_mut());
-    unsafe {
-        #[cfg(feature = "pg13")]
-        {
-            (*estate).es_result_relation_info = rri;
-            pg_sys::ExecInsertIndexTuples(slot, estate, false, none, no_list);
-        }
-        #[cfg(any(feature = "pg14", feature = "pg15"))]
-        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list);
-        #[cfg(any(feature = "pg16", feature = "pg17"))]
-        pg_sys::ExecInsertIndexTuples(rri, slot, estate, false, false, none, no_list, false);
     }
 }
 

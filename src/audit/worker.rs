@@ -136,13 +136,10 @@ unsafe extern "C-unwind" fn shmem_startup() {
 /// Reserve the queues' shared memory (from `_PG_init`).
 pub fn init_shmem() {
     unsafe {
-        #[cfg(not(any(feature = "pg13", feature = "pg14")))]
-        {
-            PREV_SHMEM_REQUEST = pg_sys::shmem_request_hook;
-            pg_sys::shmem_request_hook = Some(shmem_request);
+        match crate::compat::request_shmem_in_hook(shmem_request) {
+            Some(prev) => PREV_SHMEM_REQUEST = prev,
+            None => queue::request(crate::gucs::audit_queue_bytes()),
         }
-        #[cfg(any(feature = "pg13", feature = "pg14"))]
-        queue::request(crate::gucs::audit_queue_bytes());
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
     }

@@ -120,17 +120,7 @@ unsafe fn statement_text(source: *const c_char, location: i32, len: i32) -> Stri
         return String::new();
     }
     let full = unsafe { std::ffi::CStr::from_ptr(source) }.to_string_lossy();
-    let start = if location > 0 {
-        (location as usize).min(full.len())
-    } else {
-        0
-    };
-    let end = if len > 0 {
-        (start + len as usize).min(full.len())
-    } else {
-        full.len()
-    };
-    full.get(start..end).unwrap_or(&full).trim().to_string()
+    crate::compat::statement_text(&full, location, len).to_string()
 }
 
 /// The top-level query string of the session (for function-call refusals).

@@ -16,7 +16,9 @@
  * that fires while it is zero comes from outside any statement, i.e. a
  * fast-path function call (libpq PQfn).
  *
- * Everything version-specific of the hook signatures lives in this file.
+ * Everything version-specific of the hook signatures lives in this file
+ * (section "executor"); the Rust side's version differences are in
+ * src/compat.rs.
  */
 #include "postgres.h"
 
@@ -140,29 +142,10 @@ static emit_log_hook_type prev_emit_log = NULL;
 
 /* ---- executor ---------------------------------------------------------------- */
 
-#if PG_VERSION_NUM >= 180000
-static bool
-ag_ExecutorStart(QueryDesc *queryDesc, int eflags)
-{
-	bool		ok;
-
-	ag_rs_executor_start(queryDesc, eflags);
-	ag_statement_frames++;
-	PG_TRY();
-	{
-		if (prev_ExecutorStart)
-			ok = prev_ExecutorStart(queryDesc, eflags);
-		else
-			ok = standard_ExecutorStart(queryDesc, eflags);
-	}
-	PG_FINALLY();
-	{
-		ag_statement_frames--;
-	}
-	PG_END_TRY();
-	return ok;
-}
-#else
+/*
+ * ExecutorStart returns void in every released major: PostgreSQL 18's
+ * development cycle made it return bool and reverted that before 18.0.
+ */
 static void
 ag_ExecutorStart(QueryDesc *queryDesc, int eflags)
 {
@@ -181,8 +164,8 @@ ag_ExecutorStart(QueryDesc *queryDesc, int eflags)
 	}
 	PG_END_TRY();
 }
-#endif
 
+/* ExecutorRun lost its execute_once argument in 18. */
 #if PG_VERSION_NUM >= 180000
 static void
 ag_ExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count)

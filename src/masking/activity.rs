@@ -98,7 +98,7 @@ pub fn query_text(func: pg_sys::Oid) -> Option<QueryText> {
         }
         let mut cols = vec![];
         for i in 0..(*desc).natts as usize {
-            let att = (*desc).attrs.as_ptr().add(i);
+            let att = crate::compat::tuple_desc_attr(desc, i);
             if CStr::from_ptr((*att).attname.data.as_ptr()).to_bytes() == b"query" {
                 cols.push(i as i16 + 1);
             }
@@ -197,7 +197,7 @@ pub unsafe fn mask_function_entry(
         pg_sys::IncrementVarSublevelsUp((*inner).functions as *mut pg_sys::Node, 1, 0);
         let mut names: *mut pg_sys::List = std::ptr::null_mut();
         let mut vars: *mut pg_sys::List = std::ptr::null_mut();
-        pg_sys::expandRTE(inner, 1, 0, -1, false, &mut names, &mut vars);
+        crate::compat::expand_rte(inner, 1, 0, &mut names, &mut vars);
         let names = PgList::<pg_sys::Node>::from_pg(names);
         let mut tlist: *mut pg_sys::List = std::ptr::null_mut();
         for (i, v) in PgList::<pg_sys::Node>::from_pg(vars).iter_ptr().enumerate() {

@@ -41,7 +41,8 @@ pub unsafe fn unmasked_read(pstmt: *mut pg_sys::PlannedStmt) -> Option<Refusal> 
                 continue;
             }
             let relid = (*rte).relid;
-            let selected = crate::extract::bitmap_members((*rte).selectedCols);
+            let selected =
+                crate::extract::bitmap_members(crate::compat::rte_columns(pstmt, rte)[0]);
             if let Some(m) = rules.relation(relid) {
                 if is_marked(rte) {
                     continue;

@@ -220,7 +220,7 @@ pub(crate) unsafe fn attributes(rel: pg_sys::Relation) -> Vec<Attribute> {
         let desc = (*rel).rd_att;
         (0..(*desc).natts as usize)
             .map(|i| {
-                let a = (*desc).attrs.as_ptr().add(i);
+                let a = crate::compat::tuple_desc_attr(desc, i);
                 Attribute {
                     name: cstr((*a).attname.data.as_ptr()).unwrap_or_default(),
                     type_oid: (*a).atttypid,

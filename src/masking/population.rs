@@ -237,11 +237,12 @@ pub unsafe fn observe(pstmt: *mut pg_sys::PlannedStmt, agent: bool) -> Option<Re
             {
                 continue;
             }
-            let cols: Vec<i16> = crate::extract::bitmap_members((*rte).selectedCols)
-                .into_iter()
-                .filter(|a| *a >= 0)
-                .map(|a| a as i16)
-                .collect();
+            let cols: Vec<i16> =
+                crate::extract::bitmap_members(crate::compat::rte_columns(pstmt, rte)[0])
+                    .into_iter()
+                    .filter(|a| *a >= 0)
+                    .map(|a| a as i16)
+                    .collect();
             if super::rewrite::is_marked(rte) {
                 // an agent's read through the masks: a copy of masks (as
                 // CREATE TABLE AS makes), but a REFRESH would put masks in

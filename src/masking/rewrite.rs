@@ -157,10 +157,15 @@ unsafe fn maskable_kind(rte: *mut pg_sys::RangeTblEntry) -> bool {
 }
 
 /// Whether the entry reads a masked column (or the whole row).
-unsafe fn reads_masked(rte: *mut pg_sys::RangeTblEntry, m: &MaskedRelation) -> bool {
+unsafe fn reads_masked(
+    q: *mut pg_sys::Query,
+    rte: *mut pg_sys::RangeTblEntry,
+    m: &MaskedRelation,
+) -> bool {
+    let selected = unsafe { crate::compat::query_rte_selected(q, rte) };
     let mut i = -1;
     loop {
-        i = unsafe { pg_sys::bms_next_member((*rte).selectedCols, i) };
+        i = unsafe { pg_sys::bms_next_member(selected, i) };
         if i < 0 {
             return false;
         }
@@ -202,7 +207,7 @@ unsafe fn mask_level(q: *mut pg_sys::Query, w: &mut Walk) {
             let m = m.clone();
             if rti == (*q).resultRelation {
                 mask_result_relation(q, rti, rte, &m, w);
-            } else if reads_masked(rte, &m) {
+            } else if reads_masked(q, rte, &m) {
                 replace_with_masking_subquery(q, rti, rte, &m, w);
             }
         }
@@ -404,14 +409,30 @@ unsafe fn replace_with_masking_subquery(
             ) as *mut c_void);
         }
         // System columns (ctid, xmin, tableoid, ...) the query reads pass
-        // through as junk columns after the attributes; the query's Vars are
-        // pointed at them.
+        // through as extra columns after the attributes, junk where the
+        // planner's pull-up reads junk columns (see compat); the query's Vars
+        // are pointed at them.
         let natts = tlist.len() as i16;
-        let system: Vec<i16> = crate::extract::bitmap_members((*rte).selectedCols)
-            .into_iter()
-            .map(|m| m as i16)
+        let selected = crate::extract::bitmap_members(crate::compat::query_rte_selected(q, rte));
+        let system: Vec<i16> = selected
+            .iter()
+            .map(|m| *m as i16)
             .filter(|a| *a < 0)
             .collect();
+        let junk = crate::compat::PULLUP_READS_JUNK_COLUMNS;
+        if !system.is_empty() && !junk && selected.contains(&0) {
+            // As ordinary outputs, the system columns would become fields of
+            // the whole-row value too.
+            ereport!(
+                ERROR,
+                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                format!(
+                    "agents cannot read system columns and whole rows of masked relation {} in one query level",
+                    crate::extract::relation((*rte).relid).qualified()
+                ),
+                "Read the columns by name instead of the whole row."
+            );
+        }
         if !system.is_empty() {
             // A locked (FOR UPDATE/SHARE) subquery is not flattened into the
             // query, and its junk columns cannot be read from outside.
@@ -437,7 +458,7 @@ unsafe fn replace_with_masking_subquery(
                     pg_sys::makeVar(1, *attno, typ, -1, pg_sys::InvalidOid, 0) as *mut pg_sys::Expr,
                     resno,
                     pg_sys::pstrdup(cname.as_ptr()),
-                    true,
+                    junk,
                 ) as *mut c_void);
                 map.push((*attno, resno));
             }
@@ -468,12 +489,7 @@ unsafe fn replace_with_masking_subquery(
         (*rte).rellockmode = 0;
         (*rte).tablesample = std::ptr::null_mut();
         (*rte).inh = false;
-        (*rte).requiredPerms = 0;
-        (*rte).checkAsUser = pg_sys::InvalidOid;
-        (*rte).selectedCols = std::ptr::null_mut();
-        (*rte).insertedCols = std::ptr::null_mut();
-        (*rte).updatedCols = std::ptr::null_mut();
-        (*rte).extraUpdatedCols = std::ptr::null_mut();
+        crate::compat::move_permission_checks(q, rte, inner, sub);
         (*rte).securityQuals = std::ptr::null_mut();
     }
 }
@@ -602,12 +618,13 @@ unsafe fn mask_result_relation(
             if node.is_null() {
                 return node;
             }
-            pg_sys::ReplaceVarsFromTargetList(
+            crate::compat::replace_vars_from_target_list(
                 node,
                 rti,
                 0,
                 rte,
                 tlist,
+                rti,
                 pg_sys::ReplaceVarsNoMatchOption::REPLACEVARS_CHANGE_VARNO,
                 rti,
                 sublinks,

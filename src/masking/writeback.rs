@@ -85,7 +85,8 @@ unsafe fn check_write(q: *mut pg_sys::Query, rules: &Rules) -> Option<Refusal> {
         let m = rules.relation(relid)?;
         // INSERT: columns the statement names (the rewriter adds the
         // owner's defaults for the others)
-        let inserted: Vec<i32> = crate::extract::bitmap_members((*target).insertedCols);
+        let inserted: Vec<i32> =
+            crate::extract::bitmap_members(crate::compat::query_rte_columns(q, target)[1]);
         let mut lists: Vec<(*mut pg_sys::List, bool)> = vec![];
         match command {
             CMD_INSERT => lists.push(((*q).targetList, true)),

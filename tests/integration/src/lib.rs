@@ -60,8 +60,29 @@ pub fn pgdata() -> String {
     env_or("AG_PGDATA", "/var/tmp/agent_guard/test-cluster")
 }
 
-pub(crate) fn bindir() -> String {
+/// The server's bin directory (`AG_PGBINDIR`; scripts/test.sh passes the one
+/// of the PostgreSQL major under test).
+pub fn bindir() -> String {
     env_or("AG_PGBINDIR", "/usr/lib/postgresql/15/bin")
+}
+
+/// The server's major version (`server_version_num` / 10000).
+pub fn server_major(c: &mut Client) -> u32 {
+    let v: String = c
+        .query_one("SELECT current_setting('server_version_num')", &[])
+        .expect("server_version_num")
+        .get(0);
+    v.parse::<u32>().expect("server_version_num is a number") / 10000
+}
+
+/// The developer setting that forces parallel plans: `force_parallel_mode`
+/// before 16, `debug_parallel_query` from 16 on.
+pub fn debug_parallel_setting(c: &mut Client) -> &'static str {
+    if server_major(c) >= 16 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    }
 }
 
 /// A readable form of a client error: the server's message, detail and hint

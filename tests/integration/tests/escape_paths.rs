@@ -21,8 +21,7 @@ fn rows_text(c: &mut Client, sql: &str) -> Result<String, postgres::Error> {
 }
 
 fn psql_as(user: &str, command: &str) -> (bool, String) {
-    let bindir =
-        std::env::var("AG_PGBINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let bindir = bindir();
     let out = Command::new(format!("{bindir}/psql"))
         .args([
             "-X",
@@ -90,10 +89,11 @@ fn parallel_plans_do_not_take_agents_statements_out_of_their_backend() {
     ))
     .unwrap_or_else(|e| panic!("setup: {}", describe(&e)));
     let mut c = connect(&agent);
+    let force = debug_parallel_setting(&mut c);
     let out = rows_text(
         &mut c,
         &format!(
-            "SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+            "SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
              SET min_parallel_table_scan_size = 0; SELECT {f}(); SELECT ssn FROM {t};
              EXPLAIN (COSTS OFF) SELECT {f}() FROM {t};"
         ),
@@ -132,7 +132,7 @@ fn parallel_plans_do_not_take_agents_statements_out_of_their_backend() {
     // A human's plan still goes parallel (nothing changes for others).
     let plan = rows_text(
         &mut a,
-        &format!("SET force_parallel_mode = on; EXPLAIN (COSTS OFF) SELECT {f}() FROM {t};"),
+        &format!("SET {force} = on; EXPLAIN (COSTS OFF) SELECT {f}() FROM {t};"),
     )
     .unwrap();
     assert!(

@@ -696,15 +696,19 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     let s = shop("mt");
     let t = &s.t;
     let mut a = admin();
+    let force = debug_parallel_setting(&mut a);
+    // From PostgreSQL 17 on, a materialized view's population runs with
+    // search_path = pg_catalog, pg_temp: the functions and query strings it
+    // calls name the table with its schema.
     a.batch_execute(&format!(
-        "CREATE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} $$;
-         CREATE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM {t} $$;
+        "CREATE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM public.{t} $$;
+         CREATE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM public.{t} $$;
          CREATE FUNCTION {t}_card(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
-             DECLARE r text; BEGIN SELECT card_number INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+             DECLARE r text; BEGIN SELECT card_number INTO r FROM public.{t} WHERE id = i; RETURN r; END $$;
          CREATE FUNCTION {t}_dyn(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
-             DECLARE r text; BEGIN EXECUTE format('SELECT email FROM %I WHERE id = $1', '{t}') INTO r USING i; RETURN r; END $$;
+             DECLARE r text; BEGIN EXECUTE format('SELECT email FROM public.%I WHERE id = $1', '{t}') INTO r USING i; RETURN r; END $$;
          CREATE FUNCTION {t}_par(i int) RETURNS text LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
-             DECLARE r text; BEGIN SELECT ssn INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+             DECLARE r text; BEGIN SELECT ssn INTO r FROM public.{t} WHERE id = i; RETURN r; END $$;
          CREATE VIEW {t}_rows AS SELECT c FROM {t} c;
          CREATE MATERIALIZED VIEW {t}_text AS SELECT c::text AS t FROM {t} c;
          CREATE MATERIALIZED VIEW {t}_json AS SELECT row_to_json(c) AS j FROM {t} c;
@@ -714,16 +718,16 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
          CREATE MATERIALIZED VIEW {t}_srf AS SELECT s FROM {t}_ssns();
          CREATE MATERIALIZED VIEW {t}_plpgsql AS SELECT {t}_card(id) AS c FROM generate_series(1, 2) id;
          CREATE MATERIALIZED VIEW {t}_dynamic AS SELECT {t}_dyn(id) AS e FROM generate_series(1, 2) id;
-         CREATE MATERIALIZED VIEW {t}_xml AS SELECT query_to_xml('SELECT card_number FROM {t}', true, false, '')::text AS x;
+         CREATE MATERIALIZED VIEW {t}_xml AS SELECT query_to_xml('SELECT card_number FROM public.{t}', true, false, '')::text AS x;
          CREATE MATERIALIZED VIEW {t}_viewrow AS SELECT r::text AS t FROM {t}_rows r;
          CREATE MATERIALIZED VIEW {t}_late AS SELECT id, note FROM {t};
          CREATE MATERIALIZED VIEW {t}_clean AS SELECT id, name FROM {t};
          CREATE UNIQUE INDEX ON {t}_clean (id);
          CREATE MATERIALIZED VIEW {t}_clean_srf AS SELECT s FROM {t}_names();
          CREATE MATERIALIZED VIEW {t}_later AS SELECT s FROM {t}_names();
-         SET force_parallel_mode = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
+         SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
          CREATE MATERIALIZED VIEW {t}_parallel AS SELECT {t}_par(id) AS s FROM generate_series(1, 2) id;
-         RESET force_parallel_mode;
+         RESET {force};
          EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) CREATE MATERIALIZED VIEW {t}_explained AS SELECT c::text AS t FROM {t} c;
          GRANT SELECT ON ALL TABLES IN SCHEMA public TO {agent};
          CREATE VIEW {t}_on_text AS SELECT * FROM {t}_text;
@@ -780,7 +784,7 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_late"));
     // the function behind a clean view now reads SSNs: its next refresh taints it
     a.batch_execute(&format!(
-        "CREATE OR REPLACE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM {t} $$;"
+        "CREATE OR REPLACE FUNCTION {t}_names() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT ssn FROM public.{t} $$;"
     ))
     .unwrap();
     rows_text_ok(&mut c, &format!("SELECT * FROM {t}_later"));
@@ -789,7 +793,7 @@ fn materialized_views_are_tainted_by_what_their_population_read() {
     assert_tainted(&mut c, &s, &format!("SELECT * FROM {t}_later"));
     // ... and a refresh that no longer reads masked columns clears it
     a.batch_execute(&format!(
-        "CREATE OR REPLACE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM {t} $$;
+        "CREATE OR REPLACE FUNCTION {t}_ssns() RETURNS TABLE (s text) LANGUAGE sql STABLE AS $$ SELECT name FROM public.{t} $$;
          REFRESH MATERIALIZED VIEW {t}_srf;"
     ))
     .unwrap();
@@ -822,9 +826,11 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
     let s = shop("mr");
     let t = &s.t;
     let mut a = admin();
+    // schema-qualified: a refresh runs with search_path = pg_catalog, pg_temp
+    // from PostgreSQL 17 on
     a.batch_execute(&format!(
         "CREATE FUNCTION {t}_label(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
-             DECLARE r text; BEGIN SELECT name INTO r FROM {t} WHERE id = i; RETURN r; END $$;
+             DECLARE r text; BEGIN SELECT name INTO r FROM public.{t} WHERE id = i; RETURN r; END $$;
          GRANT CREATE ON SCHEMA public TO {agent};",
         agent = s.agent
     ))
@@ -870,7 +876,7 @@ fn agents_refresh_no_materialized_view_from_masked_columns() {
     rows_text_ok(&mut c, &format!("REFRESH MATERIALIZED VIEW {t}_labels"));
     a.batch_execute(&format!(
         "CREATE OR REPLACE FUNCTION {t}_label(i int) RETURNS text LANGUAGE plpgsql STABLE AS $$
-             DECLARE r text; BEGIN SELECT ssn INTO r FROM {t} WHERE id = i; RETURN r; END $$;"
+             DECLARE r text; BEGIN SELECT ssn INTO r FROM public.{t} WHERE id = i; RETURN r; END $$;"
     ))
     .unwrap();
     for sql in [

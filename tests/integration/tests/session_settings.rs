@@ -11,8 +11,7 @@ use std::time::{Duration, Instant};
 /// Run `command` with psql as `user`, with `pgoptions` in the environment
 /// (PGOPTIONS: sent in the startup packet).
 fn psql_with_options(user: &str, pgoptions: &str, command: &str) -> (bool, String) {
-    let bindir =
-        std::env::var("AG_PGBINDIR").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into());
+    let bindir = bindir();
     let out = Command::new(format!("{bindir}/psql"))
         .args([
             "-X",
