@@ -890,3 +890,31 @@ SELECT a.id,
 FROM agent_guard.audit_forwarded a
 ORDER BY a.id DESC;
 GRANT SELECT ON agent_guard.audit_trail_forwarded TO agent_guard_admin, agent_guard_approver;
+
+-- audit_anchor(), verify_audit_anchor(): the chain head the writer keeps
+-- outside the table, for an external system to keep and check (issue 14.5).
+CREATE FUNCTION agent_guard."audit_anchor"() RETURNS TABLE (
+	"id" bigint,
+	"hash" TEXT,
+	"at" timestamp with time zone,
+	"database" TEXT
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'audit_anchor_wrapper';
+
+CREATE FUNCTION agent_guard."verify_audit_anchor"(
+	"anchor_id" bigint,
+	"anchor_hash" TEXT
+) RETURNS TABLE (
+	"holds" bool,
+	"problem" TEXT
+)
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'verify_audit_anchor_wrapper';
+
+REVOKE ALL ON FUNCTION agent_guard.audit_anchor() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.audit_anchor() TO agent_guard_admin;
+REVOKE ALL ON FUNCTION agent_guard.verify_audit_anchor(bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.verify_audit_anchor(bigint, text) TO agent_guard_admin;

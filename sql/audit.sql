@@ -183,3 +183,8 @@ GRANT EXECUTE ON FUNCTION agent_guard.audit_export(timestamptz, timestamptz) TO 
 REVOKE ALL ON FUNCTION agent_guard.purge_audit(timestamptz) FROM PUBLIC;
 REVOKE ALL ON FUNCTION agent_guard.verify_audit() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION agent_guard.verify_audit() TO agent_guard_admin;
+-- chain heads for an external system to keep, and their check (issue 14.5)
+REVOKE ALL ON FUNCTION agent_guard.audit_anchor() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.audit_anchor() TO agent_guard_admin;
+REVOKE ALL ON FUNCTION agent_guard.verify_audit_anchor(bigint, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agent_guard.verify_audit_anchor(bigint, text) TO agent_guard_admin;

@@ -114,6 +114,10 @@ impl Tuple {
             .unwrap_or(pg_sys::InvalidOid)
     }
 
+    pub fn int8(&self, column: i16) -> Option<i64> {
+        self.datum(column).map(|d| d.value() as i64)
+    }
+
     pub fn int4(&self, column: i16) -> i32 {
         self.datum(column).map_or(0, |d| d.value() as i32)
     }

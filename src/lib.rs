@@ -67,7 +67,9 @@ extension_sql_file!(
         audit::functions::_link,
         audit::functions::_audit_writer,
         audit::functions::purge_audit,
-        audit::functions::verify_audit
+        audit::functions::verify_audit,
+        audit::functions::audit_anchor,
+        audit::functions::verify_audit_anchor
     ]
 );
 extension_sql_file!(

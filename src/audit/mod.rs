@@ -10,7 +10,9 @@
 //! reads may go asynchronously. If the trail cannot be written, the agent's
 //! statement is refused.
 
+pub mod drop_guard;
 pub mod forward;
+pub mod head;
 pub mod ingest;
 pub mod insert;
 pub mod queue;
@@ -1017,6 +1019,8 @@ pub fn init() {
         pg_sys::RegisterSubXactCallback(Some(on_subxact), std::ptr::null_mut());
     }
     worker::init_shmem();
+    head::init();
+    drop_guard::init();
 }
 
 /// Parameters of a statement run with the extended protocol or EXECUTE, as text.

@@ -183,6 +183,7 @@ pub fn start(i: usize) -> bool {
 #[pg_guard]
 unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
     let i = arg.value();
+    super::head::settle(true);
     queue::with_slot(i, |s, _| {
         if s.worker_pid == unsafe { pg_sys::MyProcPid } {
             s.worker_pid = 0;
@@ -364,6 +365,7 @@ fn broadcast(i: usize) {
 fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
     let (batch, flush) = queue::take(i, db, 16 << 20)?;
     if batch.is_empty() {
+        super::head::settle(false);
         return Some(0);
     }
     set_commit_flush(flush);
@@ -374,6 +376,7 @@ fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
         .first_seq()
         .is_some_and(|seq| seq <= RECHECK_UNTIL.with(|c| c.get()));
     let (new_last, undecodable) = BackgroundWorker::transaction(|| write_batch(&batch, recheck));
+    super::head::committed(flush);
     LAST_HASH.with(|h| *h.borrow_mut() = Some(new_last));
     let n = batch.len();
     if undecodable > 0 {
@@ -612,6 +615,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         table.close();
         if let Some(last) = sealed.last() {
             prev = last.row_hash.as_str().to_string();
+            super::head::inserted(last.id, &prev);
         }
         for s in &sealed {
             open.add(s);

@@ -23,6 +23,7 @@
 #include "postgres.h"
 
 #include "catalog/objectaccess.h"
+#include "catalog/pg_class.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -47,6 +48,7 @@ extern void ag_rs_object_access(ObjectAccessType access, Oid classId,
 								Oid objectId, int subId, bool in_statement);
 extern bool ag_rs_needs_fmgr(Oid fn_oid);
 extern void ag_rs_fmgr_start(Oid fn_oid);
+extern void ag_rs_relation_drop(Oid relid);
 extern void ag_rs_post_parse_analyze(ParseState *pstate, Query *query);
 extern void ag_rs_emit_log(ErrorData *edata);
 extern const char *ag_rs_row_values_hidden(void);
@@ -329,6 +331,8 @@ ag_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 	if (access == OAT_FUNCTION_EXECUTE)
 		ag_rs_object_access(access, classId, objectId, subId,
 							ag_statement_frames > 0);
+	else if (access == OAT_DROP && classId == RelationRelationId && subId == 0)
+		ag_rs_relation_drop(objectId);	/* src/audit/drop_guard.rs */
 }
 
 static bool

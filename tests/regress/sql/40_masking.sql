@@ -212,7 +212,11 @@ SELECT count(*) AS masking_views_left FROM pg_class WHERE relnamespace = 'agent_
 -- the views come back with the extension
 CREATE TABLE kept (id int, ssn text);
 SECURITY LABEL FOR agent_guard ON COLUMN kept.ssn IS 'SENSITIVE';
+-- (the trail holds rows: the drop needs its confirmation in the same transaction)
+BEGIN;
+SELECT set_config('agent_guard.confirm_drop_trail', current_database(), true) IS NOT NULL AS confirmed;
 DROP EXTENSION agent_guard;
+COMMIT;
 CREATE EXTENSION agent_guard;
 SELECT relation, masking_view FROM agent_guard.masking_rules;
 SELECT agent_guard.refresh_masking_views();

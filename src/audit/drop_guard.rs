@@ -1,0 +1,185 @@
+//! `DROP EXTENSION agent_guard` destroys the audit trail, so it needs an
+//! explicit, recorded confirmation while the trail holds rows (issue 14.4).
+//!
+//! Every route that drops the trail (`DROP EXTENSION`, `DROP SCHEMA
+//! agent_guard CASCADE`, `DROP OWNED BY` the extension's owner, `DROP TABLE`
+//! after `ALTER EXTENSION agent_guard DROP TABLE agent_guard.audit_log`)
+//! reaches the object-access hook with `OAT_DROP` on `agent_guard.audit_log`
+//! while the table still exists (the C trampoline calls
+//! [`ag_rs_relation_drop`] for `pg_class` objects). The extension's own
+//! `OAT_DROP` is no place for the check: PostgreSQL deletes an extension's
+//! members first, so the table is gone by then.
+//! There, when `agent_guard.audit_log` holds rows, the drop goes ahead only if
+//! a superuser set `agent_guard.confirm_drop_trail` to the database's name in
+//! the same transaction (the setting's assign hook remembers the local
+//! transaction it was set in; a value from an earlier transaction, a role or
+//! database setting or postgresql.conf does not count). Otherwise it is
+//! refused with SQLSTATE 42501 and a HINT. A confirmed drop is written to the
+//! server log: who, when, how many rows, the last id and its hash.
+//!
+//! Agents never get here: dropping an extension is `admin` for them; an agent
+//! session that did would be refused too. Reads here are catalog-level scans
+//! of agent_guard's own table (which the dropping transaction already holds
+//! exclusively), never SQL, so nothing but agent_guard's own refusal can be
+//! raised in a human session.
+
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{c_char, c_void, CStr};
+use std::ptr;
+
+/// `agent_guard.confirm_drop_trail` (PGC_SUSET).
+static mut CONFIRM: *mut c_char = ptr::null_mut();
+/// The local transaction in which the setting got its current non-empty value.
+static mut CONFIRMED_IN: u32 = 0;
+
+fn current_lxid() -> u32 {
+    unsafe {
+        if pg_sys::MyProc.is_null() {
+            return 0;
+        }
+        #[cfg(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16"))]
+        {
+            (*pg_sys::MyProc).lxid
+        }
+        #[cfg(not(any(feature = "pg13", feature = "pg14", feature = "pg15", feature = "pg16")))]
+        {
+            (*pg_sys::MyProc).vxid.lxid
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_confirm(newval: *const c_char, _extra: *mut c_void) {
+    let set = !newval.is_null() && unsafe { *newval } != 0;
+    let in_xact = unsafe { pg_sys::IsTransactionState() };
+    unsafe { CONFIRMED_IN = if set && in_xact { current_lxid() } else { 0 } };
+}
+
+/// Define the setting (from `_PG_init`).
+pub fn init() {
+    unsafe {
+        pg_sys::DefineCustomStringVariable(
+            c"agent_guard.confirm_drop_trail".as_ptr(),
+            c"Confirms DROP EXTENSION agent_guard while the audit trail holds rows: the database's name, set in the dropping transaction.".as_ptr(),
+            ptr::null(),
+            &raw mut CONFIRM,
+            c"".as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            0,
+            None,
+            Some(assign_confirm),
+            None,
+        );
+    }
+}
+
+fn cstr(p: *const c_char) -> Option<String> {
+    (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// Rows of `agent_guard.audit_log` and its newest row (id, row_hash).
+fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
+    let hash_col = unsafe { pg_sys::get_attnum(relid, c"row_hash".as_ptr()) };
+    let mut rows = 0i64;
+    let mut last: Option<(i64, Option<String>)> = None;
+    crate::catalog::try_scan_table(relid, |t| {
+        rows += 1;
+        let id = t.int8(1).unwrap_or(0);
+        if last.as_ref().is_none_or(|(l, _)| id > *l) {
+            let h = (hash_col > 0).then(|| t.text(hash_col)).flatten();
+            last = Some((id, h));
+        }
+    });
+    (rows, last)
+}
+
+/// The object-access hook saw `DROP` of relation `relid` (any route: the
+/// trampoline calls this for every `pg_class` object; only
+/// `agent_guard.audit_log` matters). PostgreSQL drops an extension's member
+/// objects before the extension itself, so by the time the extension's own
+/// `OAT_DROP` arrives the table is gone: the table's drop is the one place
+/// where the trail can still be counted and the drop refused.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
+    if crate::hooks::is_own_worker() {
+        return;
+    }
+    unsafe {
+        if cstr(pg_sys::get_rel_name(relid)).as_deref() != Some("audit_log") {
+            return;
+        }
+        let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), true);
+        if ns == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != ns {
+            return;
+        }
+        // dropped as a member of the extension (DROP EXTENSION, DROP SCHEMA
+        // CASCADE, DROP OWNED) or on its own after ALTER EXTENSION … DROP TABLE
+        let with_extension =
+            pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, relid) != pg_sys::InvalidOid;
+        let (rows, last) = trail_summary(relid);
+        if rows == 0 {
+            return;
+        }
+        let db = crate::identity::database_name();
+        let who =
+            cstr(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true)).unwrap_or_default();
+        let (last_id, last_hash) = match &last {
+            Some((id, h)) => (*id, h.clone().unwrap_or_else(|| "(none)".into())),
+            None => (0, "(none)".into()),
+        };
+        let value = cstr(CONFIRM).unwrap_or_default();
+        let lxid = current_lxid();
+        let confirmed = !crate::identity::cached_is_agent()
+            && pg_sys::superuser()
+            && value == db
+            && CONFIRMED_IN != 0
+            && CONFIRMED_IN == lxid;
+        if !confirmed {
+            let why = if crate::identity::cached_is_agent() {
+                "agent sessions may never drop it".to_string()
+            } else if value.is_empty() {
+                "agent_guard.confirm_drop_trail is not set".to_string()
+            } else if value != db {
+                format!("agent_guard.confirm_drop_trail is \"{value}\", not this database's name")
+            } else {
+                "agent_guard.confirm_drop_trail was not set in this transaction".to_string()
+            };
+            let what = if with_extension {
+                "extension agent_guard"
+            } else {
+                "table agent_guard.audit_log"
+            };
+            crate::audit::mark_refusing();
+            pgrx::pg_sys::panic::ErrorReport::new(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "dropping {what} would destroy the audit trail of database \"{db}\" ({rows} rows)"
+                ),
+                "agent_guard",
+            )
+            .set_detail(format!(
+                "The trail ends at row {last_id} with hash {last_hash}; {why}."
+            ))
+            .set_hint(format!(
+                "Export the trail first (agent_guard.audit_export()), then, as a superuser, in one transaction: \
+                 BEGIN; SET LOCAL agent_guard.confirm_drop_trail = '{db}'; DROP EXTENSION agent_guard; COMMIT;"
+            ))
+            .report(PgLogLevel::ERROR);
+            unreachable!("ERROR does not return");
+        }
+        let how = if with_extension {
+            "with the extension"
+        } else {
+            "(table agent_guard.audit_log on its own)"
+        };
+        let at =
+            cstr(pg_sys::timestamptz_to_str(pg_sys::GetCurrentTimestamp())).unwrap_or_default();
+        log!(
+            "agent_guard: audit trail of database \"{db}\" dropped {how} by {who} at {at} \
+             (confirmed with agent_guard.confirm_drop_trail; takes effect if the transaction commits): \
+             {rows} rows, last id {last_id}, last hash {last_hash}"
+        );
+    }
+}
