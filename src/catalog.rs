@@ -471,6 +471,23 @@ pub fn domain_base_type(type_oid: Oid) -> Option<Oid> {
     }
 }
 
+/// Whether a relation has (or had) triggers (`pg_class.relhastriggers`), from the syscache.
+pub fn has_triggers(relid: Oid) -> bool {
+    unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::RELOID as i32,
+            Datum::from(relid),
+        );
+        if tup.is_null() {
+            return false;
+        }
+        let form = pg_sys::heap_tuple_get_struct::<pg_sys::FormData_pg_class>(tup);
+        let has = (*form).relhastriggers;
+        pg_sys::ReleaseSysCache(tup);
+        has
+    }
+}
+
 /// A relation's TOAST table, from the syscache.
 pub fn toast_relation(relid: Oid) -> Option<Oid> {
     unsafe {

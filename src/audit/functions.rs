@@ -50,6 +50,46 @@ fn verify() -> TableIterator<
     TableIterator::new(std::iter::once(report()))
 }
 
+/// A stored chain row: id, hashed content, prev_hash, row_hash, hashed
+/// outcome (once there is one), outcome_hash.
+pub(super) type StoredRow = (i64, String, String, String, Option<String>, Option<String>);
+
+/// The rows of a hash chain as `sql` selects them (in [`StoredRow`]'s column order).
+pub(super) fn stored_chain(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec<StoredRow> {
+    Spi::connect(|c| {
+        c.select(sql, None, args)
+            .map(|t| {
+                t.filter_map(|r| {
+                    Some((
+                        r.get::<i64>(1).ok()??,
+                        r.get::<String>(2).ok()??,
+                        r.get::<String>(3).ok()??,
+                        r.get::<String>(4).ok()??,
+                        r.get::<String>(5).ok()?,
+                        r.get::<String>(6).ok()?,
+                    ))
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
+/// The first row of `rows` where the chain from `start` breaks, and why.
+pub(super) fn first_break(rows: &[StoredRow], start: &str) -> Option<(i64, String)> {
+    chain::first_break(
+        rows.iter().map(|r| ChainRow {
+            id: r.0,
+            content: &r.1,
+            prev_hash: &r.2,
+            row_hash: &r.3,
+            outcome: r.4.as_deref(),
+            outcome_hash: r.5.as_deref(),
+        }),
+        start,
+    )
+}
+
 /// The newest purge anchor (audit_purges id, anchor hash).
 fn latest_anchor() -> Option<(i64, String)> {
     Spi::connect(|c| {
@@ -114,44 +154,16 @@ fn report() -> Report {
     let start = anchor
         .as_ref()
         .map_or_else(|| chain::GENESIS.to_string(), |a| a.1.clone());
-    type Row = (i64, String, String, String, Option<String>, Option<String>);
-    let rows: Vec<Row> = Spi::connect(|c| {
-        c.select(
-            "SELECT a.id, agent_guard._row_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
-                    CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
-                         THEN agent_guard._outcome_content(a) END, a.outcome_hash \
-             FROM agent_guard.audit_log a ORDER BY a.id",
-            None,
-            &[],
-        )
-        .map(|t| {
-            t.filter_map(|r| {
-                Some((
-                    r.get::<i64>(1).ok()??,
-                    r.get::<String>(2).ok()??,
-                    r.get::<String>(3).ok()??,
-                    r.get::<String>(4).ok()??,
-                    r.get::<String>(5).ok()?,
-                    r.get::<String>(6).ok()?,
-                ))
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-    });
+    let rows = stored_chain(
+        "SELECT a.id, agent_guard._row_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
+                CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
+                     THEN agent_guard._outcome_content(a) END, a.outcome_hash \
+         FROM agent_guard.audit_log a ORDER BY a.id",
+        &[],
+    );
     let n = rows.len() as i64;
     let first_id = rows.first().map(|r| r.0);
-    let broken = chain::first_break(
-        rows.iter().map(|r| ChainRow {
-            id: r.0,
-            content: &r.1,
-            prev_hash: &r.2,
-            row_hash: &r.3,
-            outcome: r.4.as_deref(),
-            outcome_hash: r.5.as_deref(),
-        }),
-        &start,
-    );
+    let broken = first_break(&rows, &start);
     drop(rows);
     if let Some((id, why)) = broken {
         return (false, n, Some(id), Some(why));

@@ -8,7 +8,7 @@
 //! the SQL function `agent_guard._ingest_forwarded` (`sql/forward.sql`).
 //! SECURITY DEFINER, executable by `agent_guard_forwarder` only (set in SQL).
 
-use agent_guard_core::chain::{self, ChainRow};
+use agent_guard_core::chain;
 use pgrx::prelude::*;
 use pgrx::JsonB;
 
@@ -86,31 +86,13 @@ fn verify(
         name!(problem, Option<String>),
     ),
 > {
-    type Row = (i64, String, String, String, Option<String>, Option<String>);
-    let rows: Vec<Row> = Spi::connect(|c| {
-        c.select(
-            "SELECT a.id, agent_guard._forwarded_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
-                    CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
-                         THEN agent_guard._forwarded_outcome(a) END, a.outcome_hash \
-             FROM agent_guard.audit_forwarded a WHERE a.source = $1 ORDER BY a.id",
-            None,
-            &[source.into()],
-        )
-        .map(|t| {
-            t.filter_map(|r| {
-                Some((
-                    r.get::<i64>(1).ok()??,
-                    r.get::<String>(2).ok()??,
-                    r.get::<String>(3).ok()??,
-                    r.get::<String>(4).ok()??,
-                    r.get::<String>(5).ok()?,
-                    r.get::<String>(6).ok()?,
-                ))
-            })
-            .collect()
-        })
-        .unwrap_or_default()
-    });
+    let rows = super::functions::stored_chain(
+        "SELECT a.id, agent_guard._forwarded_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
+                CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
+                     THEN agent_guard._forwarded_outcome(a) END, a.outcome_hash \
+         FROM agent_guard.audit_forwarded a WHERE a.source = $1 ORDER BY a.id",
+        &[source.into()],
+    );
     let head: Option<(String, i64)> = Spi::connect(|c| {
         c.select(
             "SELECT s.head_hash, s.rows_received FROM agent_guard.forward_sources s WHERE s.source = $1",
@@ -124,18 +106,7 @@ fn verify(
         })
     });
     let n = rows.len() as i64;
-    let broken = chain::first_break(
-        rows.iter().map(|r| ChainRow {
-            id: r.0,
-            content: &r.1,
-            prev_hash: &r.2,
-            row_hash: &r.3,
-            outcome: r.4.as_deref(),
-            outcome_hash: r.5.as_deref(),
-        }),
-        chain::GENESIS,
-    )
-    .or_else(|| {
+    let broken = super::functions::first_break(&rows, chain::GENESIS).or_else(|| {
         let last = rows.last().map_or(chain::GENESIS, |r| r.3.as_str());
         match &head {
             None if rows.is_empty() => None,

@@ -125,6 +125,17 @@ pub unsafe fn refusal(node: *mut pg_sys::Node) -> Option<Refusal> {
                     }
                 }
                 AT_DropExpression => drops_expression(&rules, relid, (*cmd).name),
+                // the parent's row-level triggers are cloned onto the new partition
+                AT_AttachPartition
+                    if !def.is_null()
+                        && is_a(def, NodeTag::T_PartitionCmd)
+                        && crate::catalog::has_triggers(relid) =>
+                {
+                    let part = (*(def as *mut pg_sys::PartitionCmd)).name;
+                    crate::extract::range_var_relid(part).and_then(|child| {
+                        attaches(child, "the row-level triggers of its new parent")
+                    })
+                }
                 AT_DetachPartition | AT_DetachPartitionFinalize
                     if !def.is_null() && is_a(def, NodeTag::T_PartitionCmd) =>
                 {

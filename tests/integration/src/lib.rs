@@ -132,6 +132,39 @@ pub fn sqlstate(e: &postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_default()
 }
 
+/// Wait until `standby` has replayed everything `primary` wrote so far (30 s at most).
+pub fn wait_replay(primary: &mut Client, standby: &mut Client) {
+    let lsn: String = primary
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .unwrap()
+        .get(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: bool = standby
+            .query_one(
+                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
+                &[&lsn],
+            )
+            .unwrap()
+            .get(0);
+        if done {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay up to {lsn}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Run `sql` (simple protocol), which must be refused with SQLSTATE 42501; its error.
+pub fn refused_42501(c: &mut Client, sql: &str) -> postgres::error::DbError {
+    let e = c.batch_execute(sql).expect_err(sql);
+    assert_eq!(sqlstate(&e), "42501", "{sql}: {}", describe(&e));
+    e.as_db_error().unwrap().clone()
+}
+
 fn try_connect_db(user: &str, dbname: &str) -> Result<Client, postgres::Error> {
     postgres::Config::new()
         .host(&host())

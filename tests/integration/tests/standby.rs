@@ -10,42 +10,6 @@ use agent_guard_integration::cluster::Cluster;
 use agent_guard_integration::*;
 use std::time::{Duration, Instant};
 
-fn code(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
-/// Wait until the standby has replayed everything the primary wrote so far.
-fn wait_replay(primary: &mut Client, standby: &mut Client) {
-    let lsn: String = primary
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done: bool = standby
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .unwrap()
-            .get(0);
-        if done {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby did not replay up to {lsn}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn refused(c: &mut Client, sql: &str) -> postgres::error::DbError {
-    let e = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(code(&e), "42501", "{sql}: {}", describe(&e));
-    e.as_db_error().unwrap().clone()
-}
-
 #[test]
 fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion_loses_nothing() {
     let db = database();
@@ -83,7 +47,7 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
 
     // the agent: classified from the replicated catalog, refused with a hint, no XX000 / 25006
     let mut a = standby.connect(&agent, &db);
-    let e = refused(
+    let e = refused_42501(
         &mut a,
         &format!("SELECT ssn FROM {table} /* request_id='on-standby' */"),
     );
@@ -104,7 +68,7 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
         "{:?}",
         e.hint()
     );
-    let e = refused(
+    let e = refused_42501(
         &mut a,
         &format!("DELETE FROM {table} /* request_id='on-standby' */"),
     );
@@ -115,13 +79,13 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
         "{:?}",
         e.detail()
     );
-    refused(&mut a, "SELECT 1 /* request_id='on-standby' */");
+    refused_42501(&mut a, "SELECT 1 /* request_id='on-standby' */");
     // session housekeeping still works, so drivers connect and get a clear refusal
     a.batch_execute(
         "SET agent_guard.request_id = 'on-standby'; SHOW agent_guard.request_id; BEGIN; COMMIT",
     )
     .unwrap();
-    refused(&mut a, "SET agent_guard.enabled = off");
+    refused_42501(&mut a, "SET agent_guard.enabled = off");
 
     // nothing waits in the standby's memory for a writer that cannot write
     let stats: String = s_admin
@@ -141,13 +105,13 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
     ))
     .unwrap();
     wait_replay(&mut p, &mut s_admin);
-    let e = refused(&mut human, &format!("SELECT ssn FROM {table}"));
+    let e = refused_42501(&mut human, &format!("SELECT ssn FROM {table}"));
     assert!(e.message().contains("on a hot standby"), "{}", e.message());
     // and so does the sponsor rule
     p.batch_execute(&format!("ALTER ROLE {sponsor} NOLOGIN"))
         .unwrap();
     wait_replay(&mut p, &mut s_admin);
-    let e = refused(&mut a, "SELECT 1");
+    let e = refused_42501(&mut a, "SELECT 1");
     assert!(e.message().contains("is orphaned"), "{}", e.message());
     p.batch_execute(&format!("ALTER ROLE {sponsor} LOGIN"))
         .unwrap();
@@ -179,7 +143,7 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
         .unwrap()
         .get(0);
     assert_eq!(ssn, "***-**-5506");
-    refused(
+    refused_42501(
         &mut a,
         &format!("DELETE FROM {table} /* request_id='after-promotion' */"),
     );

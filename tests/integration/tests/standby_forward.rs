@@ -11,42 +11,6 @@ use agent_guard_integration::cluster::Cluster;
 use agent_guard_integration::*;
 use std::time::{Duration, Instant};
 
-fn code(e: &postgres::Error) -> String {
-    e.code().map(|c| c.code().to_string()).unwrap_or_default()
-}
-
-/// Wait until the standby has replayed everything the primary wrote so far.
-fn wait_replay(primary: &mut Client, standby: &mut Client) {
-    let lsn: String = primary
-        .query_one("SELECT pg_current_wal_lsn()::text", &[])
-        .unwrap()
-        .get(0);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let done: bool = standby
-            .query_one(
-                "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn",
-                &[&lsn],
-            )
-            .unwrap()
-            .get(0);
-        if done {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the standby did not replay up to {lsn}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn refused(c: &mut Client, sql: &str) -> postgres::error::DbError {
-    let e = c.batch_execute(sql).expect_err(sql);
-    assert_eq!(code(&e), "42501", "{sql}: {}", describe(&e));
-    e.as_db_error().unwrap().clone()
-}
-
 fn count(c: &mut Client, sql: &str, source: &str) -> i64 {
     c.query_one(sql, &[&source]).unwrap().get(0)
 }
@@ -203,7 +167,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     assert!(n >= 1);
 
     // writes stay refused, and the refusal is recorded on the primary
-    let e = refused(
+    let e = refused_42501(
         &mut a,
         &format!("DELETE FROM {table} /* request_id='sf-write' */"),
     );
@@ -298,7 +262,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
             &[&source],
         )
         .expect_err("another cluster's records");
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     let mut nf = connect(&nofwd);
     let e = nf
         .query_one(
@@ -306,7 +270,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
             &[&source, &sysid],
         )
         .expect_err("not a forwarder");
-    assert_eq!(code(&e), "42501", "{}", describe(&e));
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     for sql in [
         "UPDATE agent_guard.audit_forwarded SET agent = 'someone else'".to_string(),
         "DELETE FROM agent_guard.audit_forwarded".to_string(),
@@ -314,7 +278,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
         "UPDATE agent_guard.forward_sources SET rows_received = 0".to_string(),
         "DELETE FROM agent_guard.forward_sources".to_string(),
     ] {
-        refused(&mut p, &sql);
+        refused_42501(&mut p, &sql);
     }
     let (intact, _, problem) = verify(&mut p, &source);
     assert!(intact, "{problem:?}");
@@ -323,7 +287,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     let bad = format!("host={} port={} user={nofwd}", host(), port());
     set_conninfo(&standby, &db, Some(&bad), &bad);
     let mut a2 = standby.connect(&agent, &db);
-    let e = refused(&mut a2, "SELECT 1 /* request_id='sf-no-rights' */");
+    let e = refused_42501(&mut a2, "SELECT 1 /* request_id='sf-no-rights' */");
     assert!(
         e.message()
             .contains("could not record it in the primary's audit trail"),
@@ -345,7 +309,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     let down = format!("host={} port=1 user={fwd} connect_timeout=2", host());
     set_conninfo(&standby, &db, Some(&down), &down);
     let mut a3 = standby.connect(&agent, &db);
-    let e = refused(
+    let e = refused_42501(
         &mut a3,
         &format!("SELECT id FROM {table} /* request_id='sf-down' */"),
     );

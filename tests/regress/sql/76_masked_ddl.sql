@@ -119,6 +119,11 @@ CREATE TRIGGER keep BEFORE UPDATE ON customers FOR EACH ROW EXECUTE FUNCTION pub
 CREATE TRIGGER keep AFTER UPDATE ON pt FOR EACH ROW EXECUTE FUNCTION public.bot_keep();
 CREATE TRIGGER keep AFTER UPDATE ON customers REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION public.bot_keep();
 CREATE RULE keep AS ON UPDATE TO customers DO ALSO NOTIFY keep;
+-- nor through a new parent: its row-level triggers are cloned onto a partition
+CREATE TABLE public.apar (k text, ssn text, note text) PARTITION BY LIST (k);
+CREATE TRIGGER keep AFTER UPDATE ON public.apar FOR EACH ROW EXECUTE FUNCTION public.bot_keep();
+ALTER TABLE public.apar ATTACH PARTITION pt_b FOR VALUES IN ('b');
+DROP TABLE public.apar;
 -- a statement-level trigger receives no row: allowed
 CREATE TRIGGER stmt AFTER UPDATE ON customers FOR EACH STATEMENT EXECUTE FUNCTION public.bot_keep();
 DROP TRIGGER stmt ON customers;
