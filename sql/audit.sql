@@ -48,7 +48,9 @@ CREATE TABLE agent_guard.audit_log (
     prev_hash           text,
     row_hash            text,
     outcome_hash        text
-);
+)
+-- retention (issue 14.6b): partitions of id ranges, one per period; see sql/retention.sql
+PARTITION BY RANGE (id);
 
 COMMENT ON TABLE agent_guard.audit_log IS
     'Every audited statement, allowed or denied, with outcome and transaction outcome; hash-chained (see agent_guard.verify_audit())';

@@ -73,6 +73,11 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/retention.sql",
+    name = "retention",
+    requires = ["audit", audit::retention::apply_retention]
+);
+extension_sql_file!(
     "../sql/forward.sql",
     name = "forward",
     requires = [

@@ -79,18 +79,21 @@ fn cstr(p: *const c_char) -> Option<String> {
 }
 
 /// Rows of `agent_guard.audit_log` and its newest row (id, row_hash).
+/// (Of every partition when it is partitioned, issue 14.6b.)
 fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
-    let hash_col = unsafe { pg_sys::get_attnum(relid, c"row_hash".as_ptr()) };
     let mut rows = 0i64;
     let mut last: Option<(i64, Option<String>)> = None;
-    crate::catalog::try_scan_table(relid, |t| {
-        rows += 1;
-        let id = t.int8(1).unwrap_or(0);
-        if last.as_ref().is_none_or(|(l, _)| id > *l) {
-            let h = (hash_col > 0).then(|| t.text(hash_col)).flatten();
-            last = Some((id, h));
-        }
-    });
+    for leaf in crate::audit::retention::leaves(relid) {
+        let hash_col = unsafe { pg_sys::get_attnum(leaf, c"row_hash".as_ptr()) };
+        crate::catalog::try_scan_table(leaf, |t| {
+            rows += 1;
+            let id = t.int8(1).unwrap_or(0);
+            if last.as_ref().is_none_or(|(l, _)| id > *l) {
+                let h = (hash_col > 0).then(|| t.text(hash_col)).flatten();
+                last = Some((id, h));
+            }
+        });
+    }
     (rows, last)
 }
 
@@ -107,11 +110,19 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
         return;
     }
     unsafe {
-        if cstr(pg_sys::get_rel_name(relid)).as_deref() != Some("audit_log") {
+        // a partition of the trail (issue 14.6b) counts as the trail, but
+        // for agent_guard.apply_retention()'s own drops of expired ones
+        let partition = pg_sys::get_rel_relispartition(relid)
+            && crate::audit::retention::is_trail_partition(relid);
+        if partition && crate::audit::retention::retention_drop(relid) {
+            return;
+        }
+        let rel_name = cstr(pg_sys::get_rel_name(relid)).unwrap_or_default();
+        if !partition && rel_name != "audit_log" {
             return;
         }
         let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), true);
-        if ns == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != ns {
+        if !partition && (ns == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != ns) {
             return;
         }
         // dropped as a member of the extension (DROP EXTENSION, DROP SCHEMA
@@ -146,10 +157,12 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
             } else {
                 "agent_guard.confirm_drop_trail was not set in this transaction".to_string()
             };
-            let what = if with_extension {
-                "extension agent_guard"
+            let what = if partition {
+                format!("table {rel_name} (a partition of agent_guard.audit_log)")
+            } else if with_extension {
+                "extension agent_guard".to_string()
             } else {
-                "table agent_guard.audit_log"
+                "table agent_guard.audit_log".to_string()
             };
             crate::audit::mark_refusing();
             pgrx::pg_sys::panic::ErrorReport::new(
@@ -163,13 +176,20 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
                 "The trail ends at row {last_id} with hash {last_hash}; {why}."
             ))
             .set_hint(format!(
-                "Export the trail first (agent_guard.audit_export()), then, as a superuser, in one transaction: \
-                 BEGIN; SET LOCAL agent_guard.confirm_drop_trail = '{db}'; DROP EXTENSION agent_guard; COMMIT;"
+                "{}Export the trail first (agent_guard.audit_export()), then, as a superuser, in one transaction: \
+                 BEGIN; SET LOCAL agent_guard.confirm_drop_trail = '{db}'; DROP EXTENSION agent_guard; COMMIT;",
+                if partition {
+                    "Expired partitions are dropped by agent_guard.apply_retention() (agent_guard.audit_retention). "
+                } else {
+                    ""
+                }
             ))
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return");
         }
-        let how = if with_extension {
+        let how = if partition {
+            "(a partition of agent_guard.audit_log)"
+        } else if with_extension {
             "with the extension"
         } else {
             "(table agent_guard.audit_log on its own)"

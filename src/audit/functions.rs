@@ -209,13 +209,20 @@ fn committed_now(id: i64) -> (Option<i64>, Option<Option<String>>) {
             return (None, None);
         }
         let hash_col = pg_sys::get_attnum(relid, c"row_hash".as_ptr());
-        crate::catalog::try_scan_table(relid, |t| {
-            let Some(i) = t.int8(1) else { return };
-            max = Some(max.map_or(i, |m| m.max(i)));
-            if i == id {
-                at = Some((hash_col > 0).then(|| t.text(hash_col)).flatten());
-            }
-        });
+        // (its partitions: issue 14.6b)
+        for leaf in super::retention::leaves(relid) {
+            let hash_col = match leaf == relid {
+                true => hash_col,
+                false => pg_sys::get_attnum(leaf, c"row_hash".as_ptr()),
+            };
+            crate::catalog::try_scan_table(leaf, |t| {
+                let Some(i) = t.int8(1) else { return };
+                max = Some(max.map_or(i, |m| m.max(i)));
+                if i == id {
+                    at = Some((hash_col > 0).then(|| t.text(hash_col)).flatten());
+                }
+            });
+        }
     }
     (max, at)
 }

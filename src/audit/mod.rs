@@ -16,6 +16,7 @@ pub mod head;
 pub mod ingest;
 pub mod insert;
 pub mod queue;
+pub mod retention;
 pub mod row;
 pub mod worker;
 
@@ -748,6 +749,7 @@ pub fn init() {
     worker::init_shmem();
     head::init();
     drop_guard::init();
+    retention::init();
 }
 
 /// Parameters of a statement run with the extended protocol or EXECUTE, as text.

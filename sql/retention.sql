@@ -1,0 +1,141 @@
+-- ---- retention (issue 14.6b): agent_guard.audit_log is partitioned ----
+-- audit_log is PARTITION BY RANGE (id) (sql/audit.sql). Each partition holds
+-- the ids of one period (a day by default, agent_guard.audit_partition_span):
+-- the audit writer opens the next period's partition ahead of time, starting
+-- at the current partition's upper bound, and moves the id sequence to it
+-- once the period has begun (src/audit/retention.rs). So a partition is an
+-- exact prefix of the hash chain whose rows all started before the next
+-- partition's start, and agent_guard.apply_retention() drops whole
+-- partitions, leaving a purge anchor, without a DELETE. A partition's name
+-- says when its period starts (UTC): audit_log_YYYYMMDD_HHMMSS.
+
+-- Partitions of audit_log, in id order, with their bounds and start.
+CREATE FUNCTION agent_guard._audit_partitions(
+    OUT relid oid, OUT relname text, OUT lo bigint, OUT hi bigint, OUT starts timestamptz)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT c.oid, c.relname::text,
+       CASE WHEN m[1] = 'MINVALUE' THEN NULL ELSE m[1]::bigint END,
+       CASE WHEN m[2] = 'MAXVALUE' THEN NULL ELSE m[2]::bigint END,
+       CASE WHEN c.relname ~ '^audit_log_[0-9]{8}_[0-9]{6}(_[0-9]+)?$' THEN
+           pg_catalog.make_timestamptz(pg_catalog.substr(c.relname, 11, 4)::int, pg_catalog.substr(c.relname, 15, 2)::int,
+                                       pg_catalog.substr(c.relname, 17, 2)::int, pg_catalog.substr(c.relname, 20, 2)::int,
+                                       pg_catalog.substr(c.relname, 22, 2)::int, pg_catalog.substr(c.relname, 24, 2)::float8, 'UTC')
+       END
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid,
+LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                '^FOR VALUES FROM \(''?([^'')]*)''?\) TO \(''?([^'')]*)''?\)$') AS m
+WHERE i.inhparent = 'agent_guard.audit_log'::pg_catalog.regclass
+ORDER BY 3 NULLS FIRST
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_partitions() FROM PUBLIC;
+
+-- Statement-level triggers of a partitioned table do not fire for a
+-- statement that names a partition (nor for TRUNCATE of one): every
+-- partition gets audit_log's append-only trigger of its own.
+CREATE FUNCTION agent_guard._protect_audit_partition(part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._protect_audit()', part);
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._protect_audit_partition(regclass) FROM PUBLIC;
+
+-- A new partition for ids [lo, hi) whose period starts at `starts`.
+CREATE FUNCTION agent_guard._add_audit_partition(starts timestamptz, lo bigint, hi bigint) RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    part text := 'audit_log_' || pg_catalog.to_char(starts AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+    rel oid;
+BEGIN
+    IF pg_catalog.to_regclass('agent_guard.' || part) IS NOT NULL THEN
+        part := part || '_' || lo;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE agent_guard.%I PARTITION OF agent_guard.audit_log FOR VALUES FROM (%s) TO (%s)',
+        part, lo, hi);
+    rel := pg_catalog.format('agent_guard.%I', part)::pg_catalog.regclass;
+    PERFORM agent_guard._protect_audit_partition(rel);
+    RETURN rel;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._add_audit_partition(timestamptz, bigint, bigint) FROM PUBLIC;
+
+-- The audit writer, before a batch of `batch_rows` rows: the partition the
+-- next ids go to (created if missing), the sequence moved to the partition
+-- whose period has begun, and the next period's partition created ahead.
+CREATE FUNCTION agent_guard._audit_partition_for(batch_rows bigint, span_seconds integer) RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- ids per partition: 10^12 rows in a period before the next one opens early
+    block CONSTANT bigint := 1000000000000;
+    span interval := pg_catalog.make_interval(secs => pg_catalog.greatest(span_seconds, 1));
+    now_ timestamptz := pg_catalog.clock_timestamp();
+    nxt bigint;
+    called boolean;
+    cur record;
+    later record;
+BEGIN
+    SELECT s.last_value, s.is_called INTO nxt, called FROM agent_guard.audit_log_id_seq s;
+    IF called THEN nxt := nxt + 1; END IF;
+    SELECT * INTO cur FROM agent_guard._audit_partitions() p
+    WHERE coalesce(p.lo, nxt) <= nxt AND nxt < coalesce(p.hi, nxt + 1);
+    IF NOT FOUND THEN
+        -- first rows (or the ids ran past every partition): a partition from
+        -- here, up to the next one if there is one
+        SELECT * INTO later FROM agent_guard._audit_partitions() p WHERE p.lo > nxt ORDER BY p.lo LIMIT 1;
+        PERFORM agent_guard._add_audit_partition(
+            pg_catalog.date_trunc('second', now_) + interval '1 second', nxt,
+            CASE WHEN later.lo IS NULL OR later.lo - nxt > block THEN nxt + block ELSE later.lo END);
+        SELECT * INTO cur FROM agent_guard._audit_partitions() p WHERE p.lo = nxt;
+    END IF;
+    -- a later period has begun: its partition takes the next ids
+    SELECT * INTO later FROM agent_guard._audit_partitions() p
+    WHERE p.lo >= cur.hi AND p.starts <= now_ ORDER BY p.lo DESC LIMIT 1;
+    IF FOUND THEN
+        PERFORM pg_catalog.setval('agent_guard.audit_log_id_seq', later.lo, false);
+        cur := later;
+        nxt := later.lo;
+    END IF;
+    -- the batch does not fit: the next partition opens now
+    IF cur.hi IS NOT NULL AND nxt + batch_rows > cur.hi THEN
+        SELECT * INTO later FROM agent_guard._audit_partitions() p WHERE p.lo >= cur.hi ORDER BY p.lo LIMIT 1;
+        IF NOT FOUND THEN
+            PERFORM agent_guard._add_audit_partition(
+                pg_catalog.date_trunc('second', now_) + interval '1 second', cur.hi, cur.hi + block);
+            SELECT * INTO later FROM agent_guard._audit_partitions() p WHERE p.lo = cur.hi;
+        END IF;
+        PERFORM pg_catalog.setval('agent_guard.audit_log_id_seq', later.lo, false);
+        cur := later;
+    END IF;
+    -- the next period's partition exists before its first row arrives
+    IF cur.hi IS NOT NULL AND NOT EXISTS (SELECT 1 FROM agent_guard._audit_partitions() p WHERE p.lo >= cur.hi) THEN
+        PERFORM agent_guard._add_audit_partition(
+            pg_catalog.date_bin(span, now_, '2000-01-01 00:00:00+00') + span, cur.hi, cur.hi + block);
+    END IF;
+    RETURN cur.relid;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_partition_for(bigint, integer) FROM PUBLIC;
+
+-- Ids outside every range partition (none, as the writer creates them
+-- before its rows): a safety net, so that no insert ever fails for want of
+-- a partition. Part of the dump like audit_log.
+CREATE TABLE agent_guard.audit_log_default PARTITION OF agent_guard.audit_log DEFAULT;
+REVOKE ALL ON agent_guard.audit_log_default FROM PUBLIC;
+SELECT agent_guard._protect_audit_partition('agent_guard.audit_log_default');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_default', '');
+
+REVOKE ALL ON FUNCTION agent_guard.apply_retention() FROM PUBLIC;
+-- ---- end of retention ----
