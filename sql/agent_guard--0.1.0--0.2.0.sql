@@ -1023,7 +1023,7 @@ BEGIN
     END LOOP;
     SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END INTO bound
     FROM agent_guard.audit_log_id_seq s;
-    bound := pg_catalog.greatest(bound, (SELECT pg_catalog.max(a.id) + 1 FROM agent_guard.audit_log_0_1_0 a))
+    bound := greatest(bound, (SELECT pg_catalog.max(a.id) + 1 FROM agent_guard.audit_log_0_1_0 a))
              + 1000000000000;
     EXECUTE pg_catalog.format(
         'ALTER TABLE agent_guard.audit_log ATTACH PARTITION agent_guard.audit_log_0_1_0 FOR VALUES FROM (MINVALUE) TO (%s)',
@@ -1051,6 +1051,7 @@ JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid,
 LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
                                 '^FOR VALUES FROM \(''?([^'')]*)''?\) TO \(''?([^'')]*)''?\)$') AS m
 WHERE i.inhparent = 'agent_guard.audit_log'::pg_catalog.regclass
+  AND m IS NOT NULL  -- not the DEFAULT partition
 ORDER BY 3 NULLS FIRST
 $$;
 REVOKE ALL ON FUNCTION agent_guard._audit_partitions() FROM PUBLIC;
@@ -1102,7 +1103,7 @@ AS $$
 DECLARE
     -- ids per partition: 10^12 rows in a period before the next one opens early
     block CONSTANT bigint := 1000000000000;
-    span interval := pg_catalog.make_interval(secs => pg_catalog.greatest(span_seconds, 1));
+    span interval := pg_catalog.make_interval(secs => greatest(span_seconds, 1));
     now_ timestamptz := pg_catalog.clock_timestamp();
     nxt bigint;
     called boolean;
