@@ -939,7 +939,6 @@ DECLARE
     d text;
     later text[] := '{}';
     old oid := 'agent_guard.audit_log'::pg_catalog.regclass;
-    bound bigint;
 BEGIN
     -- what the parent must have, as the unpartitioned table has it now
     FOR r IN SELECT co.conname, pg_catalog.pg_get_constraintdef(co.oid) AS def
@@ -1021,13 +1020,6 @@ BEGIN
     FOREACH d IN ARRAY later LOOP
         EXECUTE d;
     END LOOP;
-    SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END INTO bound
-    FROM agent_guard.audit_log_id_seq s;
-    bound := greatest(bound, (SELECT pg_catalog.max(a.id) + 1 FROM agent_guard.audit_log_0_1_0 a))
-             + 1000000000000;
-    EXECUTE pg_catalog.format(
-        'ALTER TABLE agent_guard.audit_log ATTACH PARTITION agent_guard.audit_log_0_1_0 FOR VALUES FROM (MINVALUE) TO (%s)',
-        bound);
 END
 $retention$;
 SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log', '');
@@ -1071,6 +1063,82 @@ END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._protect_audit_partition(regclass) FROM PUBLIC;
 
+-- audit_log (the parent) has no indexes or keys of its own: every partition
+-- has its own, those of audit_log_default (the template), named
+-- <partition>_<name after audit_log_>. So pg_dump dumps a partition created
+-- at run time with its indexes, and the restore's ATTACH PARTITION (into a
+-- fresh CREATE EXTENSION) creates none that the dump's CREATE INDEX would
+-- then collide with. Ids stay unique: the partitions' ranges are disjoint.
+CREATE FUNCTION agent_guard._copy_audit_indexes(part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    tmpl oid := 'agent_guard.audit_log_default'::pg_catalog.regclass;
+    name text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = part);
+BEGIN
+    FOR r IN SELECT co.conname, pg_catalog.pg_get_constraintdef(co.oid) AS def
+             FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = tmpl AND co.contype IN ('p', 'u') ORDER BY co.conname LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', part,
+                                  name || '_' || pg_catalog.regexp_replace(r.conname, '^audit_log_default_', ''), r.def);
+    END LOOP;
+    FOR r IN SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid) AS def
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = tmpl
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid)
+             ORDER BY c.relname LOOP
+        EXECUTE pg_catalog.regexp_replace(r.def,
+            '^CREATE (UNIQUE )?INDEX \S+ ON agent_guard\.audit_log_default ',
+            'CREATE \1INDEX ' || pg_catalog.quote_ident(name || '_' || pg_catalog.regexp_replace(r.relname, '^audit_log_default_', ''))
+            || ' ON ' || part::text || ' ');
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._copy_audit_indexes(regclass) FROM PUBLIC;
+
+-- Once, at installation: the indexes and keys sql/audit.sql declares on
+-- audit_log become the template's (audit_log_default's).
+CREATE FUNCTION agent_guard._audit_indexes_to_default() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    d text;
+    defs text[] := '{}';
+    parent oid := 'agent_guard.audit_log'::pg_catalog.regclass;
+BEGIN
+    FOR r IN SELECT co.conname, pg_catalog.pg_get_constraintdef(co.oid) AS def
+             FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = parent AND co.contype IN ('p', 'u') ORDER BY co.conname LOOP
+        defs := defs || pg_catalog.format('ALTER TABLE agent_guard.audit_log_default ADD CONSTRAINT %I %s',
+                                          'audit_log_default_' || pg_catalog.regexp_replace(r.conname, '^audit_log_', ''), r.def);
+    END LOOP;
+    FOR r IN SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid) AS def
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = parent
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid)
+             ORDER BY c.relname LOOP
+        defs := defs || pg_catalog.regexp_replace(r.def,
+            '^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?agent_guard\.audit_log ',
+            'CREATE \1INDEX ' || pg_catalog.quote_ident('audit_log_default_' || pg_catalog.regexp_replace(r.relname, '^audit_log_', ''))
+            || ' ON agent_guard.audit_log_default ');
+        EXECUTE pg_catalog.format('DROP INDEX agent_guard.%I', r.relname);
+    END LOOP;
+    FOR r IN SELECT co.conname FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = parent AND co.contype IN ('p', 'u') LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE agent_guard.audit_log DROP CONSTRAINT %I', r.conname);
+    END LOOP;
+    CREATE TABLE agent_guard.audit_log_default PARTITION OF agent_guard.audit_log DEFAULT;
+    FOREACH d IN ARRAY defs LOOP
+        EXECUTE d;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_indexes_to_default() FROM PUBLIC;
+
 -- A new partition for ids [lo, hi) whose period starts at `starts`.
 CREATE FUNCTION agent_guard._add_audit_partition(starts timestamptz, lo bigint, hi bigint) RETURNS oid
 LANGUAGE plpgsql
@@ -1088,6 +1156,7 @@ BEGIN
         part, lo, hi);
     rel := pg_catalog.format('agent_guard.%I', part)::pg_catalog.regclass;
     PERFORM agent_guard._protect_audit_partition(rel);
+    PERFORM agent_guard._copy_audit_indexes(rel);
     RETURN rel;
 END
 $$;
@@ -1155,10 +1224,24 @@ REVOKE ALL ON FUNCTION agent_guard._audit_partition_for(bigint, integer) FROM PU
 -- Ids outside every range partition (none, as the writer creates them
 -- before its rows): a safety net, so that no insert ever fails for want of
 -- a partition. Part of the dump like audit_log.
-CREATE TABLE agent_guard.audit_log_default PARTITION OF agent_guard.audit_log DEFAULT;
+SELECT agent_guard._audit_indexes_to_default();
 REVOKE ALL ON agent_guard.audit_log_default FROM PUBLIC;
 SELECT agent_guard._protect_audit_partition('agent_guard.audit_log_default');
 SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_default', '');
 
 REVOKE ALL ON FUNCTION agent_guard.apply_retention() FROM PUBLIC;
--- ---- end of retention ----
+-- the 0.1.0 table, with its own indexes (renamed above), as the first partition
+DO $retention$
+DECLARE
+    bound bigint;
+BEGIN
+    SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END INTO bound
+    FROM agent_guard.audit_log_id_seq s;
+    bound := greatest(bound, (SELECT pg_catalog.max(a.id) + 1 FROM agent_guard.audit_log_0_1_0 a))
+             + 1000000000000;
+    EXECUTE pg_catalog.format(
+        'ALTER TABLE agent_guard.audit_log ATTACH PARTITION agent_guard.audit_log_0_1_0 FOR VALUES FROM (MINVALUE) TO (%s)',
+        bound);
+END
+$retention$;
+-- ==== end of retention ====

@@ -97,6 +97,39 @@ fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
     (rows, last)
 }
 
+thread_local! {
+    /// Rows and newest row of the trail's partitions dropped (confirmed) in
+    /// the local transaction: (local transaction, rows, newest).
+    static DROPPED: std::cell::RefCell<(u32, i64, Option<(i64, Option<String>)>)> =
+        const { std::cell::RefCell::new((0, 0, None)) };
+}
+
+fn remember_partition(rows: i64, last: &Option<(i64, Option<String>)>) {
+    let lxid = current_lxid();
+    DROPPED.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != lxid {
+            *d = (lxid, 0, None);
+        }
+        d.1 += rows;
+        if last.as_ref().is_some_and(|(i, _)| d.2.as_ref().is_none_or(|(m, _)| i > m)) {
+            d.2 = last.clone();
+        }
+    });
+}
+
+fn dropped_partitions() -> (i64, Option<(i64, Option<String>)>) {
+    let lxid = current_lxid();
+    DROPPED.with(|d| {
+        let d = d.borrow();
+        if d.0 == lxid && lxid != 0 {
+            (d.1, d.2.clone())
+        } else {
+            (0, None)
+        }
+    })
+}
+
 /// The object-access hook saw `DROP` of relation `relid` (any route: the
 /// trampoline calls this for every `pg_class` object; only
 /// `agent_guard.audit_log` matters). PostgreSQL drops an extension's member
@@ -129,7 +162,15 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
         // CASCADE, DROP OWNED) or on its own after ALTER EXTENSION … DROP TABLE
         let with_extension =
             pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, relid) != pg_sys::InvalidOid;
-        let (rows, last) = trail_summary(relid);
+        let (mut rows, mut last) = trail_summary(relid);
+        if !partition {
+            // PostgreSQL drops the partitions first: their rows count here
+            let (n, l) = dropped_partitions();
+            rows += n;
+            if l.as_ref().is_some_and(|(i, _)| last.as_ref().is_none_or(|(m, _)| i > m)) {
+                last = l;
+            }
+        }
         if rows == 0 {
             return;
         }
@@ -186,6 +227,9 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
             ))
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return");
+        }
+        if partition {
+            remember_partition(rows, &last);
         }
         let how = if partition {
             "(a partition of agent_guard.audit_log)"
