@@ -150,6 +150,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     // (before gucs::init(), which reserves the agent_guard. prefix)
     audit::forward::init_gucs();
+    audit::retention::init();
     gucs::init();
     shmem::init();
     audit::init();

@@ -749,7 +749,6 @@ pub fn init() {
     worker::init_shmem();
     head::init();
     drop_guard::init();
-    retention::init();
 }
 
 /// Parameters of a statement run with the extended protocol or EXECUTE, as text.
