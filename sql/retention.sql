@@ -125,10 +125,13 @@ END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._audit_indexes_to_default() FROM PUBLIC;
 
--- A new partition for ids [lo, hi) whose period starts at `starts`.
+-- A new partition for ids [lo, hi) whose period starts at `starts`. As
+-- session_replication_role = replica, so that no event trigger (masking's
+-- view sync) runs inside the audit writer for agent_guard's own table.
 CREATE FUNCTION agent_guard._add_audit_partition(starts timestamptz, lo bigint, hi bigint) RETURNS oid
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
 AS $$
 DECLARE
     part text := 'audit_log_' || pg_catalog.to_char(starts AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
@@ -147,6 +150,23 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._add_audit_partition(timestamptz, bigint, bigint) FROM PUBLIC;
+
+-- The next period's partition, unless that waits for a lock: creating a
+-- partition locks audit_log (and its DEFAULT partition) exclusively, and the
+-- writer must not stall behind a long read of the trail (it tries again with
+-- its next batch; until then the current partition takes the rows).
+CREATE FUNCTION agent_guard._try_add_audit_partition(starts timestamptz, lo bigint, hi bigint) RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+BEGIN
+    RETURN agent_guard._add_audit_partition(starts, lo, hi);
+EXCEPTION WHEN lock_not_available THEN
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._try_add_audit_partition(timestamptz, bigint, bigint) FROM PUBLIC;
 
 -- The audit writer, before a batch of `batch_rows` rows: the partition the
 -- next ids go to (created if missing), the sequence moved to the partition
@@ -199,13 +219,26 @@ BEGIN
     END IF;
     -- the next period's partition exists before its first row arrives
     IF cur.hi IS NOT NULL AND NOT EXISTS (SELECT 1 FROM agent_guard._audit_partitions() p WHERE p.lo >= cur.hi) THEN
-        PERFORM agent_guard._add_audit_partition(
+        PERFORM agent_guard._try_add_audit_partition(
             pg_catalog.date_bin(span, now_, '2000-01-01 00:00:00+00') + span, cur.hi, cur.hi + block);
     END IF;
     RETURN cur.relid;
 END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._audit_partition_for(bigint, integer) FROM PUBLIC;
+
+-- apply_retention()'s drop of an expired partition (src/audit/retention.rs),
+-- as replica for the same reason.
+CREATE FUNCTION agent_guard._drop_audit_partition(part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format('DROP TABLE %s', part);
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._drop_audit_partition(regclass) FROM PUBLIC;
 
 -- Ids outside every range partition (none, as the writer creates them
 -- before its rows): a safety net, so that no insert ever fails for want of

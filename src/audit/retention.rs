@@ -168,10 +168,6 @@ pub fn retention_drop(relid: pg_sys::Oid) -> bool {
     DROPPING.with(|d| d.get()) == relid && relid != pg_sys::InvalidOid
 }
 
-fn quote(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// Drop the partitions of agent_guard.audit_log whose rows all started
 /// longer ago than `agent_guard.audit_retention`, oldest first, each drop
 /// leaving a purge anchor (agent_guard.audit_purges) and a `PURGE AUDIT` row
@@ -320,9 +316,12 @@ fn apply(retention: i32) -> i64 {
     }
     for p in &drop {
         DROPPING.with(|d| d.set(p.relid));
-        let sql = format!("DROP TABLE agent_guard.{}", quote(&p.name));
         pgrx::PgTryBuilder::new(|| {
-            Spi::run(&sql).expect("agent_guard: cannot drop an expired partition of the audit trail")
+            Spi::run_with_args(
+                "SELECT agent_guard._drop_audit_partition($1::pg_catalog.oid::pg_catalog.regclass)",
+                &[p.relid.into()],
+            )
+            .expect("agent_guard: cannot drop an expired partition of the audit trail")
         })
         .finally(|| DROPPING.with(|d| d.set(pg_sys::InvalidOid)))
         .execute();
