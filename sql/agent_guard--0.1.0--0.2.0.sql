@@ -1241,18 +1241,21 @@ END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._audit_partition_for(bigint, integer) FROM PUBLIC;
 
--- apply_retention()'s drop of an expired partition (src/audit/retention.rs),
--- as replica for the same reason.
-CREATE FUNCTION agent_guard._drop_audit_partition(part regclass) RETURNS void
+-- apply_retention()'s drop of expired partitions (src/audit/retention.rs),
+-- as replica for the same reason, in one statement: the drop locks
+-- audit_log exclusively until the transaction ends, and the writer then
+-- waits, so no statement of this transaction that waits for its own audit
+-- record may follow it.
+CREATE FUNCTION agent_guard._drop_audit_partitions(parts regclass[]) RETURNS void
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET session_replication_role = replica
 AS $$
 BEGIN
-    EXECUTE pg_catalog.format('DROP TABLE %s', part);
+    EXECUTE 'DROP TABLE ' || (SELECT pg_catalog.string_agg(p::text, ', ') FROM pg_catalog.unnest(parts) p);
 END
 $$;
-REVOKE ALL ON FUNCTION agent_guard._drop_audit_partition(regclass) FROM PUBLIC;
+REVOKE ALL ON FUNCTION agent_guard._drop_audit_partitions(regclass[]) FROM PUBLIC;
 
 -- Ids outside every range partition (none, as the writer creates them
 -- before its rows): a safety net, so that no insert ever fails for want of

@@ -48,8 +48,8 @@ static mut SPAN_S: i32 = 86_400;
 thread_local! {
     /// The partition the writer's current batch goes to.
     static LEAF: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-    /// The partition apply_retention() is dropping right now.
-    static DROPPING: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// The partitions apply_retention() is dropping right now.
+    static DROPPING: std::cell::RefCell<Vec<pg_sys::Oid>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Define the settings (from `_PG_init`). Both are PGC_SIGHUP: set in
@@ -165,7 +165,7 @@ pub fn is_trail_partition(relid: pg_sys::Oid) -> bool {
 
 /// Whether the drop of `relid` is apply_retention()'s own.
 pub fn retention_drop(relid: pg_sys::Oid) -> bool {
-    DROPPING.with(|d| d.get()) == relid && relid != pg_sys::InvalidOid
+    relid != pg_sys::InvalidOid && DROPPING.with(|d| d.borrow().contains(&relid))
 }
 
 /// Drop the partitions of agent_guard.audit_log whose rows all started
@@ -314,18 +314,17 @@ fn apply(retention: i32) -> i64 {
         .finally(|| super::worker::set_writer(false))
         .execute();
     }
-    for p in &drop {
-        DROPPING.with(|d| d.set(p.relid));
-        pgrx::PgTryBuilder::new(|| {
-            Spi::run_with_args(
-                "SELECT agent_guard._drop_audit_partition($1::pg_catalog.oid::pg_catalog.regclass)",
-                &[p.relid.into()],
-            )
-            .expect("agent_guard: cannot drop an expired partition of the audit trail")
-        })
-        .finally(|| DROPPING.with(|d| d.set(pg_sys::InvalidOid)))
-        .execute();
-    }
+    let oids: Vec<pg_sys::Oid> = drop.iter().map(|p| p.relid).collect();
+    DROPPING.with(|d| *d.borrow_mut() = oids.clone());
+    pgrx::PgTryBuilder::new(|| {
+        Spi::run_with_args(
+            "SELECT agent_guard._drop_audit_partitions($1::pg_catalog.oid[]::pg_catalog.regclass[])",
+            &[oids.clone().into()],
+        )
+        .expect("agent_guard: cannot drop the expired partitions of the audit trail")
+    })
+    .finally(|| DROPPING.with(|d| d.borrow_mut().clear()))
+    .execute();
     log!(
         "agent_guard: retention dropped partition(s) {} of agent_guard.audit_log ({rows} rows, anchor {})",
         names.join(", "),
