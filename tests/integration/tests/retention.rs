@@ -190,7 +190,7 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     let r = c
         .query_one(
             "SELECT count(*), count(*) FILTER (WHERE id <= $1),
-                    count(*) FILTER (WHERE started_at < $4 - make_interval(secs => $2::float8 + $3::float8 + 1))
+                    count(*) FILTER (WHERE started_at < $4::timestamptz - make_interval(secs => $2::float8 + $3::float8 + 1))
              FROM agent_guard.audit_log",
             &[&parts[0].2, &(RETENTION_S as f64), &(SPAN_S as f64), &applied_at],
         )
