@@ -964,7 +964,7 @@ BEGIN
                                             CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::pg_catalog.regrole::text END);
     END LOOP;
     IF (SELECT c.relacl IS NOT NULL FROM pg_catalog.pg_class c WHERE c.oid = old) THEN
-        later := 'REVOKE ALL ON agent_guard.audit_log FROM PUBLIC' || later;
+        later := pg_catalog.array_prepend('REVOKE ALL ON agent_guard.audit_log FROM PUBLIC'::text, later);
     END IF;
     later := later || pg_catalog.format('COMMENT ON TABLE agent_guard.audit_log IS %L',
                                         pg_catalog.obj_description(old, 'pg_class'));
