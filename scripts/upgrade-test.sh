@@ -174,6 +174,7 @@ SQL
   check "$from: granted write" "UPDATE 1" "$(q up_bot up_old "UPDATE customers SET name = 'Ada L' WHERE id = 1")"
   wait_rows up_old 4
   old_rows=$(q postgres up_old "SELECT count(*) FROM agent_guard.audit_log")
+  old_file=$(q postgres up_old "SELECT pg_relation_filenode('agent_guard.audit_log')")
   check "$from: trail intact before the upgrade" "t" "$(q postgres up_old "SELECT intact FROM agent_guard.verify_audit()")"
 
   # ---- the upgrade: new package, restart, ALTER EXTENSION UPDATE ----
@@ -192,6 +193,9 @@ SQL
   check "upgraded: new statements appended to the trail" "t" \
     "$(q postgres up_old "SELECT count(*) >= $old_rows + 3 FROM agent_guard.audit_log")"
   check "upgraded: trail intact across the upgrade" "t" "$(q postgres up_old "SELECT intact FROM agent_guard.verify_audit()")"
+  # retention (issue 14.6b): the 0.1.0 table, not rewritten (same file), is the first partition
+  check "upgraded: the 0.1.0 table is audit_log's first partition, not rewritten" "audit_log_0_1_0|$old_file|t" \
+    "$(q postgres up_old "SELECT (SELECT relname FROM agent_guard._audit_partitions() ORDER BY lo NULLS FIRST LIMIT 1) || '|' || pg_relation_filenode('agent_guard.audit_log_0_1_0') || '|' || (count(*) >= $old_rows) FROM agent_guard.audit_log_0_1_0")"
   check "upgraded: real data kept" "Ada|219-09-9999" "$(q postgres up_old "SELECT name || '|' || ssn FROM customers WHERE id = 1")"
   sql up_fresh <<<"CREATE EXTENSION agent_guard;"
   fresh=$(describe_extension up_fresh)
