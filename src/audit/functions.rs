@@ -129,7 +129,7 @@ fn id_range() -> (Option<i64>, Option<i64>) {
 fn row_hash_of(id: i64) -> Option<Option<String>> {
     Spi::connect(|c| {
         c.select(
-            "SELECT row_hash FROM agent_guard.audit_log WHERE id = $1",
+            "SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log WHERE id = $1",
             None,
             &[id.into()],
         )
@@ -154,11 +154,18 @@ fn report() -> Report {
     let start = anchor
         .as_ref()
         .map_or_else(|| chain::GENESIS.to_string(), |a| a.1.clone());
+    // Rows up to audit_layout.v1_last_id were written by 0.1.0 and keep its
+    // formula; every row's content includes its session row's context.
     let rows = stored_chain(
-        "SELECT a.id, agent_guard._row_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
+        "SELECT a.id, \
+                CASE WHEN a.id <= coalesce((SELECT max(l.v1_last_id) FROM agent_guard.audit_layout l), 0) \
+                     THEN agent_guard._row_content_v1(a, s) ELSE agent_guard._row_content(a, s) END, \
+                coalesce(agent_guard._hash_text(a.prev_hash), ''), coalesce(agent_guard._hash_text(a.row_hash), ''), \
                 CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
-                     THEN agent_guard._outcome_content(a) END, a.outcome_hash \
-         FROM agent_guard.audit_log a ORDER BY a.id",
+                     THEN agent_guard._outcome_content(a) END, agent_guard._hash_text(a.outcome_hash) \
+         FROM agent_guard.audit_log a \
+         LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id \
+         ORDER BY a.id",
         &[],
     );
     let n = rows.len() as i64;
@@ -166,6 +173,11 @@ fn report() -> Report {
     let broken = first_break(&rows, &start);
     drop(rows);
     if let Some((id, why)) = broken {
+        let why = if why.starts_with("row content") {
+            format!("{why} (the row, or its session's context in agent_guard.audit_sessions, was changed)")
+        } else {
+            why
+        };
         return (false, n, Some(id), Some(why));
     }
     // the anchor the chain starts from must be one purge_audit() made
@@ -213,7 +225,12 @@ fn committed_now(id: i64) -> (Option<i64>, Option<Option<String>>) {
             let Some(i) = t.int8(1) else { return };
             max = Some(max.map_or(i, |m| m.max(i)));
             if i == id {
-                at = Some((hash_col > 0).then(|| t.text(hash_col)).flatten());
+                at = Some(
+                    (hash_col > 0)
+                        .then(|| t.bytea(hash_col))
+                        .flatten()
+                        .map(|b| chain::hash_text(&b)),
+                );
             }
         });
     }
@@ -310,7 +327,7 @@ fn audit_anchor() -> TableIterator<
         let head = head.or_else(|| {
             Spi::connect(|c| {
                 c.select(
-                    "SELECT id, row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
+                    "SELECT id, agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
                     None,
                     &[],
                 )
@@ -424,7 +441,7 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
             let (deleted, anchor): (i64, Option<String>) = match first_kept {
                 Some(id) => {
                     let anchor = c
-                        .update("SELECT prev_hash FROM agent_guard.audit_log WHERE id = $1", None, &[id.into()])
+                        .update("SELECT agent_guard._hash_text(prev_hash) FROM agent_guard.audit_log WHERE id = $1", None, &[id.into()])
                         .ok()
                         .and_then(|t| t.first().get::<String>(1).ok().flatten());
                     let d = c
@@ -435,7 +452,7 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
                 }
                 None => {
                     let anchor = c
-                        .update("SELECT row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1", None, &[])
+                        .update("SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1", None, &[])
                         .ok()
                         .and_then(|t| t.first().get::<String>(1).ok().flatten());
                     let d = c
