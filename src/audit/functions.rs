@@ -75,6 +75,32 @@ pub(super) fn stored_chain(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec
     })
 }
 
+/// [`stored_chain`] for a chain whose hashes are stored as `bytea`
+/// (`agent_guard.audit_log`): columns 3, 4 and 6 are read as bytes and
+/// turned into the chain's text here ([`chain::hash_text`]), not by a SQL
+/// function per row (whose calls would be statements of their own, audited
+/// for sessions with `audit_non_agents = 'all'`).
+fn stored_chain_bytea(sql: &str) -> Vec<StoredRow> {
+    let text = |b: Option<Vec<u8>>| b.map_or_else(String::new, |b| chain::hash_text(&b));
+    Spi::connect(|c| {
+        c.select(sql, None, &[])
+            .map(|t| {
+                t.filter_map(|r| {
+                    Some((
+                        r.get::<i64>(1).ok()??,
+                        r.get::<String>(2).ok()??,
+                        text(r.get::<Vec<u8>>(3).ok()?),
+                        text(r.get::<Vec<u8>>(4).ok()?),
+                        r.get::<String>(5).ok()?,
+                        r.get::<Vec<u8>>(6).ok()?.map(|b| chain::hash_text(&b)),
+                    ))
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
 /// The first row of `rows` where the chain from `start` breaks, and why.
 pub(super) fn first_break(rows: &[StoredRow], start: &str) -> Option<(i64, String)> {
     chain::first_break(
@@ -156,17 +182,16 @@ fn report() -> Report {
         .map_or_else(|| chain::GENESIS.to_string(), |a| a.1.clone());
     // Rows up to audit_layout.v1_last_id were written by 0.1.0 and keep its
     // formula; every row's content includes its session row's context.
-    let rows = stored_chain(
+    let rows = stored_chain_bytea(
         "SELECT a.id, \
                 CASE WHEN a.id <= coalesce((SELECT max(l.v1_last_id) FROM agent_guard.audit_layout l), 0) \
                      THEN agent_guard._row_content_v1(a, s) ELSE agent_guard._row_content(a, s) END, \
-                coalesce(agent_guard._hash_text(a.prev_hash), ''), coalesce(agent_guard._hash_text(a.row_hash), ''), \
+                a.prev_hash, a.row_hash, \
                 CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
-                     THEN agent_guard._outcome_content(a) END, agent_guard._hash_text(a.outcome_hash) \
+                     THEN agent_guard._outcome_content(a) END, a.outcome_hash \
          FROM agent_guard.audit_log a \
          LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id \
          ORDER BY a.id",
-        &[],
     );
     let n = rows.len() as i64;
     let first_id = rows.first().map(|r| r.0);
