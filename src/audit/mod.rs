@@ -203,7 +203,7 @@ pub(crate) fn ensure_worker(i: usize) -> Result<(), WriterMissing> {
 /// sequence number. Without `patient` (a non-agent session's statement,
 /// which runs unrecorded when it cannot be recorded) it does not wait for
 /// a queue, nor for a writer when none may start now; only for a writer
-/// that is starting and for space.
+/// that is starting (with `need_writer`) and for space.
 fn queue_step(
     payload: Option<&[u8]>,
     durable: bool,
@@ -662,7 +662,9 @@ pub fn statement_start(
     // agents' statements (and agent_guard's own events) wait for capacity,
     // other sessions' run unrecorded rather than wait
     let patient = agent.is_some() || query_desc == OWN_EVENT;
-    let admitted = queue_step(payload.as_deref(), durable, reserve, 0, true, patient);
+    // (other sessions' records queue without a running writer: one is started
+    // and writes them later; they never wait for it)
+    let admitted = queue_step(payload.as_deref(), durable, reserve, 0, patient, patient);
     let (slot, seq) = match admitted {
         Ok(v) => v,
         Err(why) => {
@@ -685,7 +687,16 @@ pub fn statement_start(
     }
     if durable {
         STATE.with(|s| s.borrow_mut().xact_sent = true);
-        if let Err(why) = wait_durable(slot, seq) {
+        // other sessions wait only for a writer that runs (none may be able
+        // to yet: in the transaction that creates agent_guard, the writer
+        // cannot see the trail its script statements go to)
+        let writer = queue::with_slot(slot, |s, _| queue::writer_running(s));
+        let wait = patient || writer;
+        if let Err(why) = if wait {
+            wait_durable(slot, seq)
+        } else {
+            Ok(())
+        } {
             note_unadmitted(agent.is_some());
             return Err(why);
         }
