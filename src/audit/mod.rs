@@ -109,6 +109,8 @@ pub enum Unavailable {
     /// Every audit queue holds records or reservations of other databases.
     NoSlot,
     Full,
+    /// The record is larger than the whole audit queue.
+    TooLarge,
     /// No writer runs for this database and none came up in time.
     NoWriter(WriterMissing),
     NotDurable,
@@ -124,6 +126,10 @@ impl Unavailable {
                 queue::slots().max(crate::gucs::audit_queues())
             ),
             Unavailable::Full => "the audit queue stayed full".into(),
+            Unavailable::TooLarge => format!(
+                "its record is larger than the audit queue ({} bytes)",
+                queue::header_capacity()
+            ),
             Unavailable::NoWriter(WriterMissing::Busy) => format!(
                 "no audit writer is free: all {} run for other databases",
                 crate::gucs::audit_writers()
@@ -155,6 +161,7 @@ impl Unavailable {
                 "Every background worker slot is taken: raise max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2, or lower agent_guard.audit_writers; see docs/operations.md, \"Many databases and sizing\".",
                 unsafe { pg_sys::max_worker_processes }
             ),
+            Unavailable::TooLarge => "Raise agent_guard.audit_queue_size (a restart is needed), or send shorter statements.".into(),
             Unavailable::NoWriter(WriterMissing::Slow)
             | Unavailable::Full
             | Unavailable::NotDurable => "Check SELECT agent_guard.audit_stats() and the server log; the audit writer may be down or its queue full.".into(),
@@ -203,7 +210,10 @@ pub(crate) fn ensure_worker(i: usize) -> Result<(), WriterMissing> {
 /// sequence number. Without `patient` (a non-agent session's statement,
 /// which runs unrecorded when it cannot be recorded) it does not wait for
 /// a queue, nor for a writer when none may start now; only for a writer
-/// that is starting (with `need_writer`) and for space.
+/// that is starting (with `need_writer`) and for space. `before_wait` runs
+/// once before the first wait for space (the caller gives back what it
+/// holds reserved for records it can queue now, so that backends waiting for
+/// space never hold it all).
 fn queue_step(
     payload: Option<&[u8]>,
     durable: bool,
@@ -211,6 +221,7 @@ fn queue_step(
     from_reserved: u64,
     need_writer: bool,
     patient: bool,
+    mut before_wait: Option<fn()>,
 ) -> Result<(usize, u64), Unavailable> {
     if !queue::attached() {
         return Err(Unavailable::NoSlot);
@@ -275,7 +286,12 @@ fn queue_step(
                 }
                 sleep.nap(10);
             }
+            Err(queue::Full::TooLarge) => return Err(Unavailable::TooLarge),
             Err(queue::Full::NoSpace) => {
+                if let Some(flush) = before_wait.take() {
+                    flush();
+                    continue;
+                }
                 if expired() {
                     return Err(Unavailable::Full);
                 }
@@ -314,7 +330,7 @@ fn send_later(payload: Vec<u8>, reserved: u64) {
     }
     // all of the event's reservation goes back with it (it was an upper bound)
     let from = STATE.with(|s| s.borrow().held).min(reserved);
-    match queue_step(Some(&payload), false, 0, from, false, true) {
+    match queue_step(Some(&payload), false, 0, from, false, true, None) {
         Ok(_) => STATE.with(|s| s.borrow_mut().held -= from),
         Err(why) => record_lost(&why),
     }
@@ -651,20 +667,33 @@ pub fn statement_start(
         (false, true) => queue::record_bytes(row::event_bound(&event.sk, true)),
         (false, false) => queue::record_bytes(row::complete_record_bound(&event)),
     };
+    // agents' statements (and agent_guard's own events) wait for capacity,
+    // other sessions' run unrecorded rather than wait
+    let patient = agent.is_some() || query_desc == OWN_EVENT;
+    // Only statements that must not run unrecorded reserve: other sessions'
+    // later records take the space that is free then (waiting for it up to
+    // audit_wait_timeout, counted as dropped otherwise), so a cluster of busy
+    // human sessions never holds the queue reserved.
+    let later = if patient { later } else { 0 };
     let first_in_xact = !STATE.with(|s| s.borrow().xact_reserved);
     let reserve = later
-        + if first_in_xact {
+        + if first_in_xact && patient {
             2 * queue::record_bytes(row::event_bound(&event.sk, false))
         } else {
             0
         };
     let payload = durable.then(|| event.event_json());
-    // agents' statements (and agent_guard's own events) wait for capacity,
-    // other sessions' run unrecorded rather than wait
-    let patient = agent.is_some() || query_desc == OWN_EVENT;
     // (other sessions' records queue without a running writer: one is started
     // and writes them later; they never wait for it)
-    let admitted = queue_step(payload.as_deref(), durable, reserve, 0, patient, patient);
+    let admitted = queue_step(
+        payload.as_deref(),
+        durable,
+        reserve,
+        0,
+        patient,
+        patient,
+        Some(flush_deferred),
+    );
     let (slot, seq) = match admitted {
         Ok(v) => v,
         Err(why) => {
@@ -676,10 +705,10 @@ pub fn statement_start(
         let mut s = s.borrow_mut();
         s.held += reserve;
         s.held_slot = slot;
-        if first_in_xact {
+        if first_in_xact && patient {
             s.event_credits = 2;
         }
-        s.xact_reserved = true;
+        s.xact_reserved |= patient;
         !std::mem::replace(&mut s.exit_registered, true)
     });
     if register_exit {
@@ -774,6 +803,11 @@ fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
             }
         }
     }
+}
+
+/// Queue the finished records now (their reservations go back with them).
+fn flush_deferred() {
+    flush_finished(None);
 }
 
 /// Queue the finished records, with the transaction's outcome when it is known.

@@ -366,6 +366,8 @@ pub fn writer_running(s: &Slot) -> bool {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Full {
     NoSpace,
+    /// The record and reservation exceed the whole queue: they never fit.
+    TooLarge,
     /// The slot was released and given to another database meanwhile.
     Reassigned,
     /// No writer runs for the database (the caller starts one and retries).
@@ -399,6 +401,9 @@ pub fn admit(slot: &mut Slot, buf: &mut [u8], db: pg_sys::Oid, a: &Admit) -> Res
     let mine = a.from_reserved.min(slot.reserved);
     let others = slot.reserved - mine;
     let record = a.payload.map_or(0, |p| (HEADER_BYTES + p.len()) as u64);
+    if record + a.reserve > cap {
+        return Err(Full::TooLarge);
+    }
     let free = cap
         .saturating_sub(slot.head - slot.tail)
         .saturating_sub(others);
