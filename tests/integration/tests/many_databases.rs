@@ -440,3 +440,105 @@ fn beyond_a_too_small_capacity_agent_statements_are_refused_not_run_unaudited() 
         "every refusal is counted: {st}"
     );
 }
+
+/// Many sessions in long transactions on a small queue (64 kB): agents'
+/// reservations never hold the queue against each other (a backend that
+/// must wait for space first queues its own finished records, giving their
+/// reservations back), and humans audited with `audit_non_agents = 'all'`
+/// reserve nothing. Before, 24 such sessions held the whole queue reserved
+/// with nothing queued and every statement waited `audit_wait_timeout`.
+#[test]
+fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::init(
+        "reserved",
+        &[
+            "max_connections = 100",
+            "agent_guard.audit_queue_size = '64kB'",
+            "agent_guard.audit_wait_timeout = '20s'",
+        ],
+    );
+    cluster.start();
+    let mut pg = cluster.connect("postgres", "postgres");
+    pg.batch_execute(
+        "CREATE ROLE res_sponsor LOGIN; CREATE ROLE res_agent LOGIN;
+         CREATE EXTENSION agent_guard;
+         SELECT agent_guard.register_agent('res_agent', 'res_sponsor');",
+    )
+    .unwrap();
+    const SESSIONS: usize = 24;
+    const STATEMENTS: usize = 40;
+    let mut threads = vec![];
+    for s in 0..2 * SESSIONS {
+        let agent = s < SESSIONS;
+        let mut c = cluster.connect(if agent { "res_agent" } else { "postgres" }, "postgres");
+        if !agent {
+            c.batch_execute("SET agent_guard.audit_non_agents = 'all'")
+                .unwrap();
+        }
+        threads.push(std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            for round in 0..3 {
+                c.batch_execute("BEGIN").unwrap();
+                for k in 0..STATEMENTS {
+                    let t = Instant::now();
+                    c.batch_execute(&format!(
+                        "SELECT {k}, repeat('x', 300) /* request_id='res{s}-{round}-{k}' */"
+                    ))
+                    .unwrap_or_else(|e| panic!("session {s} (agent: {agent}): {}", describe(&e)));
+                    slowest = slowest.max(t.elapsed());
+                }
+                c.batch_execute("COMMIT").unwrap();
+            }
+            slowest
+        }));
+    }
+    let slowest = threads
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .max()
+        .unwrap();
+    eprintln!(
+        "{} sessions on a 64 kB queue: slowest statement {slowest:?}",
+        2 * SESSIONS
+    );
+    assert!(
+        slowest < Duration::from_secs(5),
+        "no statement waits for reservations nobody gives back (audit_wait_timeout 20 s): slowest {slowest:?}"
+    );
+    let expected = (SESSIONS * 3 * STATEMENTS) as i64;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (agents, humans) = loop {
+        let r = pg
+            .query_one(
+                "SELECT count(*) FILTER (WHERE agent IS NOT NULL), count(*) FILTER (WHERE agent IS NULL)
+                   FROM agent_guard.audit_log WHERE request_id LIKE 'res%'",
+                &[],
+            )
+            .unwrap();
+        let (a, h): (i64, i64) = (r.get(0), r.get(1));
+        if (a == expected && h == expected) || Instant::now() > deadline {
+            break (a, h);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let st = stats(&mut pg);
+    assert_eq!(agents, expected, "every agent statement has its row: {st}");
+    assert_eq!(
+        humans, expected,
+        "every human statement has its row (none dropped): {st}"
+    );
+    assert_eq!(st["totals"]["dropped"].as_u64(), Some(0), "{st}");
+    assert_eq!(st["totals"]["refused"].as_u64(), Some(0), "{st}");
+    let reserved = database_entry(&st, "postgres").and_then(|d| d["reserved_bytes"].as_u64());
+    assert_eq!(
+        reserved,
+        Some(0),
+        "nothing stays reserved once every session is idle: {st}"
+    );
+    let intact: bool = pg
+        .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
+        .unwrap()
+        .get(0);
+    assert!(intact);
+}
