@@ -489,6 +489,75 @@ pub fn complete_record(s: &Stmt) -> Vec<u8> {
     w.0
 }
 
+/// The longest error message a record carries, in bytes (longer ones are
+/// cut at a character boundary): the records a statement reserves queue
+/// space for when it starts must have a known upper size.
+pub const MSG_MAX: usize = 1000;
+
+/// Cut `msg` to at most [`MSG_MAX`] bytes and replace control characters
+/// other than newline and tab by spaces (so that its JSON form is at most
+/// twice as long).
+pub fn bounded_message(msg: &str) -> String {
+    let mut end = msg.len().min(MSG_MAX);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    msg[..end]
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Length of `Wire::str` of `v`.
+fn wire_str_len(v: Option<&str>) -> usize {
+    4 + v.map_or(0, str::len)
+}
+
+/// The exact length of [`complete_record`] of `s` without its end and
+/// transaction end, plus room for the longest end ([`MSG_MAX`]) and
+/// transaction end: the bytes a statement reserves for its complete record.
+pub fn complete_record_bound(s: &Stmt) -> usize {
+    let o = |v: &Option<String>| wire_str_len(v.as_deref());
+    let opt = |v: bool| if v { 9 } else { 1 };
+    let mut n = 1 + wire_str_len(Some(&s.sk)) + 3 * 8 + opt(s.parent.is_some()) + 8 + 8;
+    n += [
+        &s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr,
+    ]
+    .iter()
+    .map(|v| o(v))
+    .sum::<usize>();
+    n += 8;
+    n += [&s.db, &s.rid, &s.tp, &s.cmd, &s.risk]
+        .iter()
+        .map(|v| o(v))
+        .sum::<usize>();
+    n += 8 + s.obj.iter().map(|x| wire_str_len(Some(x))).sum::<usize>();
+    n += wire_str_len(Some(&s.dec)) + o(&s.why) + opt(s.grant.is_some()) + o(&s.text);
+    n += match &s.params {
+        None => 1,
+        Some(ps) => 1 + 8 + ps.iter().map(|p| wire_str_len(p.as_deref())).sum::<usize>(),
+    };
+    // end: flag, ts, rows, out ("error"), state (5), msg
+    n += 1 + 8 + (1 + 8) + wire_str_len(Some("error")) + wire_str_len(Some("XXXXX")) + 4 + MSG_MAX;
+    // transaction end: flag, out, xid
+    n += 1 + wire_str_len(Some("rolled back to savepoint")) + (1 + 8);
+    n
+}
+
+/// Upper size of a JSON event of a statement or transaction of session
+/// `sk` (end, transaction end, savepoint rollback), with an error message
+/// of at most [`MSG_MAX`] bytes in the end event.
+pub fn event_bound(sk: &str, with_message: bool) -> usize {
+    // keys, punctuation, five 20-digit numbers, "rolled back to savepoint", a SQLSTATE
+    256 + 2 * sk.len() + if with_message { 2 * MSG_MAX } else { 0 }
+}
+
 /// The row of a complete record, borrowing its strings from `p` (None if it
 /// is not one, or is malformed).
 pub fn parse_complete_record(p: &[u8]) -> Option<Row<'_>> {
@@ -712,6 +781,32 @@ mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn complete_record_bounds_hold_the_longest_end() {
+        let mut s = sample();
+        s.end = None;
+        s.xo = None;
+        let bound = complete_record_bound(&s);
+        assert!(complete_record(&s).len() <= bound);
+        s.end = Some(End {
+            ts: i64::MAX,
+            rows: Some(u64::MAX),
+            out: "error".into(),
+            state: Some("XX000".into()),
+            msg: Some(bounded_message(&"x".repeat(5000))),
+        });
+        s.xo = Some(XactEnd {
+            out: "rolled back to savepoint".into(),
+            xid: Some(u64::MAX),
+        });
+        assert_eq!(complete_record(&s).len(), bound);
+        let msg = bounded_message(&"é\u{1}".repeat(5000));
+        assert!(msg.len() <= MSG_MAX && msg.len() > MSG_MAX - 3 && !msg.contains('\u{1}'));
+        let event = serde_json::json!({"k": "end", "sk": s.sk, "n": u64::MAX, "ts": i64::MIN,
+            "rows": u64::MAX, "out": "error", "state": "XX000", "msg": "\"".repeat(MSG_MAX)});
+        assert!(event.to_string().len() <= event_bound(&s.sk, true));
     }
 
     #[test]

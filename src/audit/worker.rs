@@ -21,8 +21,16 @@
 //!   makes such a command fail (`DROP DATABASE … WITH (FORCE)` terminates it
 //!   like any session);
 //! - when its queue slot is given to another database (all slots taken; the
-//!   slot idle the longest goes, see [`queue::slot_for`]);
+//!   slot idle the longest, at least a second, goes, see [`queue::slot_for`]);
+//! - when another database waits for a writer and every allowed one
+//!   (`agent_guard.audit_writers`) runs: the idlest is asked to leave
+//!   ([`queue::claim_start`]) and does once it has served [`MIN_SERVICE`];
 //! - on SIGTERM (shutdown, `pg_terminate_backend`), after a last batch.
+//!
+//! Except at SIGTERM and for `DROP DATABASE`, it leaves only with an empty
+//! queue and nothing reserved, atomically with the backends' admission
+//! ([`queue::try_leave`]): a statement admitted while it ran is written by it.
+//! Leaving keeps the slot (and its counters) for the database.
 
 use super::insert;
 use super::queue;
@@ -38,6 +46,7 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How long a writer with nothing to do stays (it holds a background-worker
@@ -47,6 +56,12 @@ const IDLE_EXIT: Duration = Duration::from_secs(600);
 /// How often an idle writer looks whether its database is wanted without
 /// other sessions (`DROP DATABASE` waits up to 5 s for them to go).
 const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// How long a writer serves its database at least before it leaves it to
+/// another database that waits for a writer (so that writers do not spend
+/// their time starting and leaving when more databases are busy than
+/// `agent_guard.audit_writers` allows).
+const MIN_SERVICE: Duration = Duration::from_millis(500);
 
 /// How long a busy writer collects records before its next batch. Records
 /// someone waits for do not wait for it.
@@ -130,7 +145,10 @@ unsafe extern "C-unwind" fn shmem_request() {
             pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
         }
     }
-    queue::request(crate::gucs::audit_queue_bytes());
+    queue::request(
+        crate::gucs::audit_queue_bytes(),
+        crate::gucs::audit_queues(),
+    );
 }
 
 #[pg_guard]
@@ -148,7 +166,10 @@ pub fn init_shmem() {
     unsafe {
         match crate::compat::request_shmem_in_hook(shmem_request) {
             Some(prev) => PREV_SHMEM_REQUEST = prev,
-            None => queue::request(crate::gucs::audit_queue_bytes()),
+            None => queue::request(
+                crate::gucs::audit_queue_bytes(),
+                crate::gucs::audit_queues(),
+            ),
         }
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
@@ -180,6 +201,12 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
             s.worker_state = queue::WORKER_NONE;
         }
     });
+    // Killed (pg_terminate_backend) or failed with records still queued or
+    // promised: a successor writes them now, not at the next statement.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    if db != pg_sys::InvalidOid && queue::needs_writer(i, db) {
+        let _ = crate::audit::ensure_worker(i);
+    }
 }
 
 /// Whether a session wants database `db` to itself (DROP DATABASE and the
@@ -243,6 +270,8 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
             s.worker_pid = pg_sys::MyProcPid;
             s.worker_latch = pg_sys::MyLatch;
             s.worker_state = queue::WORKER_RUNNING;
+            s.worker_since = pg_sys::GetCurrentTimestamp();
+            s.leave_requested = false;
             true
         })
     };
@@ -256,7 +285,8 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         discard_all(i, db);
         return;
     }
-    let mut idle_since = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mut idle_since = started;
     loop {
         let Some(n) = drain(i, db) else {
             break; // the slot serves another database now
@@ -267,10 +297,19 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         if database_wanted_alone(db) {
             // DROP DATABASE (or the like) waits for the other sessions to go
             drain(i, db);
-            queue::release_if_empty(i, db);
+            if !queue::release_if_empty(i, db) {
+                queue::try_leave(i, db, true);
+            }
             break;
         }
-        if n == 0 && idle_since.elapsed() > IDLE_EXIT && queue::release_if_empty(i, db) {
+        // Leave when idle for long, or at once when another database waits
+        // for a writer — but only with an empty queue and nothing reserved
+        // (atomically with the backends' admission), so that every admitted
+        // record is written. The slot stays this database's (with its
+        // counters) until another database needs it.
+        let leave = (queue::leave_requested(i) && started.elapsed() >= MIN_SERVICE)
+            || idle_since.elapsed() > IDLE_EXIT;
+        if n == 0 && leave && queue::try_leave(i, db, false) {
             break;
         }
         // After a batch, collect the next one for a moment (records someone
@@ -278,8 +317,10 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         // empty queue, sleep until a backend wakes it.
         let timeout = if n > 0 { BATCH_DELAY } else { IDLE_POLL };
         if !BackgroundWorker::wait_latch(Some(timeout)) {
+            // SIGTERM (shutdown, pg_terminate_backend): a last batch; what
+            // arrives later is written by the next writer
             drain(i, db);
-            queue::release_if_empty(i, db);
+            queue::try_leave(i, db, true);
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -310,6 +351,9 @@ fn discard_all(i: usize, db: pg_sys::Oid) {
     queue::with_slot(i, |s, _| {
         if s.dboid == db {
             s.dropped += s.enqueued - s.durable;
+            queue::totals()
+                .dropped
+                .fetch_add(s.enqueued - s.durable, Ordering::Relaxed);
             s.tail = s.head;
             s.durable = s.enqueued;
             s.oldest_ts = 0;
@@ -356,6 +400,10 @@ fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
         s.durable = last_seq;
         s.written += (n - undecodable) as u64;
         s.dropped += undecodable as u64;
+        let t = queue::totals();
+        t.written
+            .fetch_add((n - undecodable) as u64, Ordering::Relaxed);
+        t.dropped.fetch_add(undecodable as u64, Ordering::Relaxed);
         s.oldest_ts = if s.tail == s.head { 0 } else { now };
         s.last_active = now;
     });
