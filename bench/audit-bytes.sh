@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     --statements) statements=$2; shift ;;
     --port) port=$2; shift ;;
     --data-dir) datadir=$2; shift ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "bench/audit-bytes.sh: unknown argument $1" ;;
   esac
   shift

@@ -75,10 +75,12 @@ pub fn hash_text(stored: &[u8]) -> String {
     }
 }
 
-/// The stored form of a chain hash text (the inverse of [`hash_text`]).
+/// The stored form of a chain hash text (the inverse of [`hash_text`]):
+/// 64 lowercase hex digits as their 32 bytes, anything else as its bytes
+/// (as SQL `agent_guard._hash_bytes`).
 pub fn hash_bytes(text: &str) -> Vec<u8> {
     let b = text.as_bytes();
-    if b.len() == 64 && b.iter().all(u8::is_ascii_hexdigit) {
+    if b.len() == 64 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
         (0..32)
             .map(|i| (nibble(b[2 * i]) << 4) | nibble(b[2 * i + 1]))
             .collect()
