@@ -114,8 +114,12 @@ static mut XACT_CALLBACK: bool = false;
 
 #[pg_guard]
 unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    if !matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT) {
+        return;
+    }
     let db = unsafe { std::mem::replace(&mut *(&raw mut DROPPED_DB), 0) };
-    if db != 0 && event == pg_sys::XactEvent::XACT_EVENT_COMMIT {
+    if db != 0 && event == XACT_EVENT_COMMIT {
         super::head::forget(db);
     }
 }
