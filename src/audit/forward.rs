@@ -227,14 +227,36 @@ pub fn send(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
             Ok(()) => Ok(()),
             Err(e) => {
                 if durable {
-                    // the statement is refused: its record is not kept for later
-                    f.pending.pop();
+                    // The statement is refused: its record is not kept for
+                    // later. The primary may have committed it all the same
+                    // (its answer, or this standby's replay of it, came too
+                    // late): an end event saying it was refused follows with
+                    // the next batch, and changes nothing if the record never
+                    // arrived.
+                    if let Some(end) = f.pending.pop().and_then(|p| refused_end(&p)) {
+                        f.pending.push(end);
+                    }
                 }
                 f.last_error = e;
                 Err(Unavailable::Forwarding)
             }
         }
     })
+}
+
+/// The end event of a statement record (`payload`) refused on this standby
+/// because the primary did not confirm it in time.
+fn refused_end(payload: &[u8]) -> Option<Vec<u8>> {
+    let e: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if e["k"].as_str() != Some("stmt") {
+        return None;
+    }
+    let end = serde_json::json!({
+        "k": "end", "sk": e["sk"], "n": e["n"], "ts": now_us(), "rows": null,
+        "out": "error", "state": "42501",
+        "msg": "refused on the standby: the primary did not confirm this record in time",
+    });
+    Some(end.to_string().into_bytes())
 }
 
 /// Send what is queued (at transaction end). Never raises an error: a

@@ -166,6 +166,43 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     assert!(intact, "{problem:?}");
     assert!(n >= 1);
 
+    // the primary commits the record but the standby cannot confirm it in
+    // time (its replay is paused): the read is refused, and the primary's
+    // row gets that outcome with the next batch instead of staying open
+    s_admin
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .unwrap();
+    refused_42501(
+        &mut a,
+        &format!("SELECT ssn FROM {table} WHERE id = 1 /* request_id='sf-unconfirmed' */"),
+    );
+    s_admin
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .unwrap();
+    a.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-after' */"))
+        .unwrap_or_else(|e| panic!("the next read runs: {}", describe(&e)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unconfirmed = loop {
+        let r = p
+            .query(
+                "SELECT outcome, sqlstate FROM agent_guard.audit_forwarded
+                 WHERE source = $1 AND request_id = 'sf-unconfirmed'",
+                &[&source],
+            )
+            .unwrap();
+        let v: Vec<(Option<String>, Option<String>)> =
+            r.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if v.iter().any(|x| x.0.is_some()) || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        unconfirmed,
+        vec![(Some("error".to_string()), Some("42501".to_string()))],
+        "the refused read's record on the primary says it was refused"
+    );
+
     // writes stay refused, and the refusal is recorded on the primary
     let e = refused_42501(
         &mut a,

@@ -7,6 +7,9 @@
 //! anchor is exposed by `verify_audit()` and `verify_audit_anchor()`, which
 //! compare the trail with the chain head the writer keeps outside the table.
 //!
+//! `DROP DATABASE` is logged with the head of the trail it takes along, and
+//! the head file goes with it.
+//!
 //! Each test uses a database of its own (so DROP EXTENSION there touches no
 //! other test) on the test cluster, as the superuser (a human session).
 
@@ -311,8 +314,29 @@ fn the_chain_head_is_kept_outside_the_table_in_a_file_and_the_server_log() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // DROP DATABASE takes the trail along: logged with its head, and the
+    // head file goes with the database (a later database with its OID
+    // starts afresh)
     drop(d);
-    drop_database(&db);
+    let from = server_log_len();
+    let mut pg = connect_db(&superuser(), "postgres");
+    pg.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap_or_else(|e| panic!("DROP DATABASE: {}", describe(&e)));
+    let needle = format!("audit trail of database \"{db}\" (oid {oid}) dropped with the database by");
+    assert!(
+        wait_for_log(from, &needle, Duration::from_secs(10)),
+        "DROP DATABASE is in the server log: {needle}"
+    );
+    let logged = server_log_since(from);
+    let line = logged.lines().find(|l| l.contains(&needle)).unwrap_or("");
+    assert!(
+        line.contains(&format!("chain head id {}, hash {}", head.0, head.1)),
+        "the log line names the head: {line}"
+    );
+    assert!(
+        !std::path::Path::new(&file).exists(),
+        "{file} is removed with the database"
+    );
 }
 
 #[test]
