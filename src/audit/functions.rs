@@ -207,10 +207,22 @@ fn report() -> Report {
     }
     // the anchor the chain starts from must be one purge_audit() made
     if let Some((pid, a)) = &anchor {
+        // (the trail stores statement texts redacted: a hex anchor with a
+        // long run of digits can read as a card number, so the row may hold
+        // the redacted form of purge_audit()'s text instead)
+        let rows_purged = Spi::get_one_with_args::<i64>(
+            "SELECT rows_purged FROM agent_guard.audit_purges WHERE id = $1",
+            &[(*pid).into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(-1);
+        let redacted = crate::lexer::redact(&purge_text(rows_purged, Some(a)), false);
         let named = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM agent_guard.audit_log \
-                            WHERE command = 'PURGE AUDIT' AND pg_catalog.strpos(statement_text, $1) > 0)",
-            &[a.as_str().into()],
+                            WHERE command = 'PURGE AUDIT' \
+                              AND (pg_catalog.strpos(statement_text, $1) > 0 OR statement_text = $2))",
+            &[a.as_str().into(), redacted.into()],
         )
         .ok()
         .flatten()
@@ -502,12 +514,14 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
     // The trail's own row names the anchor: verify_audit() accepts an
     // anchor only if a PURGE AUDIT row of the chain names it (one inserted
     // into audit_purges by hand, triggers disabled, is named by none).
-    super::record_admin_event(
-        "PURGE AUDIT",
-        &format!(
-            "agent_guard.purge_audit() removed {result} rows; the trail continues from anchor {}",
-            anchor.as_deref().unwrap_or("(none)")
-        ),
-    );
+    super::record_admin_event("PURGE AUDIT", &purge_text(result, anchor.as_deref()));
     result
+}
+
+/// The text of the trail's PURGE AUDIT row (verify_audit() looks for it).
+fn purge_text(rows: i64, anchor: Option<&str>) -> String {
+    format!(
+        "agent_guard.purge_audit() removed {rows} rows; the trail continues from anchor {}",
+        anchor.unwrap_or("(none)")
+    )
 }
