@@ -21,8 +21,9 @@
 //! again after one (nothing is held back). If the primary cannot take the
 //! record in time (`agent_guard.audit_wait_timeout`), the statement is
 //! refused. Ends of statements and transaction outcomes are collected and
-//! sent at transaction end (and with the next record); a failure there only
-//! leaves the statement's outcome open in the trail (logged as a warning).
+//! sent at transaction end (and with the next record, and once more when the
+//! session ends); a failure there only leaves the statement's outcome open
+//! in the trail (a warning, and at the session's end a log line).
 //!
 //! Writes and schema changes stay refused on a standby either way (it is
 //! read-only). The settings are PGC_SIGHUP; the connection string is visible

@@ -207,10 +207,9 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     // outcome at COMMIT (a WARNING says so); they go with the session's
     // last try when it ends, once the primary takes them again
     let mut a2 = standby.connect(&agent, &db);
-    a2.batch_execute(&format!(
-        "BEGIN; SELECT id FROM {table} /* request_id='sf-exit' */"
-    ))
-    .unwrap();
+    a2.batch_execute("BEGIN").unwrap();
+    a2.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-exit' */"))
+        .unwrap();
     p.batch_execute(&format!("REVOKE agent_guard_forwarder FROM {fwd}"))
         .unwrap();
     a2.batch_execute("COMMIT")
