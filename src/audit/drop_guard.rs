@@ -94,7 +94,10 @@ fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
         rows += 1;
         let id = t.int8(1).unwrap_or(0);
         if last.as_ref().is_none_or(|(l, _)| id > *l) {
-            let h = (hash_col > 0).then(|| t.text(hash_col)).flatten();
+            let h = (hash_col > 0)
+                .then(|| t.bytea(hash_col))
+                .flatten()
+                .map(|b| agent_guard_core::chain::hash_text(&b));
             last = Some((id, h));
         }
     });

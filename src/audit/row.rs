@@ -322,17 +322,55 @@ fn unix_us(pg_us: i64) -> i64 {
     pg_us + 946_684_800_000_000
 }
 
-/// Append the hashed content of row `id` to `out`; equals SQL `agent_guard._row_content(row)`.
-pub fn write_row_content(id: i64, s: &Row, out: &mut String) {
+/// A session's context as `agent_guard.audit_sessions` stores it once per
+/// session (and again whenever it changes: `SET application_name`, `SET
+/// SESSION AUTHORIZATION`, a new sponsor).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionCtx {
+    pub sk: String,
+    pub su: Option<String>,
+    pub login: Option<String>,
+    pub sponsor: Option<String>,
+    pub app: Option<String>,
+    pub addr: Option<String>,
+    pub db: Option<String>,
+}
+
+impl Row<'_> {
+    /// Whether `c` is this row's session context.
+    pub fn has_ctx(&self, c: &SessionCtx) -> bool {
+        self.sk == c.sk
+            && self.su == c.su.as_deref()
+            && self.login == c.login.as_deref()
+            && self.sponsor == c.sponsor.as_deref()
+            && self.app == c.app.as_deref()
+            && self.addr == c.addr.as_deref()
+            && self.db == c.db.as_deref()
+    }
+
+    /// This row's session context.
+    pub fn ctx(&self) -> SessionCtx {
+        let own = |v: Option<&str>| v.map(str::to_string);
+        SessionCtx {
+            sk: self.sk.to_string(),
+            su: own(self.su),
+            login: own(self.login),
+            sponsor: own(self.sponsor),
+            app: own(self.app),
+            addr: own(self.addr),
+            db: own(self.db),
+        }
+    }
+}
+
+/// Append the hashed content of row `id`, whose session context is row
+/// `session_id` of `agent_guard.audit_sessions`, to `out`; equals SQL
+/// `agent_guard._row_content(row, session)`. The session's context is part
+/// of every row's hash, so rewriting a session row breaks the chain at the
+/// first row that refers to it.
+pub fn write_row_content(id: i64, session_id: i64, s: &Row, out: &mut String) {
     let mut a = PgArray::new(out);
     a.num(Some(id));
-    // the event key: the session key, ':' and digits (which need no escaping)
-    let key = a.sep();
-    pg_json_str(s.sk, key);
-    key.pop();
-    key.push(':');
-    push_int(key, s.n as i128);
-    key.push('"');
     a.str(Some(s.sk));
     a.num(Some(s.n));
     a.num(Some(s.x));
@@ -353,6 +391,8 @@ pub fn write_row_content(id: i64, s: &Row, out: &mut String) {
     a.num(s.grant);
     a.str(s.text);
     a.strs(s.params.as_ref().map(|ps| ps.iter().copied()));
+    a.num(Some(session_id));
+    a.str(Some(s.sk));
     a.finish();
 }
 
@@ -374,7 +414,7 @@ pub fn write_outcome_content(s: &Row, out: &mut String) {
 #[cfg(test)]
 fn row_content(id: i64, s: &Row) -> String {
     let mut out = String::with_capacity(256 + s.text.map_or(0, str::len));
-    write_row_content(id, s, &mut out);
+    write_row_content(id, 5, s, &mut out);
     out
 }
 
@@ -690,7 +730,7 @@ mod tests {
     }
 
     #[test]
-    fn event_keys_in_content_match_the_column() {
+    fn event_keys_of_rows_and_statements_agree() {
         let s = Stmt {
             sk: "9-\"q\"".into(),
             n: 42,
@@ -698,9 +738,26 @@ mod tests {
         };
         let row = s.row();
         assert_eq!(row.event_key(), s.event_key());
-        let mut expected = String::new();
-        pg_json_str(&s.event_key(), &mut expected);
-        assert!(row_content(1, &row).starts_with(&format!("[1, {expected}, ")));
+        assert_eq!(row.event_key(), "9-\"q\":42");
+    }
+
+    #[test]
+    fn the_session_context_is_hashed_with_its_session_row() {
+        let s = Stmt {
+            app: Some("app".into()),
+            sponsor: Some("alice".into()),
+            ..sample()
+        };
+        let row = s.row();
+        let c = row.ctx();
+        assert!(row.has_ctx(&c));
+        let other = SessionCtx {
+            sponsor: Some("bob".into()),
+            ..c.clone()
+        };
+        assert!(!row.has_ctx(&other));
+        assert!(row_content(7, &row).ends_with(", 5, \"1-2\"]"));
+        assert!(row_content(7, &row).contains("\"alice\", \"app\""));
     }
 
     fn sample() -> Stmt {
@@ -759,7 +816,7 @@ mod tests {
         let back = parse_complete_record(&rec).unwrap();
         assert_eq!(row_content(7, &back), row_content(7, &s.row()));
         assert!(row_content(7, &s.row())
-            .starts_with("[7, \"1-2:3\", \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
+            .starts_with("[7, \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
         assert_eq!(
             outcome_content(&back),
             "[946684800000020, 1, \"ok\", null, null, null, \"committed\"]"

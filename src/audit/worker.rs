@@ -35,8 +35,8 @@
 use super::insert;
 use super::queue;
 use super::row::{
-    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row, Stmt,
-    XactEnd,
+    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row,
+    SessionCtx, Stmt, XactEnd,
 };
 use agent_guard_core::chain;
 use pgrx::bgworkers::{
@@ -114,7 +114,17 @@ thread_local! {
     /// The audit_log the cached chain head and open transactions belong to
     /// (a re-created extension has a new one, starting a new chain).
     static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// Each session's newest context and its row in agent_guard.audit_sessions
+    /// (committed ones only: see [`NEW_SESSIONS`]).
+    static SESSIONS: RefCell<HashMap<String, (SessionCtx, i64)>> = RefCell::new(HashMap::new());
+    /// Session rows the batch being written added (known to [`SESSIONS`] once it commits).
+    static NEW_SESSIONS: RefCell<Vec<(SessionCtx, i64)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Sessions whose context the writer remembers at most; beyond, it forgets
+/// them all (a session seen again gets a new session row: correct, if
+/// not as small).
+const SESSIONS_LIMIT: usize = 10_000;
 
 /// True in the audit writer process and while purge_audit() runs.
 pub fn is_writer() -> bool {
@@ -376,6 +386,7 @@ fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
         .first_seq()
         .is_some_and(|seq| seq <= RECHECK_UNTIL.with(|c| c.get()));
     let (new_last, undecodable) = BackgroundWorker::transaction(|| write_batch(&batch, recheck));
+    remember_sessions();
     super::head::committed(flush);
     LAST_HASH.with(|h| *h.borrow_mut() = Some(new_last));
     let n = batch.len();
@@ -417,13 +428,72 @@ fn check_table() {
         PENDING.with(|p| *p.borrow_mut() = None);
         OPEN.with(|o| *o.borrow_mut() = OpenRows::default());
         COMPLETE_PLAN.with(|p| *p.borrow_mut() = None);
+        SESSIONS.with(|s| s.borrow_mut().clear());
     }
+}
+
+/// The batch committed: its new session rows are the sessions' contexts now.
+fn remember_sessions() {
+    let new = NEW_SESSIONS.with(|n| std::mem::take(&mut *n.borrow_mut()));
+    SESSIONS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() + new.len() > SESSIONS_LIMIT {
+            s.clear();
+        }
+        for (ctx, id) in new {
+            s.insert(ctx.sk.clone(), (ctx, id));
+        }
+    });
+}
+
+/// The agent_guard.audit_sessions row of `row`'s session context: the one
+/// remembered, one this batch added, or a new one.
+fn session_id(row: &Row) -> i64 {
+    let known = SESSIONS.with(|s| {
+        s.borrow()
+            .get(row.sk)
+            .filter(|(c, _)| row.has_ctx(c))
+            .map(|(_, id)| *id)
+    });
+    if let Some(id) = known {
+        return id;
+    }
+    let added = NEW_SESSIONS.with(|n| {
+        n.borrow()
+            .iter()
+            .rev()
+            .find(|(c, _)| row.has_ctx(c))
+            .map(|(_, id)| *id)
+    });
+    if let Some(id) = added {
+        return id;
+    }
+    let ctx = row.ctx();
+    let id = Spi::get_one_with_args::<i64>(
+        "INSERT INTO agent_guard.audit_sessions (session_key, session_user_name, login_role, sponsor, \
+                                                application_name, client_addr, database_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        &[
+            ctx.sk.as_str().into(),
+            ctx.su.clone().into(),
+            ctx.login.clone().into(),
+            ctx.sponsor.clone().into(),
+            ctx.app.clone().into(),
+            ctx.addr.clone().into(),
+            ctx.db.clone().into(),
+        ],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| pgrx::error!("agent_guard: cannot record an audit session"));
+    NEW_SESSIONS.with(|n| n.borrow_mut().push((ctx, id)));
+    id
 }
 
 fn last_hash() -> String {
     LAST_HASH.with(|h| h.borrow().clone()).unwrap_or_else(|| {
         Spi::get_one::<String>(
-            "SELECT row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
+            "SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
         )
         .ok()
         .flatten()
@@ -460,6 +530,7 @@ fn pending_xacts() -> HashSet<(String, u64)> {
 /// inserted row; only statements whose end comes in a later batch are updated.
 fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     check_table();
+    NEW_SESSIONS.with(|n| n.borrow_mut().clear());
     // Rows in queue order: complete records as they are (borrowed from the
     // batch), statement events with the end and transaction events of the
     // same batch merged in (decoded into `events`).
@@ -563,24 +634,23 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         // table: a predecessor that died between its commit and advancing the
         // queue wrote at most one row per record of this batch (it started at
         // the same place), and its rows are the newest ones.
-        let keys: Vec<String> = rows.iter().map(Row::event_key).collect();
+        // (session_key, statement_no) identifies a statement
         let newest = batch.len() as i64;
-        let already: HashSet<String> = Spi::connect(|c| {
+        let already: HashSet<(String, i64)> = Spi::connect(|c| {
             c.select(
-                "SELECT n.event_key FROM (SELECT a.event_key FROM agent_guard.audit_log a \
-                                          ORDER BY a.id DESC LIMIT $2) n \
-                 WHERE n.event_key = ANY($1)",
+                "SELECT a.session_key, a.statement_no FROM agent_guard.audit_log a \
+                 ORDER BY a.id DESC LIMIT $1",
                 None,
-                &[keys.into(), newest.into()],
+                &[newest.into()],
             )
             .map(|t| {
-                t.filter_map(|r| r.get::<String>(1).ok().flatten())
+                t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??)))
                     .collect()
             })
             .unwrap_or_default()
         });
         if !already.is_empty() {
-            rows.retain(|r| !already.contains(&r.event_key()));
+            rows.retain(|r| !already.contains(&(r.sk.to_string(), r.n as i64)));
         }
     }
     let mut prev = last_hash();
@@ -595,8 +665,9 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         for row in &rows {
             // each row's hash covers its id, so ids come first
             let id = table.next_id();
+            let session_id = session_id(row);
             content.clear();
-            write_row_content(id, row, &mut content);
+            write_row_content(id, session_id, row, &mut content);
             let head = sealed.last().map_or(prev.as_str(), |s| s.row_hash.as_str());
             let row_hash = chain::link_hex(head, &content);
             let outcome_hash = row.has_outcome().then(|| {
@@ -606,6 +677,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
             });
             sealed.push(insert::Sealed {
                 id,
+                session_id,
                 row_hash,
                 outcome_hash,
                 row,
@@ -653,7 +725,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     }
     if !touched.is_empty() {
         Spi::run_with_args(
-            "UPDATE agent_guard.audit_log a SET outcome_hash = agent_guard._link(a.row_hash, agent_guard._outcome_content(a)) \
+            "UPDATE agent_guard.audit_log a SET outcome_hash = agent_guard._hash_bytes(agent_guard._link(agent_guard._hash_text(a.row_hash), agent_guard._outcome_content(a))) \
              WHERE a.id = ANY($1) AND (a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL)",
             &[touched.into()],
         )
@@ -853,7 +925,8 @@ fn complete_open_rows(open: &mut OpenRows) {
                         "UPDATE agent_guard.audit_log a SET ended_at = u.ended_at::pg_catalog.timestamptz, \
                          rows_affected = u.rows_affected, outcome = u.outcome, sqlstate = u.sqlstate, \
                          error_message = u.error_message, transaction_id = u.transaction_id, \
-                         transaction_outcome = u.transaction_outcome, outcome_hash = u.outcome_hash \
+                         transaction_outcome = u.transaction_outcome, \
+                         outcome_hash = pg_catalog.decode(u.outcome_hash, 'hex') \
                          FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
                                          pg_catalog.unnest($3), pg_catalog.unnest($4), \
                                          pg_catalog.unnest($5), pg_catalog.unnest($6), \
