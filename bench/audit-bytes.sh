@@ -3,7 +3,9 @@
 # N statements of three everyday shapes (a point lookup, the same with a
 # sqlcommenter request id, a short join) through pgbench; once the writer
 # has recorded every one, reports the heap, TOAST and index bytes of
-# agent_guard.audit_log per row, and the average stored size of each column.
+# agent_guard.audit_log per row (and of agent_guard.audit_sessions, the
+# session context stored once per session), and the average stored size of
+# each column.
 # See BENCHMARKS.md ("Audit storage").
 #
 #   bash bench/audit-bytes.sh [--no-install] [--statements N] [--port P] [--data-dir DIR]
@@ -25,7 +27,7 @@ while [ $# -gt 0 ]; do
     --statements) statements=$2; shift ;;
     --port) port=$2; shift ;;
     --data-dir) datadir=$2; shift ;;
-    -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) ag_die "bench/audit-bytes.sh: unknown argument $1" ;;
   esac
   shift
@@ -96,6 +98,18 @@ SELECT i.indexrelid::regclass AS index, round(pg_relation_size(i.indexrelid)::nu
 FROM pg_index i, (SELECT count(*) AS n FROM agent_guard.audit_log) c
 WHERE i.indrelid = 'agent_guard.audit_log'::regclass ORDER BY 2 DESC;
 SQL
+# the session context stored once per session (agent_guard.audit_sessions,
+# 0.2.0's layout; absent before it), per audit_log row
+if [ "$(psql_ -U postgres -d bytes_bench -At -c "SELECT to_regclass('agent_guard.audit_sessions') IS NOT NULL")" = t ]; then
+  psql_ -U postgres -d bytes_bench <<'SQL'
+\pset footer off
+SELECT (SELECT count(*) FROM agent_guard.audit_sessions) AS session_rows,
+       round(pg_total_relation_size('agent_guard.audit_sessions')::numeric
+             / (SELECT count(*) FROM agent_guard.audit_log), 1) AS session_bytes_per_row,
+       round((pg_total_relation_size('agent_guard.audit_log') + pg_total_relation_size('agent_guard.audit_sessions'))::numeric
+             / (SELECT count(*) FROM agent_guard.audit_log)) AS trail_bytes_per_row;
+SQL
+fi
 # the average stored size of each column (pg_column_size of the datum)
 cols=$(psql_ -U postgres -d bytes_bench -At -c "SELECT string_agg(format('round(avg(coalesce(pg_column_size(%1\$I), 0)), 1) AS %1\$I', attname), ', ' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 'agent_guard.audit_log'::regclass AND attnum > 0 AND NOT attisdropped")
 psql_ -U postgres -d bytes_bench -x -c "SELECT $cols FROM agent_guard.audit_log"

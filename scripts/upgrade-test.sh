@@ -20,7 +20,9 @@
 # script, every sql/agent_guard--A--B.sql), start, ALTER EXTENSION agent_guard
 # UPDATE, and check that everything still works: the agent is still an agent,
 # masked, refused and audited; the grant still covers its write; the audit
-# chain verifies across the upgrade, with new rows appended to it; and the
+# chain verifies across the upgrade, with new rows appended to it (the old
+# rows keep their hashes and the formula they were written with, their
+# session context moved to agent_guard.audit_sessions and still covered); and the
 # upgraded extension's objects are exactly those of a fresh install of this
 # version (functions with their definitions, settings and privileges,
 # tables, columns, indexes, views, triggers, event triggers).
@@ -174,7 +176,6 @@ SQL
   check "$from: granted write" "UPDATE 1" "$(q up_bot up_old "UPDATE customers SET name = 'Ada L' WHERE id = 1")"
   wait_rows up_old 4
   old_rows=$(q postgres up_old "SELECT count(*) FROM agent_guard.audit_log")
-  old_file=$(q postgres up_old "SELECT pg_relation_filenode('agent_guard.audit_log')")
   check "$from: trail intact before the upgrade" "t" "$(q postgres up_old "SELECT intact FROM agent_guard.verify_audit()")"
 
   # ---- the upgrade: new package, restart, ALTER EXTENSION UPDATE ----
@@ -193,9 +194,21 @@ SQL
   check "upgraded: new statements appended to the trail" "t" \
     "$(q postgres up_old "SELECT count(*) >= $old_rows + 3 FROM agent_guard.audit_log")"
   check "upgraded: trail intact across the upgrade" "t" "$(q postgres up_old "SELECT intact FROM agent_guard.verify_audit()")"
-  # retention (issue 14.6b): the 0.1.0 table, not rewritten (same file), is the first partition
-  check "upgraded: the 0.1.0 table is audit_log's first partition, not rewritten" "audit_log_0_1_0|$old_file|t" \
-    "$(q postgres up_old "SELECT (SELECT relname FROM agent_guard._audit_partitions() ORDER BY lo NULLS FIRST LIMIT 1) || '|' || pg_relation_filenode('agent_guard.audit_log_0_1_0') || '|' || (count(*) >= $old_rows) FROM agent_guard.audit_log_0_1_0")"
+  # 0.2.0's row layout (session context once per session, hashes as bytea):
+  # the rows written under the old release keep their hashes and verify with
+  # the formula they were written with (ids up to audit_layout.v1_last_id)
+  check "upgraded: the 0.1.0 rows are marked for their formula" "t" \
+    "$(q postgres up_old "SELECT count(*) >= $old_rows FROM agent_guard.audit_log WHERE id <= (SELECT v1_last_id FROM agent_guard.audit_layout)")"
+  check "upgraded: new rows use 0.2.0's formula" "t" \
+    "$(q postgres up_old "SELECT count(*) >= 3 FROM agent_guard.audit_log WHERE id > (SELECT v1_last_id FROM agent_guard.audit_layout)")"
+  check "upgraded: the 0.1.0 rows keep their session context" "up_bot|up_sponsor" \
+    "$(q postgres up_old "SELECT DISTINCT agent || '|' || sponsor FROM agent_guard.audit_trail WHERE agent = 'up_bot' AND id <= (SELECT v1_last_id FROM agent_guard.audit_layout)")"
+  # (in a transaction left open: rolled back when psql leaves)
+  check "upgraded: a rewritten 0.1.0 session row is exposed" "f" \
+    "$(q postgres up_old "BEGIN; ALTER TABLE agent_guard.audit_sessions DISABLE TRIGGER audit_sessions_append_only; UPDATE agent_guard.audit_sessions SET sponsor = 'someone_else' WHERE id = (SELECT min(id) FROM agent_guard.audit_sessions WHERE sponsor = 'up_sponsor'); SELECT intact FROM agent_guard.verify_audit()" | tail -n 1)"
+  # retention (issue 14.6b): the 0.1.0 table (with its rows) is audit_log's first partition
+  check "upgraded: the 0.1.0 table is audit_log's first partition" "audit_log_0_1_0|t" \
+    "$(q postgres up_old "SELECT (SELECT relname FROM agent_guard._audit_partitions() ORDER BY lo NULLS FIRST LIMIT 1) || '|' || (count(*) >= $old_rows) FROM agent_guard.audit_log_0_1_0")"
   check "upgraded: real data kept" "Ada|219-09-9999" "$(q postgres up_old "SELECT name || '|' || ssn FROM customers WHERE id = 1")"
   sql up_fresh <<<"CREATE EXTENSION agent_guard;"
   fresh=$(describe_extension up_fresh)

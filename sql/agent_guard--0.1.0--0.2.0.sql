@@ -3,6 +3,320 @@
 -- scripts/upgrade-test.sh checks that the result equals a fresh 0.2.0 install.
 \echo Use "ALTER EXTENSION agent_guard UPDATE" to load this file. \quit
 
+-- ---- row layout (issue 14.6a): session context once per session, hashes
+-- as bytea, no event_key (sql/audit.sql's "row layout" blocks) ----
+-- Conversion of a 0.1.0 trail. Its rows keep the hashes they were written
+-- with, and keep verifying with the formula they were written with: the
+-- newest 0.1.0 row's id is recorded in agent_guard.audit_layout and
+-- verify_audit() uses agent_guard._row_content_v1 up to it. Re-chaining the
+-- old rows instead would overwrite the very hashes an auditor (or an
+-- external anchor from audit_anchor(), or the writer's head file) already
+-- holds; keeping them means every anchor taken under 0.1.0 still holds.
+-- Nothing is lost: the session columns move to agent_guard.audit_sessions
+-- (one row per distinct context of a session, which _row_content_v1 reads
+-- back), event_key is session_key:statement_no by construction (rebuilt),
+-- and hex hashes become their 32 bytes (the chain's text is the same,
+-- agent_guard._hash_text). Moving the boundary by hand breaks the chain at
+-- the rows it moves past (they no longer match either formula's hash).
+LOCK TABLE agent_guard.audit_log IN ACCESS EXCLUSIVE MODE;
+-- A stored hash as the chain's text: 32 bytes as lowercase hex, anything
+-- else (the genesis value) as its text (agent_guard_core::chain::hash_text).
+CREATE FUNCTION agent_guard._hash_text(h bytea) RETURNS text
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN pg_catalog.length(h) = 32 THEN pg_catalog.encode(h, 'hex')
+            ELSE pg_catalog.convert_from(h, 'UTF8') END
+$$;
+
+-- The stored form of a chain hash text (the inverse of _hash_text).
+CREATE FUNCTION agent_guard._hash_bytes(t text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT CASE WHEN pg_catalog.length(t) = 64 AND pg_catalog.ltrim(t, '0123456789abcdef') = ''
+            THEN pg_catalog.decode(t, 'hex')
+            ELSE pg_catalog.convert_to(t, 'UTF8') END
+$$;
+CREATE TABLE agent_guard.audit_sessions (
+    id                  bigserial PRIMARY KEY,
+    session_key         text NOT NULL,
+    session_user_name   text,
+    login_role          text,
+    sponsor             text,
+    application_name    text,
+    client_addr         text,
+    database_name       text
+);
+COMMENT ON TABLE agent_guard.audit_sessions IS
+    'The session context of agent_guard.audit_log rows (audit_log.session_id), once per session; covered by the rows'' hashes';
+REVOKE ALL ON agent_guard.audit_sessions FROM PUBLIC;
+GRANT SELECT ON agent_guard.audit_sessions TO agent_guard_admin, agent_guard_approver;
+
+-- Rows written by 0.1.0 (ids up to v1_last_id) keep the hash formula they
+-- were written with (agent_guard._row_content_v1); empty on a fresh install.
+CREATE TABLE agent_guard.audit_layout (
+    v1_last_id          bigint NOT NULL,
+    converted_at        timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+REVOKE ALL ON agent_guard.audit_layout FROM PUBLIC;
+GRANT SELECT ON agent_guard.audit_layout TO agent_guard_admin;
+INSERT INTO agent_guard.audit_layout (v1_last_id)
+SELECT max(id) FROM agent_guard.audit_log HAVING max(id) IS NOT NULL;
+INSERT INTO agent_guard.audit_sessions (session_key, session_user_name, login_role, sponsor,
+                                        application_name, client_addr, database_name)
+SELECT session_key, session_user_name, login_role, sponsor, application_name, client_addr, database_name
+FROM agent_guard.audit_log
+GROUP BY session_key, session_user_name, login_role, sponsor, application_name, client_addr, database_name
+ORDER BY min(id);
+ALTER TABLE agent_guard.audit_log ADD COLUMN session_id bigint;
+ALTER TABLE agent_guard.audit_log DISABLE TRIGGER audit_log_append_only;
+UPDATE agent_guard.audit_log a SET session_id = s.id
+FROM agent_guard.audit_sessions s
+WHERE s.session_key = a.session_key
+  AND s.session_user_name IS NOT DISTINCT FROM a.session_user_name
+  AND s.login_role IS NOT DISTINCT FROM a.login_role
+  AND s.sponsor IS NOT DISTINCT FROM a.sponsor
+  AND s.application_name IS NOT DISTINCT FROM a.application_name
+  AND s.client_addr IS NOT DISTINCT FROM a.client_addr
+  AND s.database_name IS NOT DISTINCT FROM a.database_name;
+ALTER TABLE agent_guard.audit_log ENABLE TRIGGER audit_log_append_only;
+DROP VIEW agent_guard.audit_trail;
+DROP FUNCTION agent_guard._row_content(agent_guard.audit_log);
+ALTER TABLE agent_guard.audit_log
+    ALTER COLUMN session_id SET NOT NULL,
+    DROP COLUMN event_key,
+    DROP COLUMN session_user_name,
+    DROP COLUMN login_role,
+    DROP COLUMN sponsor,
+    DROP COLUMN application_name,
+    DROP COLUMN client_addr,
+    DROP COLUMN database_name,
+    ALTER COLUMN prev_hash TYPE bytea USING agent_guard._hash_bytes(prev_hash),
+    ALTER COLUMN row_hash TYPE bytea USING agent_guard._hash_bytes(row_hash),
+    ALTER COLUMN outcome_hash TYPE bytea USING agent_guard._hash_bytes(outcome_hash);
+CREATE TRIGGER audit_sessions_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON agent_guard.audit_sessions
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._protect_audit();
+CREATE TRIGGER audit_layout_append_only
+    BEFORE UPDATE OR DELETE OR TRUNCATE ON agent_guard.audit_layout
+    FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._protect_audit();
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_sessions', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_sessions_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_layout', '');
+-- The hashed content of a row: its immutable columns and its session's
+-- context, time zone independent (src/audit/row.rs writes the same text).
+CREATE FUNCTION agent_guard._row_content(a agent_guard.audit_log, s agent_guard.audit_sessions) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.jsonb_build_array(
+    a.id, a.session_key, a.statement_no, a.local_xact, a.subxact, a.parent_statement,
+    a.nesting_level, (EXTRACT(epoch FROM a.started_at) * 1000000)::bigint,
+    s.session_user_name, a.current_user_name, a.agent, s.login_role, s.sponsor, s.application_name,
+    s.client_addr, a.backend_pid, s.database_name, a.request_id, a.traceparent, a.command, a.risk,
+    a.objects, a.decision, a.reason, a.grant_id, a.statement_text, a.parameters,
+    a.session_id, s.session_key)::text
+$$;
+
+-- The hashed content of a row written by 0.1.0 (id <= audit_layout.v1_last_id):
+-- 0.1.0's formula, its session columns read from the session row the
+-- upgrade moved them to, its event_key (session_key:statement_no by
+-- construction) rebuilt.
+CREATE FUNCTION agent_guard._row_content_v1(a agent_guard.audit_log, s agent_guard.audit_sessions) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT pg_catalog.jsonb_build_array(
+    a.id, a.session_key || ':' || a.statement_no::text, a.session_key, a.statement_no, a.local_xact, a.subxact, a.parent_statement,
+    a.nesting_level, (EXTRACT(epoch FROM a.started_at) * 1000000)::bigint,
+    s.session_user_name, a.current_user_name, a.agent, s.login_role, s.sponsor, s.application_name,
+    s.client_addr, a.backend_pid, s.database_name, a.request_id, a.traceparent, a.command, a.risk,
+    a.objects, a.decision, a.reason, a.grant_id, a.statement_text, a.parameters)::text
+$$;
+
+CREATE VIEW agent_guard.audit_trail AS
+SELECT a.id,
+       a.started_at,
+       a.ended_at - a.started_at                        AS duration,
+       a.agent,
+       s.sponsor,
+       s.session_user_name                              AS session_user,
+       a.current_user_name                              AS current_user,
+       s.application_name,
+       s.client_addr,
+       a.request_id,
+       a.nesting_level,
+       a.command,
+       a.risk,
+       a.objects,
+       a.decision,
+       a.reason,
+       a.grant_id,
+       a.statement_text,
+       a.parameters,
+       a.rows_affected,
+       CASE
+           WHEN a.outcome = 'error' THEN 'error ' || coalesce(a.sqlstate, '')
+           ELSE coalesce(a.outcome, 'running')
+       END                                              AS outcome,
+       a.error_message,
+       coalesce(a.transaction_outcome, 'in progress')   AS transaction,
+       a.transaction_id
+FROM agent_guard.audit_log a
+LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id
+ORDER BY a.id DESC;
+
+COMMENT ON VIEW agent_guard.audit_trail IS 'The audit trail for people: who did what, when, how it ended';
+GRANT SELECT ON agent_guard.audit_trail TO agent_guard_admin, agent_guard_approver;
+
+CREATE OR REPLACE FUNCTION agent_guard.audit_export(since timestamptz, until timestamptz DEFAULT pg_catalog.now())
+RETURNS SETOF jsonb
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT (pg_catalog.to_jsonb(a) - 'prev_hash' - 'row_hash' - 'outcome_hash')
+       || coalesce(pg_catalog.to_jsonb(s) - 'id' - 'session_key', '{}')
+       || pg_catalog.jsonb_build_object('row_hash', agent_guard._hash_text(a.row_hash))
+FROM agent_guard.audit_log a
+LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id
+WHERE a.started_at >= since AND a.started_at < until
+ORDER BY a.id
+$$;
+
+CREATE OR REPLACE FUNCTION agent_guard.access_review_report(
+    format text DEFAULT 'markdown',
+    since  timestamptz DEFAULT pg_catalog.now() - interval '90 days'
+) RETURNS text
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+SET timezone = 'UTC'
+AS $$
+DECLARE
+    fmt      text := pg_catalog.lower(pg_catalog.btrim(coalesce(format, '')));
+    actors   jsonb;
+    findings jsonb;
+    actions  jsonb;
+    columns  jsonb;
+    chain    jsonb;
+    doc      jsonb;
+    now_     timestamptz := pg_catalog.clock_timestamp();
+BEGIN
+    PERFORM agent_guard._review_check('access_review_report');
+    IF fmt NOT IN ('markdown', 'md', 'json') THEN
+        RAISE EXCEPTION 'unknown report format "%"', format
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Use ''markdown'' (the default) or ''json''.';
+    END IF;
+
+    SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.to_jsonb(r) - 'n' ORDER BY r.n), '[]')
+    INTO actors
+    FROM (SELECT q.*, pg_catalog.row_number() OVER () AS n
+          FROM agent_guard.access_review(since) q) r;
+
+    SELECT coalesce(pg_catalog.jsonb_agg(
+               pg_catalog.jsonb_build_object('role', x.a->>'role', 'kind', x.a->>'kind') || x.f
+               ORDER BY agent_guard._review_rank(x.f->>'severity', x.f->>'code'), x.a->>'role', x.i), '[]')
+    INTO findings
+    FROM (SELECT r.a, e.f, e.i
+          FROM pg_catalog.jsonb_array_elements(actors) AS r(a)
+          CROSS JOIN LATERAL pg_catalog.jsonb_array_elements(r.a->'findings') WITH ORDINALITY AS e(f, i)) x;
+
+    SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'audit_id', a.id,
+               'at', a.started_at,
+               'who', coalesce(s.login_role, s.session_user_name),
+               'agent', a.agent,
+               'sponsor', s.sponsor,
+               'application', s.application_name,
+               'client_addr', s.client_addr,
+               'risk', a.risk,
+               'command', a.command,
+               'objects', a.objects,
+               'decision', a.decision,
+               'reason', a.reason,
+               'outcome', CASE WHEN a.outcome = 'error' THEN 'error ' || coalesce(a.sqlstate, '')
+                               ELSE a.outcome END,
+               'transaction', a.transaction_outcome,
+               'rows', a.rows_affected,
+               'request_id', a.request_id,
+               'nesting_level', a.nesting_level,
+               'grant', a.grant_id,
+               'requested_by', q.login_name,
+               'requested_at', q.requested_at,
+               'request_reason', q.reason,
+               'approved_by', q.decided_by,
+               'approved_at', q.decided_at,
+               'approval_note', q.decision_note,
+               'grant_expires_at', q.expires_at,
+               'statement', pg_catalog.left(a.statement_text, 1000))
+               ORDER BY a.id), '[]')
+    INTO actions
+    FROM agent_guard.audit_log a
+    LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id
+    LEFT JOIN agent_guard.access_requests q ON q.id = a.grant_id
+    WHERE a.started_at >= since
+      AND a.risk IN ('write', 'ddl', 'privilege', 'admin');
+
+    SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+               'schema', u.schema_name, 'table', u.table_name, 'column', u.column_name, 'reason', u.reason)
+               ORDER BY u.schema_name, u.table_name, u.column_name), '[]')
+    INTO columns
+    FROM agent_guard._review_unlabelled() u;
+
+    SELECT pg_catalog.to_jsonb(v) INTO chain FROM agent_guard.verify_audit() v;
+
+    doc := pg_catalog.jsonb_build_object(
+        'title', 'agent_guard access review',
+        'scope', pg_catalog.jsonb_build_object(
+            'cluster_name', NULLIF(pg_catalog.current_setting('cluster_name'), ''),
+            'system_identifier', (SELECT s.system_identifier::text FROM pg_catalog.pg_control_system() s),
+            'server_address', pg_catalog.host(pg_catalog.inet_server_addr()),
+            'server_port', pg_catalog.current_setting('port')::integer,
+            'server_version', pg_catalog.current_setting('server_version'),
+            'database', pg_catalog.current_database(),
+            'agent_guard_version', agent_guard.version(),
+            'generated_at', now_,
+            'generated_by', session_user),
+        'period', pg_catalog.jsonb_build_object('from', since, 'to', now_),
+        'summary', pg_catalog.jsonb_build_object(
+            'actors', pg_catalog.jsonb_array_length(actors),
+            'by_kind', (SELECT pg_catalog.jsonb_build_object(
+                            'agent',   count(*) FILTER (WHERE a->>'kind' = 'agent'),
+                            'human',   count(*) FILTER (WHERE a->>'kind' = 'human'),
+                            'service', count(*) FILTER (WHERE a->>'kind' = 'service'),
+                            'unknown', count(*) FILTER (WHERE a->>'kind' = 'unknown'))
+                        FROM pg_catalog.jsonb_array_elements(actors) AS t(a)),
+            'findings_by_severity', (SELECT pg_catalog.jsonb_build_object(
+                            'critical', count(*) FILTER (WHERE f->>'severity' = 'critical'),
+                            'high',     count(*) FILTER (WHERE f->>'severity' = 'high'),
+                            'medium',   count(*) FILTER (WHERE f->>'severity' = 'medium'),
+                            'low',      count(*) FILTER (WHERE f->>'severity' = 'low'),
+                            'info',     count(*) FILTER (WHERE f->>'severity' = 'info'))
+                        FROM pg_catalog.jsonb_array_elements(findings) AS t(f)),
+            'high_risk_actions', pg_catalog.jsonb_array_length(actions),
+            'high_risk_denied', (SELECT count(*) FROM pg_catalog.jsonb_array_elements(actions) AS t(x)
+                                 WHERE x->>'decision' = 'denied')),
+        'audit_chain', chain,
+        'findings', findings,
+        'actors', actors,
+        'high_risk_actions', actions,
+        'unlabelled_sensitive_columns', columns,
+        'method', pg_catalog.jsonb_build_array(
+            'Roles, attributes, memberships and privileges: this database''s catalog at generation time. Rights count through the whole membership closure (every role a login role can SET ROLE to), PUBLIC, ownership, superuser, pg_read_all_data and pg_write_all_data.',
+            'Activity: agent_guard.audit_log (every agent statement; other sessions as agent_guard.audit_non_agents configures) and agent_guard.activity_samples (pg_stat_activity samples of the whole cluster).',
+            'Grants and approvals: agent_guard.access_requests; each high-risk action is joined to the grant that allowed it.',
+            'Rights never used are revocation candidates only where the trail covers the role; for unaudited humans they are not computed.',
+            'Kinds: agent = registered with agent_guard; service = not registered but machine-like sessions (CI, AI or driver application names, many short sessions, activity around the clock); human = sponsor, approver, administrator or interactive clients; unknown = no evidence either way.'));
+
+    IF fmt = 'json' THEN
+        RETURN pg_catalog.jsonb_pretty(doc);
+    END IF;
+    RETURN agent_guard._review_markdown(doc);
+END
+$$;
+-- ---- end of row layout block ----
+
 -- classify(): the cast to oid is qualified (nothing resolves through the
 -- caller's search_path but the statement under test).
 CREATE OR REPLACE FUNCTION agent_guard.classify(sql text, as_role regrole DEFAULT NULL)
@@ -351,11 +665,12 @@ ddl AS (
 ),
 -- what the trail says each role did
 audit AS MATERIALIZED (
-    SELECT coalesce(a.login_role, a.session_user_name) AS who, a.agent AS agent_name,
+    SELECT coalesce(s.login_role, s.session_user_name) AS who, a.agent AS agent_name,
            a.risk, a.decision, a.command, a.objects, a.started_at,
            coalesce(a.ended_at, a.started_at) AS ended_at, a.session_key,
-           coalesce(a.application_name, '') AS app
+           coalesce(s.application_name, '') AS app
     FROM agent_guard.audit_log a
+    LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id
     WHERE a.started_at >= since
       -- agent_guard's own bookkeeping of requests and decisions is not a right used
       AND coalesce(a.command, '') NOT LIKE 'ACCESS REQUEST %'

@@ -273,11 +273,12 @@ ddl AS (
 ),
 -- what the trail says each role did
 audit AS MATERIALIZED (
-    SELECT coalesce(a.login_role, a.session_user_name) AS who, a.agent AS agent_name,
+    SELECT coalesce(s.login_role, s.session_user_name) AS who, a.agent AS agent_name,
            a.risk, a.decision, a.command, a.objects, a.started_at,
            coalesce(a.ended_at, a.started_at) AS ended_at, a.session_key,
-           coalesce(a.application_name, '') AS app
+           coalesce(s.application_name, '') AS app
     FROM agent_guard.audit_log a
+    LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id
     WHERE a.started_at >= since
       -- agent_guard's own bookkeeping of requests and decisions is not a right used
       AND coalesce(a.command, '') NOT LIKE 'ACCESS REQUEST %'
@@ -657,11 +658,11 @@ BEGIN
     SELECT coalesce(pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
                'audit_id', a.id,
                'at', a.started_at,
-               'who', coalesce(a.login_role, a.session_user_name),
+               'who', coalesce(s.login_role, s.session_user_name),
                'agent', a.agent,
-               'sponsor', a.sponsor,
-               'application', a.application_name,
-               'client_addr', a.client_addr,
+               'sponsor', s.sponsor,
+               'application', s.application_name,
+               'client_addr', s.client_addr,
                'risk', a.risk,
                'command', a.command,
                'objects', a.objects,
@@ -685,6 +686,7 @@ BEGIN
                ORDER BY a.id), '[]')
     INTO actions
     FROM agent_guard.audit_log a
+    LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id
     LEFT JOIN agent_guard.access_requests q ON q.id = a.grant_id
     WHERE a.started_at >= since
       AND a.risk IN ('write', 'ddl', 'privilege', 'admin');

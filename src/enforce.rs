@@ -95,8 +95,8 @@ pub fn refuse_unaudited(why: &crate::audit::Unavailable) -> ! {
     }
     refuse(&Refusal {
         message: format!("agent statement refused: the audit trail is unavailable ({})", why.describe()),
-        detail: "agent_guard refuses agent statements it cannot record (fail closed).".into(),
-        hint: "Check SELECT agent_guard.audit_stats(); the audit writer may be down or its queue full.".into(),
+        detail: "agent_guard refuses agent statements it cannot record (fail closed), whatever their risk.".into(),
+        hint: why.hint(),
         code: "audit_unavailable",
     })
 }

@@ -81,7 +81,13 @@ static mut AUDIT_DURABILITY: i32 = 0;
 /// `agent_guard.audit_non_agents`: 0 none, 1 ddl, 2 write, 3 all.
 static mut AUDIT_NON_AGENTS: i32 = 0;
 /// `agent_guard.audit_queue_size` in kB per database (postmaster start only).
-static mut AUDIT_QUEUE_KB: i32 = 4096;
+static mut AUDIT_QUEUE_KB: i32 = 1024;
+/// `agent_guard.audit_queues`: how many databases can have an audit queue at
+/// once (postmaster start only).
+static mut AUDIT_QUEUES: i32 = 64;
+/// `agent_guard.audit_writers`: how many audit writers may run at once
+/// (-1: half of max_worker_processes).
+static mut AUDIT_WRITERS: i32 = -1;
 /// `agent_guard.audit_wait_timeout` in ms.
 static mut AUDIT_WAIT_TIMEOUT_MS: i32 = 5000;
 
@@ -166,6 +172,22 @@ pub fn audit_non_agents() -> NonAgentAudit {
 
 pub fn audit_queue_bytes() -> usize {
     unsafe { AUDIT_QUEUE_KB.max(64) as usize * 1024 }
+}
+
+/// How many audit queues (one per database that has one) shared memory holds.
+pub fn audit_queues() -> usize {
+    unsafe { AUDIT_QUEUES.max(1) as usize }
+}
+
+/// How many audit writers may run at once: `agent_guard.audit_writers`, or
+/// by default half of `max_worker_processes` (at least 1), so that writers
+/// never take the worker slots parallel query and other extensions need.
+pub fn audit_writers() -> usize {
+    let workers = unsafe { pg_sys::max_worker_processes }.max(1) as usize;
+    match unsafe { AUDIT_WRITERS } {
+        n if n < 0 => (workers / 2).max(1),
+        n => (n as usize).clamp(1, workers),
+    }
 }
 
 pub fn audit_wait_timeout_ms() -> i32 {
@@ -376,11 +398,39 @@ pub fn init() {
             c"Shared-memory audit queue per database, in kB.".as_ptr(),
             ptr::null(),
             &raw mut AUDIT_QUEUE_KB,
-            4096,
+            1024,
             64,
             1024 * 1024,
             pg_sys::GucContext::PGC_POSTMASTER,
             pg_sys::GUC_UNIT_KB as i32,
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"agent_guard.audit_queues".as_ptr(),
+            c"How many databases can have an audit queue at once.".as_ptr(),
+            c"Shared memory holds this many queues of agent_guard.audit_queue_size each; a database gets one with its first audited statement and keeps it until another database needs it while it is empty. An agent statement of a database that cannot get one is refused.".as_ptr(),
+            &raw mut AUDIT_QUEUES,
+            64,
+            1,
+            10_000,
+            pg_sys::GucContext::PGC_POSTMASTER,
+            0,
+            None,
+            None,
+            None,
+        );
+        pg_sys::DefineCustomIntVariable(
+            c"agent_guard.audit_writers".as_ptr(),
+            c"How many audit writers (background workers, one per database) may run at once.".as_ptr(),
+            c"-1 (the default): half of max_worker_processes. Writers leave their database when it is idle and another database needs a writer; an agent statement that cannot get a writer within agent_guard.audit_wait_timeout is refused.".as_ptr(),
+            &raw mut AUDIT_WRITERS,
+            -1,
+            -1,
+            10_000,
+            pg_sys::GucContext::PGC_SIGHUP,
+            0,
             None,
             None,
             None,
@@ -451,6 +501,8 @@ pub fn settings() -> serde_json::Value {
         "agent_guard.audit_durability": if audit_durability_sync() { "sync" } else { "async" },
         "agent_guard.audit_non_agents": NON_AGENT_NAMES[audit_non_agents_value().clamp(0, 3) as usize],
         "agent_guard.audit_queue_size_kb": unsafe { AUDIT_QUEUE_KB },
+        "agent_guard.audit_queues": audit_queues(),
+        "agent_guard.audit_writers": audit_writers(),
         "agent_guard.audit_wait_timeout_ms": audit_wait_timeout_ms(),
         "agent_guard.require_distinct_sponsor": require_distinct_sponsor().as_str(),
         "agent_guard.request_lifetime_s": request_lifetime_secs(),

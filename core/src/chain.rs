@@ -37,6 +37,56 @@ impl Hex {
         // only ASCII hex digits are ever stored
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
+
+    /// The digest's 32 bytes (as `agent_guard.audit_log` stores it).
+    pub fn bytes(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = (nibble(self.0[2 * i]) << 4) | nibble(self.0[2 * i + 1]);
+        }
+        out
+    }
+}
+
+fn nibble(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        b'A'..=b'F' => c - b'A' + 10,
+        _ => 0,
+    }
+}
+
+/// A stored hash (`bytea`) as the chain's text: a 32-byte digest in
+/// lowercase hex, anything else (the genesis value, stored as its bytes) as
+/// the text it is. The chain's formula works on this text, so a trail whose
+/// hashes were hex text (0.1.0) and the same trail stored as bytes hash alike.
+pub fn hash_text(stored: &[u8]) -> String {
+    if stored.len() == 32 {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(64);
+        for b in stored {
+            out.push(DIGITS[(b >> 4) as usize] as char);
+            out.push(DIGITS[(b & 15) as usize] as char);
+        }
+        out
+    } else {
+        String::from_utf8_lossy(stored).into_owned()
+    }
+}
+
+/// The stored form of a chain hash text (the inverse of [`hash_text`]):
+/// 64 lowercase hex digits as their 32 bytes, anything else as its bytes
+/// (as SQL `agent_guard._hash_bytes`).
+pub fn hash_bytes(text: &str) -> Vec<u8> {
+    let b = text.as_bytes();
+    if b.len() == 64 && b.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+        (0..32)
+            .map(|i| (nibble(b[2 * i]) << 4) | nibble(b[2 * i + 1]))
+            .collect()
+    } else {
+        b.to_vec()
+    }
 }
 
 impl std::fmt::Debug for Hex {
@@ -148,6 +198,16 @@ mod tests {
             format!("{:?}", link_hex(GENESIS, "[1]")),
             link(GENESIS, "[1]")
         );
+    }
+
+    #[test]
+    fn stored_hashes_read_back_as_the_chain_text() {
+        let h = link_hex(GENESIS, "[1]");
+        assert_eq!(hash_bytes(h.as_str()), h.bytes().to_vec());
+        assert_eq!(hash_text(&h.bytes()), h.as_str());
+        // the genesis value is no digest: stored as its bytes
+        assert_eq!(hash_bytes(GENESIS), GENESIS.as_bytes());
+        assert_eq!(hash_text(GENESIS.as_bytes()), GENESIS);
     }
 
     #[test]

@@ -17,6 +17,13 @@
 //! refused with SQLSTATE 42501 and a HINT. A confirmed drop is written to the
 //! server log: who, when, how many rows, the last id and its hash.
 //!
+//! `DROP DATABASE` takes the trail with everything else in the database;
+//! it needs no confirmation (nothing is left whose history could be hidden),
+//! but it is never silent: when the database's writer ever committed a row,
+//! the drop is logged with the chain head the writer left (last id and hash,
+//! [`super::head`]), and once it commits the head's shared-memory entry and
+//! file are removed (a later database with the same OID starts afresh).
+//!
 //! Agents never get here: dropping an extension is `admin` for them; an agent
 //! session that did would be refused too. Reads here are catalog-level scans
 //! of agent_guard's own table (which the dropping transaction already holds
@@ -89,7 +96,10 @@ fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
             rows += 1;
             let id = t.int8(1).unwrap_or(0);
             if last.as_ref().is_none_or(|(l, _)| id > *l) {
-                let h = (hash_col > 0).then(|| t.text(hash_col)).flatten();
+                let h = (hash_col > 0)
+                    .then(|| t.bytea(hash_col))
+                    .flatten()
+                    .map(|b| agent_guard_core::chain::hash_text(&b));
                 last = Some((id, h));
             }
         });
@@ -136,6 +146,54 @@ fn dropped_partitions() -> (i64, Option<(i64, Option<String>)>) {
 /// objects before the extension itself, so by the time the extension's own
 /// `OAT_DROP` arrives the table is gone: the table's drop is the one place
 /// where the trail can still be counted and the drop refused.
+/// The database whose `DROP DATABASE` is running (its head is forgotten
+/// when the transaction commits).
+static mut DROPPED_DB: u32 = 0;
+static mut XACT_CALLBACK: bool = false;
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
+    use pg_sys::XactEvent::*;
+    if !matches!(event, XACT_EVENT_COMMIT | XACT_EVENT_ABORT) {
+        return;
+    }
+    let db = unsafe { std::mem::replace(&mut *(&raw mut DROPPED_DB), 0) };
+    if db != 0 && event == XACT_EVENT_COMMIT {
+        super::head::forget(db);
+    }
+}
+
+/// The object-access hook saw `DROP DATABASE` of `dboid` (see the module
+/// comment): log the head of the trail it takes along.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn ag_rs_database_drop(dboid: pg_sys::Oid) {
+    if crate::hooks::is_own_worker() {
+        return;
+    }
+    let db = dboid.to_u32();
+    let Some(head) = super::head::of_database(db) else {
+        return;
+    };
+    unsafe {
+        if !XACT_CALLBACK {
+            pg_sys::RegisterXactCallback(Some(on_xact), ptr::null_mut());
+            XACT_CALLBACK = true;
+        }
+        DROPPED_DB = db;
+        let name = cstr(pg_sys::get_database_name(dboid)).unwrap_or_else(|| db.to_string());
+        let who =
+            cstr(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true)).unwrap_or_default();
+        log!(
+            "agent_guard: audit trail of database \"{name}\" (oid {db}) dropped with the database by {who} \
+             (takes effect if DROP DATABASE commits): chain head id {}, hash {}, written at {}",
+            head.id,
+            head.hash,
+            super::head::timestamp_text(head.at)
+        );
+    }
+}
+
 #[no_mangle]
 #[pg_guard]
 pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {

@@ -21,8 +21,9 @@
 //! again after one (nothing is held back). If the primary cannot take the
 //! record in time (`agent_guard.audit_wait_timeout`), the statement is
 //! refused. Ends of statements and transaction outcomes are collected and
-//! sent at transaction end (and with the next record); a failure there only
-//! leaves the statement's outcome open in the trail (logged as a warning).
+//! sent at transaction end (and with the next record, and once more when the
+//! session ends); a failure there only leaves the statement's outcome open
+//! in the trail (a warning, and at the session's end a log line).
 //!
 //! Writes and schema changes stay refused on a standby either way (it is
 //! read-only). The settings are PGC_SIGHUP; the connection string is visible
@@ -212,6 +213,7 @@ pub fn send(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
     if !enabled() {
         return Ok(());
     }
+    register_exit_flush();
     FWD.with(|f| {
         let mut f = f.borrow_mut();
         f.pending.push(payload);
@@ -227,14 +229,71 @@ pub fn send(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
             Ok(()) => Ok(()),
             Err(e) => {
                 if durable {
-                    // the statement is refused: its record is not kept for later
-                    f.pending.pop();
+                    // The statement is refused: its record is not kept for
+                    // later. The primary may have committed it all the same
+                    // (its answer, or this standby's replay of it, came too
+                    // late): an end event saying it was refused follows with
+                    // the next batch, and changes nothing if the record never
+                    // arrived.
+                    if let Some(end) = f.pending.pop().and_then(|p| refused_end(&p)) {
+                        f.pending.push(end);
+                    }
                 }
                 f.last_error = e;
                 Err(Unavailable::Forwarding)
             }
         }
     })
+}
+
+/// The end event of a statement record (`payload`) refused on this standby
+/// because the primary did not confirm it in time.
+fn refused_end(payload: &[u8]) -> Option<Vec<u8>> {
+    let e: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    if e["k"].as_str() != Some("stmt") {
+        return None;
+    }
+    let end = serde_json::json!({
+        "k": "end", "sk": e["sk"], "n": e["n"], "ts": now_us(), "rows": null,
+        "out": "error", "state": "42501",
+        "msg": "refused on the standby: the primary did not confirm this record in time",
+    });
+    Some(end.to_string().into_bytes())
+}
+
+thread_local! {
+    static EXIT_FLUSH: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn register_exit_flush() {
+    if !EXIT_FLUSH.with(|r| r.replace(true)) {
+        unsafe { pg_sys::before_shmem_exit(Some(flush_at_exit), pg_sys::Datum::from(0)) };
+    }
+}
+
+/// The session ends: one last try to send the statement ends and
+/// transaction outcomes still queued (the primary was unreachable at
+/// transaction end); what cannot be sent is named in the server log.
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn flush_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    let lost = FWD.with(|f| {
+        let Ok(mut f) = f.try_borrow_mut() else {
+            return None;
+        };
+        if f.pending.is_empty() {
+            return None;
+        }
+        // (a connection that failed moments ago is tried again)
+        f.failed_at = 0;
+        let r = f.flush(false).err().map(|e| (e, f.pending.len()));
+        f.close();
+        r
+    });
+    if let Some((e, n)) = lost {
+        pgrx::log!(
+            "agent_guard: session ended with {n} audit records (statement ends, transaction outcomes) the primary did not take; they are lost: {e}"
+        );
+    }
 }
 
 /// Send what is queued (at transaction end). Never raises an error: a

@@ -75,6 +75,32 @@ pub(super) fn stored_chain(sql: &str, args: &[pgrx::datum::DatumWithOid]) -> Vec
     })
 }
 
+/// [`stored_chain`] for a chain whose hashes are stored as `bytea`
+/// (`agent_guard.audit_log`): columns 3, 4 and 6 are read as bytes and
+/// turned into the chain's text here ([`chain::hash_text`]), not by a SQL
+/// function per row (whose calls would be statements of their own, audited
+/// for sessions with `audit_non_agents = 'all'`).
+fn stored_chain_bytea(sql: &str) -> Vec<StoredRow> {
+    let text = |b: Option<Vec<u8>>| b.map_or_else(String::new, |b| chain::hash_text(&b));
+    Spi::connect(|c| {
+        c.select(sql, None, &[])
+            .map(|t| {
+                t.filter_map(|r| {
+                    Some((
+                        r.get::<i64>(1).ok()??,
+                        r.get::<String>(2).ok()??,
+                        text(r.get::<Vec<u8>>(3).ok()?),
+                        text(r.get::<Vec<u8>>(4).ok()?),
+                        r.get::<String>(5).ok()?,
+                        r.get::<Vec<u8>>(6).ok()?.map(|b| chain::hash_text(&b)),
+                    ))
+                })
+                .collect()
+            })
+            .unwrap_or_default()
+    })
+}
+
 /// The first row of `rows` where the chain from `start` breaks, and why.
 pub(super) fn first_break(rows: &[StoredRow], start: &str) -> Option<(i64, String)> {
     chain::first_break(
@@ -129,7 +155,7 @@ fn id_range() -> (Option<i64>, Option<i64>) {
 fn row_hash_of(id: i64) -> Option<Option<String>> {
     Spi::connect(|c| {
         c.select(
-            "SELECT row_hash FROM agent_guard.audit_log WHERE id = $1",
+            "SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log WHERE id = $1",
             None,
             &[id.into()],
         )
@@ -154,26 +180,52 @@ fn report() -> Report {
     let start = anchor
         .as_ref()
         .map_or_else(|| chain::GENESIS.to_string(), |a| a.1.clone());
-    let rows = stored_chain(
-        "SELECT a.id, agent_guard._row_content(a), coalesce(a.prev_hash, ''), coalesce(a.row_hash, ''), \
+    // Rows up to audit_layout.v1_last_id were written by 0.1.0 and keep its
+    // formula; every row's content includes its session row's context.
+    let rows = stored_chain_bytea(
+        "SELECT a.id, \
+                CASE WHEN a.id <= coalesce((SELECT max(l.v1_last_id) FROM agent_guard.audit_layout l), 0) \
+                     THEN agent_guard._row_content_v1(a, s) ELSE agent_guard._row_content(a, s) END, \
+                a.prev_hash, a.row_hash, \
                 CASE WHEN a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL \
                      THEN agent_guard._outcome_content(a) END, a.outcome_hash \
-         FROM agent_guard.audit_log a ORDER BY a.id",
-        &[],
+         FROM agent_guard.audit_log a \
+         LEFT JOIN agent_guard.audit_sessions s ON s.id = a.session_id \
+         ORDER BY a.id",
     );
     let n = rows.len() as i64;
     let first_id = rows.first().map(|r| r.0);
     let broken = first_break(&rows, &start);
     drop(rows);
     if let Some((id, why)) = broken {
+        let why = if why.starts_with("row content") {
+            format!("{why} (the row, or its session's context in agent_guard.audit_sessions, was changed)")
+        } else {
+            why
+        };
         return (false, n, Some(id), Some(why));
     }
     // the anchor the chain starts from must be one purge_audit() made
     if let Some((pid, a)) = &anchor {
+        // (the trail stores statement texts redacted: a hex anchor with a
+        // long run of digits can read as a card number, so the row may hold
+        // the redacted form of purge_audit()'s text instead)
+        let rows_purged = Spi::get_one_with_args::<i64>(
+            "SELECT rows_purged FROM agent_guard.audit_purges WHERE id = $1",
+            &[(*pid).into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(-1);
+        let redacted = crate::lexer::redact(&purge_text(rows_purged, Some(a)), false);
+        // (or agent_guard.apply_retention()'s, issue 14.6b)
+        let retention = crate::lexer::redact(&super::retention::purge_text(rows_purged, a), false);
         let named = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM agent_guard.audit_log \
-                            WHERE command = 'PURGE AUDIT' AND pg_catalog.strpos(statement_text, $1) > 0)",
-            &[a.as_str().into()],
+                            WHERE command = 'PURGE AUDIT' \
+                              AND (pg_catalog.strpos(statement_text, $1) > 0 OR statement_text = $2 \
+                                   OR statement_text = $3))",
+            &[a.as_str().into(), redacted.into(), retention.into()],
         )
         .ok()
         .flatten()
@@ -219,7 +271,12 @@ fn committed_now(id: i64) -> (Option<i64>, Option<Option<String>>) {
                 let Some(i) = t.int8(1) else { return };
                 max = Some(max.map_or(i, |m| m.max(i)));
                 if i == id {
-                    at = Some((hash_col > 0).then(|| t.text(hash_col)).flatten());
+                    at = Some(
+                        (hash_col > 0)
+                            .then(|| t.bytea(hash_col))
+                            .flatten()
+                            .map(|b| chain::hash_text(&b)),
+                    );
                 }
             });
         }
@@ -317,7 +374,7 @@ fn audit_anchor() -> TableIterator<
         let head = head.or_else(|| {
             Spi::connect(|c| {
                 c.select(
-                    "SELECT id, row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
+                    "SELECT id, agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
                     None,
                     &[],
                 )
@@ -431,7 +488,7 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
             let (deleted, anchor): (i64, Option<String>) = match first_kept {
                 Some(id) => {
                     let anchor = c
-                        .update("SELECT prev_hash FROM agent_guard.audit_log WHERE id = $1", None, &[id.into()])
+                        .update("SELECT agent_guard._hash_text(prev_hash) FROM agent_guard.audit_log WHERE id = $1", None, &[id.into()])
                         .ok()
                         .and_then(|t| t.first().get::<String>(1).ok().flatten());
                     let d = c
@@ -442,7 +499,7 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
                 }
                 None => {
                     let anchor = c
-                        .update("SELECT row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1", None, &[])
+                        .update("SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1", None, &[])
                         .ok()
                         .and_then(|t| t.first().get::<String>(1).ok().flatten());
                     let d = c
@@ -467,12 +524,14 @@ fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
     // The trail's own row names the anchor: verify_audit() accepts an
     // anchor only if a PURGE AUDIT row of the chain names it (one inserted
     // into audit_purges by hand, triggers disabled, is named by none).
-    super::record_admin_event(
-        "PURGE AUDIT",
-        &format!(
-            "agent_guard.purge_audit() removed {result} rows; the trail continues from anchor {}",
-            anchor.as_deref().unwrap_or("(none)")
-        ),
-    );
+    super::record_admin_event("PURGE AUDIT", &purge_text(result, anchor.as_deref()));
     result
+}
+
+/// The text of the trail's PURGE AUDIT row (verify_audit() looks for it).
+fn purge_text(rows: i64, anchor: Option<&str>) -> String {
+    format!(
+        "agent_guard.purge_audit() removed {rows} rows; the trail continues from anchor {}",
+        anchor.unwrap_or("(none)")
+    )
 }

@@ -306,6 +306,34 @@ pub fn current() -> Option<(Head, Source, Option<Head>)> {
     }
 }
 
+/// The head database `db` left, from shared memory or its file (any
+/// `audit_log` of it), if its writer ever committed a row.
+pub fn of_database(db: u32) -> Option<Head> {
+    shared(db).or_else(|| from_file(db))
+}
+
+/// Forget database `db`'s head (it was dropped): its shared-memory entry
+/// and its file.
+pub fn forget(db: u32) {
+    {
+        let mut heads = HEADS.exclusive();
+        for s in heads.slots.iter_mut().filter(|s| s.dboid == db) {
+            s.dboid = 0;
+            s.id = 0;
+            s.at = 0;
+        }
+    }
+    let file = path(db);
+    match std::fs::remove_file(&file) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warning!(
+            "agent_guard: cannot remove the audit chain head file {}: {e}",
+            file.display()
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Head;

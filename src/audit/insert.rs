@@ -3,7 +3,7 @@
 //! convert back into values. Runs in the audit writer's transaction.
 
 use super::row::Row;
-use agent_guard_core::chain::Hex;
+use agent_guard_core::chain::{self, Hex};
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
@@ -11,6 +11,8 @@ use std::ffi::CStr;
 /// previous hash is the preceding row's `row_hash`).
 pub struct Sealed<'r, 'a> {
     pub id: i64,
+    /// Its session context's row in `agent_guard.audit_sessions`.
+    pub session_id: i64,
     pub row_hash: Hex,
     pub outcome_hash: Option<Hex>,
     pub row: &'r Row<'a>,
@@ -19,7 +21,6 @@ pub struct Sealed<'r, 'a> {
 /// The columns the writer fills, with their types.
 const COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("id", pg_sys::INT8OID),
-    ("event_key", pg_sys::TEXTOID),
     ("session_key", pg_sys::TEXTOID),
     ("statement_no", pg_sys::INT8OID),
     ("local_xact", pg_sys::INT8OID),
@@ -27,15 +28,10 @@ const COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("parent_statement", pg_sys::INT8OID),
     ("nesting_level", pg_sys::INT4OID),
     ("started_at", pg_sys::TIMESTAMPTZOID),
-    ("session_user_name", pg_sys::TEXTOID),
+    ("session_id", pg_sys::INT8OID),
     ("current_user_name", pg_sys::TEXTOID),
     ("agent", pg_sys::TEXTOID),
-    ("login_role", pg_sys::TEXTOID),
-    ("sponsor", pg_sys::TEXTOID),
-    ("application_name", pg_sys::TEXTOID),
-    ("client_addr", pg_sys::TEXTOID),
     ("backend_pid", pg_sys::INT4OID),
-    ("database_name", pg_sys::TEXTOID),
     ("request_id", pg_sys::TEXTOID),
     ("traceparent", pg_sys::TEXTOID),
     ("command", pg_sys::TEXTOID),
@@ -53,9 +49,9 @@ const COLUMNS: &[(&str, pg_sys::Oid)] = &[
     ("error_message", pg_sys::TEXTOID),
     ("transaction_id", pg_sys::INT8OID),
     ("transaction_outcome", pg_sys::TEXTOID),
-    ("prev_hash", pg_sys::TEXTOID),
-    ("row_hash", pg_sys::TEXTOID),
-    ("outcome_hash", pg_sys::TEXTOID),
+    ("prev_hash", pg_sys::BYTEAOID),
+    ("row_hash", pg_sys::BYTEAOID),
+    ("outcome_hash", pg_sys::BYTEAOID),
 ];
 
 /// How many rows go to the heap in one multi-insert.
@@ -169,7 +165,6 @@ impl AuditTable {
             let mut slots: Vec<*mut pg_sys::TupleTableSlot> = (0..rows.len().min(CHUNK))
                 .map(|_| pg_sys::MakeSingleTupleTableSlot(slot_desc, &pg_sys::TTSOpsHeapTuple))
                 .collect();
-            let mut key = String::with_capacity(64);
             for (c, chunk) in rows.chunks(CHUNK).enumerate() {
                 let outer = pg_sys::MemoryContextSwitchTo(rows_cx);
                 for (j, (r, &slot)) in chunk.iter().zip(&slots).enumerate() {
@@ -178,9 +173,7 @@ impl AuditTable {
                         0 => first_prev,
                         _ => rows[at - 1].row_hash.as_str(),
                     };
-                    key.clear();
-                    r.row.write_event_key(&mut key);
-                    let row = values_of(r, prev, &key);
+                    let row = values_of(r, prev);
                     for (a, col) in self.attrs.iter().enumerate() {
                         let v = col.and_then(|c| row[c]);
                         nulls[a] = v.is_none();
@@ -264,17 +257,22 @@ fn opt_text(s: Option<&str>) -> Option<pg_sys::Datum> {
     s.map(text)
 }
 
+/// A `bytea` datum (the same varlena layout as text: length and bytes).
+fn bytea(b: &[u8]) -> pg_sys::Datum {
+    unsafe {
+        pg_sys::Datum::from(pg_sys::cstring_to_text_with_len(
+            b.as_ptr() as *const std::ffi::c_char,
+            b.len() as i32,
+        ))
+    }
+}
+
 /// The row's values in [`COLUMNS`] order (None = NULL).
-fn values_of(
-    r: &Sealed,
-    prev_hash: &str,
-    event_key: &str,
-) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
+fn values_of(r: &Sealed, prev_hash: &str) -> [Option<pg_sys::Datum>; COLUMNS.len()] {
     let s = r.row;
     let end = s.outcome();
     [
         Some(r.id.into()),
-        Some(text(event_key)),
         Some(text(s.sk)),
         Some((s.n as i64).into()),
         Some((s.x as i64).into()),
@@ -282,15 +280,10 @@ fn values_of(
         s.parent.map(|p| (p as i64).into()),
         Some(s.lvl.into()),
         Some(s.ts.into()),
-        opt_text(s.su),
+        Some(r.session_id.into()),
         opt_text(s.cu),
         opt_text(s.agent),
-        opt_text(s.login),
-        opt_text(s.sponsor),
-        opt_text(s.app),
-        opt_text(s.addr),
         Some(s.pid.into()),
-        opt_text(s.db),
         opt_text(s.rid),
         opt_text(s.tp),
         opt_text(s.cmd),
@@ -308,8 +301,8 @@ fn values_of(
         end.and_then(|e| e.msg).map(text),
         s.xo.and_then(|x| x.xid).map(|x| (x as i64).into()),
         s.xo.map(|x| text(x.out)),
-        Some(text(prev_hash)),
-        Some(text(r.row_hash.as_str())),
-        r.outcome_hash.as_ref().map(|h| text(h.as_str())),
+        Some(bytea(&chain::hash_bytes(prev_hash))),
+        Some(bytea(&r.row_hash.bytes())),
+        r.outcome_hash.as_ref().map(|h| bytea(&h.bytes())),
     ]
 }

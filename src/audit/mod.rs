@@ -26,6 +26,7 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::ffi::CStr;
+use std::sync::atomic::Ordering;
 
 /// A statement that started and has not ended yet.
 struct Open {
@@ -37,6 +38,8 @@ struct Open {
     /// The statement when it was not sent yet (asynchronous records
     /// travel once, complete, at statement or transaction end).
     event: Option<row::Stmt>,
+    /// Queue bytes reserved for its later record (end event or complete record).
+    reserved: u64,
 }
 
 /// A finished statement whose record has not been queued yet.
@@ -44,10 +47,15 @@ struct Finished {
     subxact: u32,
     n: u64,
     event: row::Stmt,
+    reserved: u64,
 }
 
 /// How many finished asynchronous records a backend holds before queueing them.
 const DEFER_LIMIT: usize = 64;
+/// A backend queues its finished records once its reservation exceeds this
+/// share of the queue (reservations are upper bounds: queueing the records
+/// gives the rest back).
+const DEFER_SHARE: u64 = 32;
 
 #[derive(Default)]
 struct State {
@@ -65,6 +73,17 @@ struct State {
     orphan_error: Option<(String, String, String, i64)>,
     /// agent_guard is raising a refusal it already recorded.
     refusing: bool,
+    /// Queue bytes this backend reserved for records it will queue later
+    /// (released at transaction end), on slot `held_slot`.
+    held: u64,
+    held_slot: usize,
+    /// This transaction's end is reserved for.
+    xact_reserved: bool,
+    /// Transaction-level events (its end, a savepoint rollback) still
+    /// covered by the transaction's reservation; further ones wait for free
+    /// space like any record, without taking other statements' reservations.
+    event_credits: u8,
+    exit_registered: bool,
 }
 
 thread_local! {
@@ -88,20 +107,66 @@ fn session_key() -> String {
 
 /// Why an event could not be queued.
 pub enum Unavailable {
+    /// Every audit queue holds records or reservations of other databases.
     NoSlot,
     Full,
+    /// The record is larger than the whole audit queue.
+    TooLarge,
+    /// No writer runs for this database and none came up in time.
+    NoWriter(WriterMissing),
     NotDurable,
     /// On a hot standby: the primary did not take the record (see [`forward`]).
     Forwarding,
 }
 
 impl Unavailable {
-    pub fn describe(&self) -> &'static str {
+    pub fn describe(&self) -> String {
         match self {
-            Unavailable::NoSlot => "no audit queue is free for this database",
-            Unavailable::Full => "the audit queue stayed full",
-            Unavailable::NotDurable => "the audit writer did not confirm the record in time",
-            Unavailable::Forwarding => "the primary did not take the record",
+            Unavailable::NoSlot => format!(
+                "all {} audit queues hold records of other databases",
+                queue::slots().max(crate::gucs::audit_queues())
+            ),
+            Unavailable::Full => "the audit queue stayed full".into(),
+            Unavailable::TooLarge => format!(
+                "its record is larger than the audit queue ({} bytes)",
+                queue::header_capacity()
+            ),
+            Unavailable::NoWriter(WriterMissing::Busy) => format!(
+                "no audit writer is free: all {} run for other databases",
+                crate::gucs::audit_writers()
+            ),
+            Unavailable::NoWriter(WriterMissing::NotRegistered) => {
+                "the postmaster could not start an audit writer".into()
+            }
+            Unavailable::NoWriter(WriterMissing::Slow) => {
+                "the audit writer of this database did not come up in time".into()
+            }
+            Unavailable::NotDurable => "the audit writer did not confirm the record in time".into(),
+            Unavailable::Forwarding => "the primary did not take the record".into(),
+        }
+    }
+
+    /// What an administrator can do about it.
+    pub fn hint(&self) -> String {
+        match self {
+            Unavailable::NoSlot => format!(
+                "Raise agent_guard.audit_queues (now {}, a restart is needed) to the number of databases agents use at once; SELECT agent_guard.audit_stats() shows the queues.",
+                crate::gucs::audit_queues()
+            ),
+            Unavailable::NoWriter(WriterMissing::Busy) => format!(
+                "Raise agent_guard.audit_writers (now {}) to the number of databases agents use at once, and max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2; see docs/operations.md, \"Many databases and sizing\".",
+                crate::gucs::audit_writers(),
+                unsafe { pg_sys::max_worker_processes }
+            ),
+            Unavailable::NoWriter(WriterMissing::NotRegistered) => format!(
+                "Every background worker slot is taken: raise max_worker_processes (now {}, a restart is needed) to at least agent_guard.audit_writers + max_parallel_workers + 2, or lower agent_guard.audit_writers; see docs/operations.md, \"Many databases and sizing\".",
+                unsafe { pg_sys::max_worker_processes }
+            ),
+            Unavailable::TooLarge => "Raise agent_guard.audit_queue_size (a restart is needed), or send shorter statements.".into(),
+            Unavailable::NoWriter(WriterMissing::Slow)
+            | Unavailable::Full
+            | Unavailable::NotDurable => "Check SELECT agent_guard.audit_stats() and the server log; the audit writer may be down or its queue full.".into(),
+            Unavailable::Forwarding => "Check the server log of this standby and of the primary (agent_guard.forward_conninfo, the role agent_guard_forwarder), or connect to the primary.".into(),
         }
     }
 }
@@ -110,49 +175,55 @@ fn timeout_ms() -> i64 {
     crate::gucs::audit_wait_timeout_ms() as i64
 }
 
-/// Whether the caller should start slot `s`'s writer: none runs and no
-/// start was requested in the last two seconds (then it is marked starting).
-fn claim_start(s: &mut queue::Slot) -> bool {
-    if s.worker_state == queue::WORKER_RUNNING && s.worker_pid != 0 {
-        return false;
-    }
-    let now = now_us();
-    if s.worker_state == queue::WORKER_STARTING && now - s.start_requested_at < 2_000_000 {
-        return false;
-    }
-    s.worker_state = queue::WORKER_STARTING;
-    s.start_requested_at = now;
-    true
+/// Why a database has no writer.
+#[derive(Clone, Copy)]
+pub enum WriterMissing {
+    /// Every allowed writer (`agent_guard.audit_writers`) runs elsewhere.
+    Busy,
+    /// The postmaster had no background-worker slot for it.
+    NotRegistered,
+    /// Asked for, but it did not come up in time.
+    Slow,
 }
 
-fn start_worker(i: usize) {
-    if !worker::start(i) {
-        queue::with_slot(i, |s, _| s.worker_state = queue::WORKER_NONE);
+/// Start slot `i`'s writer unless one runs or was asked for (rate-limited)
+/// or every allowed writer runs; the reason when it cannot be had now.
+pub(crate) fn ensure_worker(i: usize) -> Result<(), WriterMissing> {
+    match queue::claim_start(i, crate::gucs::audit_writers()) {
+        queue::Claim::Pending => Ok(()),
+        queue::Claim::Busy => Err(WriterMissing::Busy),
+        queue::Claim::Start => {
+            if worker::start(i) {
+                Ok(())
+            } else {
+                queue::with_slot(i, |s, _| s.worker_state = queue::WORKER_NONE);
+                Err(WriterMissing::NotRegistered)
+            }
+        }
     }
 }
 
-/// Start this database's writer if none runs (rate-limited).
-fn ensure_worker(i: usize) {
-    if queue::with_slot(i, |s, _| claim_start(s)) {
-        start_worker(i);
-    }
-}
-
-/// Queue `event`; with `durable`, wait until the writer committed it.
-fn send(event: &Value, durable: bool) -> Result<(), Unavailable> {
-    send_bytes(event.to_string().into_bytes(), durable)
-}
-
-/// Queue a statement event; with `durable`, wait until the writer committed it.
-fn send_stmt(stmt: &row::Stmt, durable: bool) -> Result<(), Unavailable> {
-    send_bytes(stmt.event_json(), durable)
-}
-
-fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
-    if crate::identity::on_standby() {
-        // nothing is queued on a hot standby: records go to the primary, or nowhere
-        return forward::send(payload, durable);
-    }
+/// One queueing step: append `payload` (if any) and reserve `reserve` bytes
+/// for this backend's later records, using `from_reserved` bytes of what it
+/// reserved before; with `need_writer`, only once a writer runs for the
+/// database (starting one if needed). Waits for space and for a writer up
+/// to `agent_guard.audit_wait_timeout`. Returns the slot and the record's
+/// sequence number. Without `patient` (a non-agent session's statement,
+/// which runs unrecorded when it cannot be recorded) it does not wait for
+/// a queue, nor for a writer when none may start now; only for a writer
+/// that is starting (with `need_writer`) and for space. `before_wait` runs
+/// once before the first wait for space (the caller gives back what it
+/// holds reserved for records it can queue now, so that backends waiting for
+/// space never hold it all).
+fn queue_step(
+    payload: Option<&[u8]>,
+    durable: bool,
+    reserve: u64,
+    from_reserved: u64,
+    need_writer: bool,
+    patient: bool,
+    mut before_wait: Option<fn()>,
+) -> Result<(usize, u64), Unavailable> {
     if !queue::attached() {
         return Err(Unavailable::NoSlot);
     }
@@ -163,46 +234,180 @@ fn send_bytes(payload: Vec<u8>, durable: bool) -> Result<(), Unavailable> {
         let now = now_us();
         now > *deadline.get_or_insert(now + timeout_ms() * 1000)
     };
-    let mut i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
     let mut sleep = Sleep::default();
-    let seq = loop {
-        let (pushed, start) = queue::with_slot(i, |s, buf| {
-            let r = queue::push(s, buf, db, &payload, durable);
+    // a busy cluster gives a database a slot once another one is idle
+    let mut i = loop {
+        match queue::slot_for(db) {
+            Some(i) => break i,
+            None if !patient || expired() => return Err(Unavailable::NoSlot),
+            None => sleep.nap(20),
+        }
+    };
+    let mut missing = WriterMissing::Slow;
+    let a = queue::Admit {
+        payload,
+        durable,
+        from_reserved,
+        reserve,
+        need_writer,
+    };
+    loop {
+        let (r, writer) = queue::with_slot(i, |s, buf| {
+            let r = queue::admit(s, buf, db, &a);
             match r {
                 Ok(_) => queue::wake(s, buf.len()),
-                Err(queue::Full::NoSpace) => s.waits += 1,
-                Err(queue::Full::Reassigned) => return (r, false),
+                Err(queue::Full::NoSpace) => {
+                    s.waits += 1;
+                    queue::totals().waits.fetch_add(1, Ordering::Relaxed);
+                }
+                _ => {}
             }
-            (r, claim_start(s))
+            (r, queue::writer_running(s))
         });
-        if start {
-            start_worker(i);
-        }
-        match pushed {
-            Ok(seq) => break seq,
+        match r {
+            Ok(seq) => {
+                if !writer {
+                    // a record without a running writer (its writer died): get one
+                    let _ = ensure_worker(i);
+                }
+                return Ok((i, seq));
+            }
             Err(queue::Full::Reassigned) => {
                 i = queue::slot_for(db).ok_or(Unavailable::NoSlot)?;
             }
-            Err(queue::Full::NoSpace) => {
+            Err(queue::Full::NoWriter) => {
+                if let Err(why) = ensure_worker(i) {
+                    missing = why;
+                    if !patient {
+                        return Err(Unavailable::NoWriter(missing));
+                    }
+                }
                 if expired() {
-                    queue::with_slot(i, |s, _| s.dropped += 1);
+                    return Err(Unavailable::NoWriter(missing));
+                }
+                sleep.nap(10);
+            }
+            Err(queue::Full::TooLarge) => return Err(Unavailable::TooLarge),
+            Err(queue::Full::NoSpace) => {
+                if let Some(flush) = before_wait.take() {
+                    flush();
+                    continue;
+                }
+                if expired() {
                     return Err(Unavailable::Full);
                 }
                 sleep.on(queue::cv_ptr(i, false));
             }
         }
-    };
-    if !durable {
-        return Ok(());
     }
+}
+
+/// Wait until record `seq` of slot `i` is committed by the writer.
+fn wait_durable(i: usize, seq: u64) -> Result<(), Unavailable> {
+    let mut deadline = None;
+    let mut sleep = Sleep::default();
     while queue::durable_seq(i) < seq {
-        if expired() {
+        let now = now_us();
+        if now > *deadline.get_or_insert(now + timeout_ms() * 1000) {
             return Err(Unavailable::NotDurable);
         }
-        ensure_worker(i);
+        let _ = ensure_worker(i);
         sleep.on(queue::cv_ptr(i, true));
     }
     Ok(())
+}
+
+/// Queue an event of a statement that was admitted before (its end, its
+/// transaction's end, a savepoint rollback, its complete record), using the
+/// `reserved` bytes its start reserved for it. Such an event is never refused:
+/// if it still cannot be queued it is counted as dropped and reported.
+fn send_later(payload: Vec<u8>, reserved: u64) {
+    if crate::identity::on_standby() {
+        // nothing is queued (or reserved) on a hot standby: records go to the primary
+        if let Err(why) = forward::send(payload, false) {
+            record_lost(&why);
+        }
+        return;
+    }
+    // all of the event's reservation goes back with it (it was an upper bound)
+    let from = STATE.with(|s| s.borrow().held).min(reserved);
+    match queue_step(Some(&payload), false, 0, from, false, true, None) {
+        Ok(_) => STATE.with(|s| s.borrow_mut().held -= from),
+        Err(why) => record_lost(&why),
+    }
+}
+
+/// The reservation a transaction-level event (its end, a savepoint
+/// rollback) may use: one of the two its first statement reserved, or none.
+fn xact_event_credit() -> u64 {
+    let covered = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        let c = s.event_credits > 0;
+        s.event_credits = s.event_credits.saturating_sub(1);
+        c
+    });
+    if covered {
+        queue::record_bytes(row::event_bound(&session_key(), false))
+    } else {
+        0
+    }
+}
+
+/// A record that was due could not be queued: never silent.
+fn record_lost(why: &Unavailable) {
+    if queue::attached() {
+        queue::totals().dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = queue::find_slot(unsafe { pg_sys::MyDatabaseId }) {
+            queue::with_slot(i, |s, _| s.dropped += 1);
+        }
+    }
+    warning!(
+        "agent_guard: an audit record could not be queued and is lost ({}); audit_stats() counts it as dropped",
+        why.describe()
+    );
+}
+
+/// An audited statement was not admitted: agents' are refused, other
+/// sessions' run unrecorded; both are counted.
+fn note_unadmitted(is_agent: bool) {
+    if !queue::attached() {
+        return;
+    }
+    let t = queue::totals();
+    let slot = queue::find_slot(unsafe { pg_sys::MyDatabaseId });
+    if is_agent {
+        t.refused.fetch_add(1, Ordering::Relaxed);
+    } else {
+        t.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+    if let Some(i) = slot {
+        queue::with_slot(i, |s, _| {
+            if is_agent {
+                s.refused += 1;
+            } else {
+                s.dropped += 1;
+            }
+        });
+    }
+}
+
+/// Give back what this backend still holds reserved (at transaction end,
+/// when every record of the transaction is queued).
+fn release_reservation() {
+    let (held, slot) = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.xact_reserved = false;
+        s.event_credits = 0;
+        (std::mem::take(&mut s.held), s.held_slot)
+    });
+    if held > 0 && queue::attached() {
+        queue::unreserve(slot, held);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn release_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    release_reservation();
 }
 
 /// Waiting on the queue's condition variables without missing a wakeup:
@@ -220,6 +425,20 @@ impl Sleep {
     fn on(&mut self, cv: *mut pg_sys::ConditionVariable) {
         self.prepared = true;
         unsafe { pg_sys::ConditionVariableTimedSleep(cv, 100, pg_sys::PG_WAIT_EXTENSION) };
+    }
+
+    /// Sleep `ms` milliseconds (waiting for a writer to come up).
+    fn nap(&mut self, ms: i64) {
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                ms,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
     }
 }
 
@@ -419,14 +638,101 @@ pub fn statement_start(
     let durable = matches!(d, Decision::Deny(_))
         || c.risk > Risk::SensitiveRead
         || crate::gucs::audit_durability_sync();
-    if durable || standby {
+    if standby {
         // on a hot standby every statement's record is forwarded before it
-        // runs (housekeeping's travels with the next one)
-        send_stmt(&event, durable || (standby && c.risk > Risk::Session))?;
+        // runs (housekeeping's travels with the next one); no queue there
+        forward::send(event.event_json(), durable || c.risk > Risk::Session)?;
         STATE.with(|s| s.borrow_mut().xact_sent = true);
+        if !matches!(d, Decision::Deny(_)) {
+            STATE.with(|s| {
+                s.borrow_mut().open.push(Open {
+                    n,
+                    lvl: level,
+                    query_desc,
+                    subxact,
+                    event: None,
+                    reserved: 0,
+                })
+            });
+        }
+        return Ok(());
     }
-    if !matches!(d, Decision::Deny(_)) {
-        let event = (!durable && !standby).then_some(event);
+    // What this statement's later records need, reserved now: its end
+    // event, or its complete record; once per transaction, the
+    // transaction's end and a savepoint rollback (further ones, rare, wait
+    // for space like any record). The statement is admitted only if it all
+    // fits and a writer runs for the database.
+    let denied = matches!(d, Decision::Deny(_));
+    let later = match (denied, durable) {
+        (true, _) => 0,
+        (false, true) => queue::record_bytes(row::event_bound(&event.sk, true)),
+        (false, false) => queue::record_bytes(row::complete_record_bound(&event)),
+    };
+    // agents' statements (and agent_guard's own events) wait for capacity,
+    // other sessions' run unrecorded rather than wait
+    let patient = agent.is_some() || query_desc == OWN_EVENT;
+    // Only statements that must not run unrecorded reserve: other sessions'
+    // later records take the space that is free then (waiting for it up to
+    // audit_wait_timeout, counted as dropped otherwise), so a cluster of busy
+    // human sessions never holds the queue reserved.
+    let later = if patient { later } else { 0 };
+    let first_in_xact = !STATE.with(|s| s.borrow().xact_reserved);
+    let reserve = later
+        + if first_in_xact && patient {
+            2 * queue::record_bytes(row::event_bound(&event.sk, false))
+        } else {
+            0
+        };
+    let payload = durable.then(|| event.event_json());
+    // (other sessions' records queue without a running writer: one is started
+    // and writes them later; they never wait for it)
+    let admitted = queue_step(
+        payload.as_deref(),
+        durable,
+        reserve,
+        0,
+        patient,
+        patient,
+        Some(flush_deferred),
+    );
+    let (slot, seq) = match admitted {
+        Ok(v) => v,
+        Err(why) => {
+            note_unadmitted(agent.is_some());
+            return Err(why);
+        }
+    };
+    let register_exit = STATE.with(|s| {
+        let mut s = s.borrow_mut();
+        s.held += reserve;
+        s.held_slot = slot;
+        if first_in_xact && patient {
+            s.event_credits = 2;
+        }
+        s.xact_reserved |= patient;
+        !std::mem::replace(&mut s.exit_registered, true)
+    });
+    if register_exit {
+        unsafe { pg_sys::on_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(0)) };
+    }
+    if durable {
+        STATE.with(|s| s.borrow_mut().xact_sent = true);
+        // other sessions wait only for a writer that runs (none may be able
+        // to yet: in the transaction that creates agent_guard, the writer
+        // cannot see the trail its script statements go to)
+        let writer = queue::with_slot(slot, |s, _| queue::writer_running(s));
+        let wait = patient || writer;
+        if let Err(why) = if wait {
+            wait_durable(slot, seq)
+        } else {
+            Ok(())
+        } {
+            note_unadmitted(agent.is_some());
+            return Err(why);
+        }
+    }
+    if !denied {
+        let event = (!durable).then_some(event);
         STATE.with(|s| {
             s.borrow_mut().open.push(Open {
                 n,
@@ -434,6 +740,7 @@ pub fn statement_start(
                 query_desc,
                 subxact,
                 event,
+                reserved: later,
             })
         });
     }
@@ -448,7 +755,7 @@ fn end_of(rows: Option<u64>, error: Option<&(String, String)>) -> row::End {
         state: error.map(|e| e.0.clone()),
         // PostgreSQL quotes offending values in its messages (a cast's
         // `invalid input syntax for type integer: "219-09-9999"`)
-        msg: error.map(|e| agent_guard_core::redact::redact_message(&e.1)),
+        msg: error.map(|e| row::bounded_message(&agent_guard_core::redact::redact_message(&e.1))),
     }
 }
 
@@ -478,7 +785,7 @@ fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
     let end = end_of(rows, error);
     match o.event {
         None => {
-            let _ = send(&end_event(o.n, &end), false);
+            send_later(end_event(o.n, &end).to_string().into_bytes(), o.reserved);
         }
         Some(mut event) => {
             event.end = Some(end);
@@ -488,14 +795,20 @@ fn finish(o: Open, rows: Option<u64>, error: Option<&(String, String)>) {
                     subxact: o.subxact,
                     n: o.n,
                     event,
+                    reserved: o.reserved,
                 });
-                s.finished.len() >= DEFER_LIMIT
+                s.finished.len() >= DEFER_LIMIT || s.held > queue::header_capacity() / DEFER_SHARE
             });
             if flush {
                 flush_finished(None);
             }
         }
     }
+}
+
+/// Queue the finished records now (their reservations go back with them).
+fn flush_deferred() {
+    flush_finished(None);
 }
 
 /// Queue the finished records, with the transaction's outcome when it is known.
@@ -511,7 +824,7 @@ fn flush_finished(outcome: Option<&row::XactEnd>) {
         if let Some(o) = outcome {
             f.event.set_transaction(o);
         }
-        let _ = send_bytes(row::complete_record(&f.event), false);
+        send_later(row::complete_record(&f.event), f.reserved);
     }
 }
 
@@ -577,8 +890,14 @@ fn record_orphan_error() {
         text: Some(redacted),
         ..Default::default()
     };
-    let _ = send_stmt(&event, false);
-    let _ = send(&end_event(n, &end_of(None, Some(&(state, msg)))), false);
+    // (nothing was reserved for it: it failed before agent_guard saw it start)
+    send_later(event.event_json(), 0);
+    send_later(
+        end_event(n, &end_of(None, Some(&(state, msg))))
+            .to_string()
+            .into_bytes(),
+        0,
+    );
     STATE.with(|s| s.borrow_mut().xact_sent = true);
 }
 
@@ -596,6 +915,7 @@ fn transaction_end(committed: bool) {
         (open, audited, x, s.last_error.take())
     });
     if !audited {
+        release_reservation();
         return;
     }
     let err = err.unwrap_or_else(|| ("XX000".into(), "transaction aborted".into()));
@@ -615,12 +935,11 @@ fn transaction_end(committed: bool) {
     flush_finished(Some(&outcome));
     let sent = STATE.with(|s| std::mem::replace(&mut s.borrow_mut().xact_sent, false));
     if sent {
-        let _ = send(
-            &json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
-                    "out": outcome.out, "xid": outcome.xid}),
-            false,
-        );
+        let event = json!({"k": "xact", "sk": session_key(), "x": x, "ts": now_us(),
+                           "out": outcome.out, "xid": outcome.xid});
+        send_later(event.to_string().into_bytes(), xact_event_credit());
     }
+    release_reservation();
 }
 
 fn subtransaction_abort(subxact: u32) {
@@ -657,10 +976,9 @@ fn subtransaction_abort(subxact: u32) {
         }
     });
     if STATE.with(|s| s.borrow().xact_sent) {
-        let _ = send(
-            &json!({"k": "sub", "sk": session_key(), "x": x, "sx": subxact, "upto": upto, "ts": now_us()}),
-            false,
-        );
+        let event = json!({"k": "sub", "sk": session_key(), "x": x, "sx": subxact,
+                           "upto": upto, "ts": now_us()});
+        send_later(event.to_string().into_bytes(), xact_event_credit());
     }
 }
 
@@ -779,7 +1097,9 @@ pub fn params_as_text(params: pg_sys::ParamListInfo) -> Option<Vec<Option<String
     }
 }
 
-/// Queue statistics for `audit_stats()`.
+/// Queue statistics for `audit_stats()`: per database with a queue, and
+/// cluster-wide totals since the server started (they outlive writers and
+/// queues given to other databases).
 pub fn stats() -> Value {
     if !queue::attached() {
         return json!({"attached": false});
@@ -787,19 +1107,25 @@ pub fn stats() -> Value {
     let db = unsafe { pg_sys::MyDatabaseId };
     let now = now_us();
     let mut slots = vec![];
-    for i in 0..queue::SLOTS {
+    let mut writers = 0;
+    for i in 0..queue::slots() {
         if queue::slot_dboid(i) == pg_sys::InvalidOid {
             continue;
         }
         let v = queue::with_slot(i, |s, _| {
+            if s.worker_state != queue::WORKER_NONE {
+                writers += 1;
+            }
             json!({
                 "database_oid": s.dboid.to_u32(),
                 "this_database": s.dboid == db,
                 "queued": s.enqueued - s.durable,
                 "queued_bytes": s.head - s.tail,
-                "enqueued": s.enqueued,
+                "reserved_bytes": s.reserved,
+                "enqueued": s.enqueued - s.enqueued_base,
                 "written": s.written,
                 "dropped": s.dropped,
+                "refused": s.refused,
                 "waits_for_space": s.waits,
                 "oldest_unwritten_age_ms": if s.oldest_ts == 0 { 0 } else { (now - s.oldest_ts) / 1000 },
                 "worker_pid": s.worker_pid,
@@ -812,7 +1138,29 @@ pub fn stats() -> Value {
         });
         slots.push(v);
     }
-    json!({"queue_capacity_bytes": queue::header_capacity(), "databases": slots})
+    for v in slots.iter_mut() {
+        let oid = pg_sys::Oid::from(v["database_oid"].as_u64().unwrap_or(0) as u32);
+        v["database"] = json!(cstr(unsafe { pg_sys::get_database_name(oid) }));
+    }
+    let t = queue::totals();
+    let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    json!({
+        "queue_capacity_bytes": queue::header_capacity(),
+        "queues": queue::slots(),
+        "queues_in_use": slots.len(),
+        "writers_max": crate::gucs::audit_writers(),
+        "writers_running": writers,
+        "totals": {
+            "enqueued": n(&t.enqueued),
+            "written": n(&t.written),
+            "dropped": n(&t.dropped),
+            "refused": n(&t.refused),
+            "waits_for_space": n(&t.waits),
+            "writer_starts": n(&t.writer_starts),
+            "writer_starts_waiting": n(&t.writers_busy),
+        },
+        "databases": slots,
+    })
 }
 
 pub mod functions;
@@ -823,7 +1171,7 @@ pub fn writers_status() -> Value {
         return json!([]);
     }
     let mut out = vec![];
-    for i in 0..queue::SLOTS {
+    for i in 0..queue::slots() {
         let w = queue::with_slot(i, |s, _| {
             (s.dboid != pg_sys::InvalidOid && s.worker_state != queue::WORKER_NONE).then(|| {
                 json!({
@@ -853,6 +1201,9 @@ pub fn record_admin_event(command: &str, text: &str) {
     );
 }
 
+/// The query descriptor key of agent_guard's own events ([`record_event`]).
+const OWN_EVENT: usize = usize::MAX;
+
 /// Put one event of agent_guard's own into the trail, durably.
 pub fn record_event(command: &str, risk: Risk, objects: Vec<String>, text: &str) {
     let mut c = Classification::new(command, risk, text);
@@ -861,11 +1212,11 @@ pub fn record_event(command: &str, risk: Risk, objects: Vec<String>, text: &str)
         reason: "administrator".into(),
         grant: None,
     };
-    if let Err(u) = statement_start(&c, &d, &StatementText { text, params: None }, usize::MAX) {
+    if let Err(u) = statement_start(&c, &d, &StatementText { text, params: None }, OWN_EVENT) {
         warning!(
             "agent_guard: could not record {command} in the audit trail: {}",
             u.describe()
         );
     }
-    statement_end(usize::MAX, None);
+    statement_end(OWN_EVENT, None);
 }

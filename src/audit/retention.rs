@@ -196,6 +196,15 @@ fn apply_retention() -> i64 {
     crate::search_path::pinned(|| apply(retention))
 }
 
+/// The text of the trail's PURGE AUDIT row for a retention run (verify_audit()
+/// looks for it, also in its redacted form: see src/audit/functions.rs).
+pub(super) fn purge_text(rows: i64, anchor: &str) -> String {
+    format!(
+        "agent_guard.apply_retention() dropped the expired partitions of agent_guard.audit_log: {rows} rows \
+         (agent_guard.audit_retention); the trail continues from anchor {anchor}"
+    )
+}
+
 struct Part {
     relid: pg_sys::Oid,
     name: String,
@@ -275,7 +284,7 @@ fn apply(retention: i32) -> i64 {
             .unwrap_or(0);
         let newest = c
             .select(
-                "SELECT id, coalesce(row_hash, '') FROM agent_guard.audit_log WHERE id < $1 ORDER BY id DESC LIMIT 1",
+                "SELECT id, coalesce(agent_guard._hash_text(row_hash), '') FROM agent_guard.audit_log WHERE id < $1 ORDER BY id DESC LIMIT 1",
                 None,
                 &[upto.into()],
             )
@@ -291,18 +300,8 @@ fn apply(retention: i32) -> i64 {
         // First the trail's own row naming the anchor (written by the
         // writer while this transaction holds no lock it needs), then the
         // anchor, then the drops.
-        super::record_admin_event(
-            "PURGE AUDIT",
-            &format!(
-                "agent_guard.apply_retention() drops partition(s) {} of agent_guard.audit_log: {rows} rows up to id {last_id}, \
-                 all started before {} (agent_guard.audit_retention = {retention} s); the trail continues from anchor {anchor}",
-                names.join(", "),
-                Spi::get_one_with_args::<String>("SELECT $1::text", &[cutoff.into()])
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default()
-            ),
-        );
+        let _ = last_id;
+        super::record_admin_event("PURGE AUDIT", &purge_text(rows, anchor));
         super::worker::set_writer(true);
         pgrx::PgTryBuilder::new(|| {
             Spi::run_with_args(
@@ -325,9 +324,15 @@ fn apply(retention: i32) -> i64 {
     })
     .finally(|| DROPPING.with(|d| d.borrow_mut().clear()))
     .execute();
+    let cutoff_text = Spi::get_one_with_args::<String>("SELECT $1::text", &[cutoff.into()])
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     log!(
-        "agent_guard: retention dropped partition(s) {} of agent_guard.audit_log ({rows} rows, anchor {})",
+        "agent_guard: retention dropped partition(s) {} of agent_guard.audit_log: {rows} rows{}, all started before {cutoff_text} \
+         (agent_guard.audit_retention = {retention} s); anchor {} (takes effect if the transaction commits)",
         names.join(", "),
+        newest.as_ref().map_or(String::new(), |n| format!(" up to id {}", n.0)),
         newest.as_ref().map_or("(none)", |n| n.1.as_str())
     );
     rows

@@ -322,17 +322,55 @@ fn unix_us(pg_us: i64) -> i64 {
     pg_us + 946_684_800_000_000
 }
 
-/// Append the hashed content of row `id` to `out`; equals SQL `agent_guard._row_content(row)`.
-pub fn write_row_content(id: i64, s: &Row, out: &mut String) {
+/// A session's context as `agent_guard.audit_sessions` stores it once per
+/// session (and again whenever it changes: `SET application_name`, `SET
+/// SESSION AUTHORIZATION`, a new sponsor).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionCtx {
+    pub sk: String,
+    pub su: Option<String>,
+    pub login: Option<String>,
+    pub sponsor: Option<String>,
+    pub app: Option<String>,
+    pub addr: Option<String>,
+    pub db: Option<String>,
+}
+
+impl Row<'_> {
+    /// Whether `c` is this row's session context.
+    pub fn has_ctx(&self, c: &SessionCtx) -> bool {
+        self.sk == c.sk
+            && self.su == c.su.as_deref()
+            && self.login == c.login.as_deref()
+            && self.sponsor == c.sponsor.as_deref()
+            && self.app == c.app.as_deref()
+            && self.addr == c.addr.as_deref()
+            && self.db == c.db.as_deref()
+    }
+
+    /// This row's session context.
+    pub fn ctx(&self) -> SessionCtx {
+        let own = |v: Option<&str>| v.map(str::to_string);
+        SessionCtx {
+            sk: self.sk.to_string(),
+            su: own(self.su),
+            login: own(self.login),
+            sponsor: own(self.sponsor),
+            app: own(self.app),
+            addr: own(self.addr),
+            db: own(self.db),
+        }
+    }
+}
+
+/// Append the hashed content of row `id`, whose session context is row
+/// `session_id` of `agent_guard.audit_sessions`, to `out`; equals SQL
+/// `agent_guard._row_content(row, session)`. The session's context is part
+/// of every row's hash, so rewriting a session row breaks the chain at the
+/// first row that refers to it.
+pub fn write_row_content(id: i64, session_id: i64, s: &Row, out: &mut String) {
     let mut a = PgArray::new(out);
     a.num(Some(id));
-    // the event key: the session key, ':' and digits (which need no escaping)
-    let key = a.sep();
-    pg_json_str(s.sk, key);
-    key.pop();
-    key.push(':');
-    push_int(key, s.n as i128);
-    key.push('"');
     a.str(Some(s.sk));
     a.num(Some(s.n));
     a.num(Some(s.x));
@@ -353,6 +391,8 @@ pub fn write_row_content(id: i64, s: &Row, out: &mut String) {
     a.num(s.grant);
     a.str(s.text);
     a.strs(s.params.as_ref().map(|ps| ps.iter().copied()));
+    a.num(Some(session_id));
+    a.str(Some(s.sk));
     a.finish();
 }
 
@@ -374,7 +414,7 @@ pub fn write_outcome_content(s: &Row, out: &mut String) {
 #[cfg(test)]
 fn row_content(id: i64, s: &Row) -> String {
     let mut out = String::with_capacity(256 + s.text.map_or(0, str::len));
-    write_row_content(id, s, &mut out);
+    write_row_content(id, 5, s, &mut out);
     out
 }
 
@@ -447,6 +487,75 @@ pub fn complete_record(s: &Stmt) -> Vec<u8> {
         }
     }
     w.0
+}
+
+/// The longest error message a record carries, in bytes (longer ones are
+/// cut at a character boundary): the records a statement reserves queue
+/// space for when it starts must have a known upper size.
+pub const MSG_MAX: usize = 1000;
+
+/// Cut `msg` to at most [`MSG_MAX`] bytes and replace control characters
+/// other than newline and tab by spaces (so that its JSON form is at most
+/// twice as long).
+pub fn bounded_message(msg: &str) -> String {
+    let mut end = msg.len().min(MSG_MAX);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    msg[..end]
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// Length of `Wire::str` of `v`.
+fn wire_str_len(v: Option<&str>) -> usize {
+    4 + v.map_or(0, str::len)
+}
+
+/// The exact length of [`complete_record`] of `s` without its end and
+/// transaction end, plus room for the longest end ([`MSG_MAX`]) and
+/// transaction end: the bytes a statement reserves for its complete record.
+pub fn complete_record_bound(s: &Stmt) -> usize {
+    let o = |v: &Option<String>| wire_str_len(v.as_deref());
+    let opt = |v: bool| if v { 9 } else { 1 };
+    let mut n = 1 + wire_str_len(Some(&s.sk)) + 3 * 8 + opt(s.parent.is_some()) + 8 + 8;
+    n += [
+        &s.su, &s.cu, &s.agent, &s.login, &s.sponsor, &s.app, &s.addr,
+    ]
+    .iter()
+    .map(|v| o(v))
+    .sum::<usize>();
+    n += 8;
+    n += [&s.db, &s.rid, &s.tp, &s.cmd, &s.risk]
+        .iter()
+        .map(|v| o(v))
+        .sum::<usize>();
+    n += 8 + s.obj.iter().map(|x| wire_str_len(Some(x))).sum::<usize>();
+    n += wire_str_len(Some(&s.dec)) + o(&s.why) + opt(s.grant.is_some()) + o(&s.text);
+    n += match &s.params {
+        None => 1,
+        Some(ps) => 1 + 8 + ps.iter().map(|p| wire_str_len(p.as_deref())).sum::<usize>(),
+    };
+    // end: flag, ts, rows, out ("error"), state (5), msg
+    n += 1 + 8 + (1 + 8) + wire_str_len(Some("error")) + wire_str_len(Some("XXXXX")) + 4 + MSG_MAX;
+    // transaction end: flag, out, xid
+    n += 1 + wire_str_len(Some("rolled back to savepoint")) + (1 + 8);
+    n
+}
+
+/// Upper size of a JSON event of a statement or transaction of session
+/// `sk` (end, transaction end, savepoint rollback), with an error message
+/// of at most [`MSG_MAX`] bytes in the end event.
+pub fn event_bound(sk: &str, with_message: bool) -> usize {
+    // keys, punctuation, five 20-digit numbers, "rolled back to savepoint", a SQLSTATE
+    256 + 2 * sk.len() + if with_message { 2 * MSG_MAX } else { 0 }
 }
 
 /// The row of a complete record, borrowing its strings from `p` (None if it
@@ -621,7 +730,7 @@ mod tests {
     }
 
     #[test]
-    fn event_keys_in_content_match_the_column() {
+    fn event_keys_of_rows_and_statements_agree() {
         let s = Stmt {
             sk: "9-\"q\"".into(),
             n: 42,
@@ -629,9 +738,26 @@ mod tests {
         };
         let row = s.row();
         assert_eq!(row.event_key(), s.event_key());
-        let mut expected = String::new();
-        pg_json_str(&s.event_key(), &mut expected);
-        assert!(row_content(1, &row).starts_with(&format!("[1, {expected}, ")));
+        assert_eq!(row.event_key(), "9-\"q\":42");
+    }
+
+    #[test]
+    fn the_session_context_is_hashed_with_its_session_row() {
+        let s = Stmt {
+            app: Some("app".into()),
+            sponsor: Some("alice".into()),
+            ..sample()
+        };
+        let row = s.row();
+        let c = row.ctx();
+        assert!(row.has_ctx(&c));
+        let other = SessionCtx {
+            sponsor: Some("bob".into()),
+            ..c.clone()
+        };
+        assert!(!row.has_ctx(&other));
+        assert!(row_content(7, &row).ends_with(", 5, \"1-2\"]"));
+        assert!(row_content(7, &row).contains("\"alice\", \"app\""));
     }
 
     fn sample() -> Stmt {
@@ -658,13 +784,39 @@ mod tests {
     }
 
     #[test]
+    fn complete_record_bounds_hold_the_longest_end() {
+        let mut s = sample();
+        s.end = None;
+        s.xo = None;
+        let bound = complete_record_bound(&s);
+        assert!(complete_record(&s).len() <= bound);
+        s.end = Some(End {
+            ts: i64::MAX,
+            rows: Some(u64::MAX),
+            out: "error".into(),
+            state: Some("XX000".into()),
+            msg: Some(bounded_message(&"x".repeat(5000))),
+        });
+        s.xo = Some(XactEnd {
+            out: "rolled back to savepoint".into(),
+            xid: Some(u64::MAX),
+        });
+        assert_eq!(complete_record(&s).len(), bound);
+        let msg = bounded_message(&"é\u{1}".repeat(5000));
+        assert!(msg.len() <= MSG_MAX && msg.len() > MSG_MAX - 3 && !msg.contains('\u{1}'));
+        let event = serde_json::json!({"k": "end", "sk": s.sk, "n": u64::MAX, "ts": i64::MIN,
+            "rows": u64::MAX, "out": "error", "state": "XX000", "msg": "\"".repeat(MSG_MAX)});
+        assert!(event.to_string().len() <= event_bound(&s.sk, true));
+    }
+
+    #[test]
     fn complete_records_parse_back() {
         let s = sample();
         let rec = complete_record(&s);
         let back = parse_complete_record(&rec).unwrap();
         assert_eq!(row_content(7, &back), row_content(7, &s.row()));
         assert!(row_content(7, &s.row())
-            .starts_with("[7, \"1-2:3\", \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
+            .starts_with("[7, \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
         assert_eq!(
             outcome_content(&back),
             "[946684800000020, 1, \"ok\", null, null, null, \"committed\"]"

@@ -21,14 +21,22 @@
 //!   makes such a command fail (`DROP DATABASE … WITH (FORCE)` terminates it
 //!   like any session);
 //! - when its queue slot is given to another database (all slots taken; the
-//!   slot idle the longest goes, see [`queue::slot_for`]);
+//!   slot idle the longest, at least a second, goes, see [`queue::slot_for`]);
+//! - when another database waits for a writer and every allowed one
+//!   (`agent_guard.audit_writers`) runs: the idlest is asked to leave
+//!   ([`queue::claim_start`]) and does once it has served [`MIN_SERVICE`];
 //! - on SIGTERM (shutdown, `pg_terminate_backend`), after a last batch.
+//!
+//! Except at SIGTERM and for `DROP DATABASE`, it leaves only with an empty
+//! queue and nothing reserved, atomically with the backends' admission
+//! ([`queue::try_leave`]): a statement admitted while it ran is written by it.
+//! Leaving keeps the slot (and its counters) for the database.
 
 use super::insert;
 use super::queue;
 use super::row::{
-    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row, Stmt,
-    XactEnd,
+    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row,
+    SessionCtx, Stmt, XactEnd,
 };
 use agent_guard_core::chain;
 use pgrx::bgworkers::{
@@ -38,6 +46,7 @@ use pgrx::prelude::*;
 use serde_json::{json, Value};
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// How long a writer with nothing to do stays (it holds a background-worker
@@ -47,6 +56,12 @@ const IDLE_EXIT: Duration = Duration::from_secs(600);
 /// How often an idle writer looks whether its database is wanted without
 /// other sessions (`DROP DATABASE` waits up to 5 s for them to go).
 const IDLE_POLL: Duration = Duration::from_millis(250);
+
+/// How long a writer serves its database at least before it leaves it to
+/// another database that waits for a writer (so that writers do not spend
+/// their time starting and leaving when more databases are busy than
+/// `agent_guard.audit_writers` allows).
+const MIN_SERVICE: Duration = Duration::from_millis(500);
 
 /// How long a busy writer collects records before its next batch. Records
 /// someone waits for do not wait for it.
@@ -99,7 +114,17 @@ thread_local! {
     /// The audit_log the cached chain head and open transactions belong to
     /// (a re-created extension has a new one, starting a new chain).
     static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+    /// Each session's newest context and its row in agent_guard.audit_sessions
+    /// (committed ones only: see [`NEW_SESSIONS`]).
+    static SESSIONS: RefCell<HashMap<String, (SessionCtx, i64)>> = RefCell::new(HashMap::new());
+    /// Session rows the batch being written added (known to [`SESSIONS`] once it commits).
+    static NEW_SESSIONS: RefCell<Vec<(SessionCtx, i64)>> = const { RefCell::new(Vec::new()) };
 }
+
+/// Sessions whose context the writer remembers at most; beyond, it forgets
+/// them all (a session seen again gets a new session row: correct, if
+/// not as small).
+const SESSIONS_LIMIT: usize = 10_000;
 
 /// True in the audit writer process and while purge_audit() runs.
 pub fn is_writer() -> bool {
@@ -120,7 +145,10 @@ unsafe extern "C-unwind" fn shmem_request() {
             pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
         }
     }
-    queue::request(crate::gucs::audit_queue_bytes());
+    queue::request(
+        crate::gucs::audit_queue_bytes(),
+        crate::gucs::audit_queues(),
+    );
 }
 
 #[pg_guard]
@@ -138,7 +166,10 @@ pub fn init_shmem() {
     unsafe {
         match crate::compat::request_shmem_in_hook(shmem_request) {
             Some(prev) => PREV_SHMEM_REQUEST = prev,
-            None => queue::request(crate::gucs::audit_queue_bytes()),
+            None => queue::request(
+                crate::gucs::audit_queue_bytes(),
+                crate::gucs::audit_queues(),
+            ),
         }
         PREV_SHMEM_STARTUP = pg_sys::shmem_startup_hook;
         pg_sys::shmem_startup_hook = Some(shmem_startup);
@@ -170,6 +201,12 @@ unsafe extern "C-unwind" fn on_exit(_code: i32, arg: pg_sys::Datum) {
             s.worker_state = queue::WORKER_NONE;
         }
     });
+    // Killed (pg_terminate_backend) or failed with records still queued or
+    // promised: a successor writes them now, not at the next statement.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    if db != pg_sys::InvalidOid && queue::needs_writer(i, db) {
+        let _ = crate::audit::ensure_worker(i);
+    }
 }
 
 /// Whether a session wants database `db` to itself (DROP DATABASE and the
@@ -233,6 +270,8 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
             s.worker_pid = pg_sys::MyProcPid;
             s.worker_latch = pg_sys::MyLatch;
             s.worker_state = queue::WORKER_RUNNING;
+            s.worker_since = pg_sys::GetCurrentTimestamp();
+            s.leave_requested = false;
             true
         })
     };
@@ -246,7 +285,8 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         discard_all(i, db);
         return;
     }
-    let mut idle_since = std::time::Instant::now();
+    let started = std::time::Instant::now();
+    let mut idle_since = started;
     loop {
         let Some(n) = drain(i, db) else {
             break; // the slot serves another database now
@@ -257,10 +297,19 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         if database_wanted_alone(db) {
             // DROP DATABASE (or the like) waits for the other sessions to go
             drain(i, db);
-            queue::release_if_empty(i, db);
+            if !queue::release_if_empty(i, db) {
+                queue::try_leave(i, db, true);
+            }
             break;
         }
-        if n == 0 && idle_since.elapsed() > IDLE_EXIT && queue::release_if_empty(i, db) {
+        // Leave when idle for long, or at once when another database waits
+        // for a writer — but only with an empty queue and nothing reserved
+        // (atomically with the backends' admission), so that every admitted
+        // record is written. The slot stays this database's (with its
+        // counters) until another database needs it.
+        let leave = (queue::leave_requested(i) && started.elapsed() >= MIN_SERVICE)
+            || idle_since.elapsed() > IDLE_EXIT;
+        if n == 0 && leave && queue::try_leave(i, db, false) {
             break;
         }
         // After a batch, collect the next one for a moment (records someone
@@ -268,8 +317,10 @@ pub extern "C-unwind" fn agent_guard_audit_writer(arg: pg_sys::Datum) {
         // empty queue, sleep until a backend wakes it.
         let timeout = if n > 0 { BATCH_DELAY } else { IDLE_POLL };
         if !BackgroundWorker::wait_latch(Some(timeout)) {
+            // SIGTERM (shutdown, pg_terminate_backend): a last batch; what
+            // arrives later is written by the next writer
             drain(i, db);
-            queue::release_if_empty(i, db);
+            queue::try_leave(i, db, true);
             break;
         }
         if BackgroundWorker::sighup_received() {
@@ -300,6 +351,9 @@ fn discard_all(i: usize, db: pg_sys::Oid) {
     queue::with_slot(i, |s, _| {
         if s.dboid == db {
             s.dropped += s.enqueued - s.durable;
+            queue::totals()
+                .dropped
+                .fetch_add(s.enqueued - s.durable, Ordering::Relaxed);
             s.tail = s.head;
             s.durable = s.enqueued;
             s.oldest_ts = 0;
@@ -332,6 +386,7 @@ fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
         .first_seq()
         .is_some_and(|seq| seq <= RECHECK_UNTIL.with(|c| c.get()));
     let (new_last, undecodable) = BackgroundWorker::transaction(|| write_batch(&batch, recheck));
+    remember_sessions();
     super::head::committed(flush);
     LAST_HASH.with(|h| *h.borrow_mut() = Some(new_last));
     let n = batch.len();
@@ -345,6 +400,10 @@ fn drain(i: usize, db: pg_sys::Oid) -> Option<usize> {
         s.durable = last_seq;
         s.written += (n - undecodable) as u64;
         s.dropped += undecodable as u64;
+        let t = queue::totals();
+        t.written
+            .fetch_add((n - undecodable) as u64, Ordering::Relaxed);
+        t.dropped.fetch_add(undecodable as u64, Ordering::Relaxed);
         s.oldest_ts = if s.tail == s.head { 0 } else { now };
         s.last_active = now;
     });
@@ -369,13 +428,72 @@ fn check_table() {
         PENDING.with(|p| *p.borrow_mut() = None);
         OPEN.with(|o| *o.borrow_mut() = OpenRows::default());
         COMPLETE_PLAN.with(|p| *p.borrow_mut() = None);
+        SESSIONS.with(|s| s.borrow_mut().clear());
     }
+}
+
+/// The batch committed: its new session rows are the sessions' contexts now.
+fn remember_sessions() {
+    let new = NEW_SESSIONS.with(|n| std::mem::take(&mut *n.borrow_mut()));
+    SESSIONS.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() + new.len() > SESSIONS_LIMIT {
+            s.clear();
+        }
+        for (ctx, id) in new {
+            s.insert(ctx.sk.clone(), (ctx, id));
+        }
+    });
+}
+
+/// The agent_guard.audit_sessions row of `row`'s session context: the one
+/// remembered, one this batch added, or a new one.
+fn session_id(row: &Row) -> i64 {
+    let known = SESSIONS.with(|s| {
+        s.borrow()
+            .get(row.sk)
+            .filter(|(c, _)| row.has_ctx(c))
+            .map(|(_, id)| *id)
+    });
+    if let Some(id) = known {
+        return id;
+    }
+    let added = NEW_SESSIONS.with(|n| {
+        n.borrow()
+            .iter()
+            .rev()
+            .find(|(c, _)| row.has_ctx(c))
+            .map(|(_, id)| *id)
+    });
+    if let Some(id) = added {
+        return id;
+    }
+    let ctx = row.ctx();
+    let id = Spi::get_one_with_args::<i64>(
+        "INSERT INTO agent_guard.audit_sessions (session_key, session_user_name, login_role, sponsor, \
+                                                application_name, client_addr, database_name) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        &[
+            ctx.sk.as_str().into(),
+            ctx.su.clone().into(),
+            ctx.login.clone().into(),
+            ctx.sponsor.clone().into(),
+            ctx.app.clone().into(),
+            ctx.addr.clone().into(),
+            ctx.db.clone().into(),
+        ],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| pgrx::error!("agent_guard: cannot record an audit session"));
+    NEW_SESSIONS.with(|n| n.borrow_mut().push((ctx, id)));
+    id
 }
 
 fn last_hash() -> String {
     LAST_HASH.with(|h| h.borrow().clone()).unwrap_or_else(|| {
         Spi::get_one::<String>(
-            "SELECT row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
+            "SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
         )
         .ok()
         .flatten()
@@ -412,6 +530,7 @@ fn pending_xacts() -> HashSet<(String, u64)> {
 /// inserted row; only statements whose end comes in a later batch are updated.
 fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     check_table();
+    NEW_SESSIONS.with(|n| n.borrow_mut().clear());
     // Rows in queue order: complete records as they are (borrowed from the
     // batch), statement events with the end and transaction events of the
     // same batch merged in (decoded into `events`).
@@ -515,24 +634,23 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         // table: a predecessor that died between its commit and advancing the
         // queue wrote at most one row per record of this batch (it started at
         // the same place), and its rows are the newest ones.
-        let keys: Vec<String> = rows.iter().map(Row::event_key).collect();
+        // (session_key, statement_no) identifies a statement
         let newest = batch.len() as i64;
-        let already: HashSet<String> = Spi::connect(|c| {
+        let already: HashSet<(String, i64)> = Spi::connect(|c| {
             c.select(
-                "SELECT n.event_key FROM (SELECT a.event_key FROM agent_guard.audit_log a \
-                                          ORDER BY a.id DESC LIMIT $2) n \
-                 WHERE n.event_key = ANY($1)",
+                "SELECT a.session_key, a.statement_no FROM agent_guard.audit_log a \
+                 ORDER BY a.id DESC LIMIT $1",
                 None,
-                &[keys.into(), newest.into()],
+                &[newest.into()],
             )
             .map(|t| {
-                t.filter_map(|r| r.get::<String>(1).ok().flatten())
+                t.filter_map(|r| Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??)))
                     .collect()
             })
             .unwrap_or_default()
         });
         if !already.is_empty() {
-            rows.retain(|r| !already.contains(&r.event_key()));
+            rows.retain(|r| !already.contains(&(r.sk.to_string(), r.n as i64)));
         }
     }
     let mut prev = last_hash();
@@ -549,8 +667,9 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
         for row in &rows {
             // each row's hash covers its id, so ids come first
             let id = table.next_id();
+            let session_id = session_id(row);
             content.clear();
-            write_row_content(id, row, &mut content);
+            write_row_content(id, session_id, row, &mut content);
             let head = sealed.last().map_or(prev.as_str(), |s| s.row_hash.as_str());
             let row_hash = chain::link_hex(head, &content);
             let outcome_hash = row.has_outcome().then(|| {
@@ -560,6 +679,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
             });
             sealed.push(insert::Sealed {
                 id,
+                session_id,
                 row_hash,
                 outcome_hash,
                 row,
@@ -607,7 +727,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     }
     if !touched.is_empty() {
         Spi::run_with_args(
-            "UPDATE agent_guard.audit_log a SET outcome_hash = agent_guard._link(a.row_hash, agent_guard._outcome_content(a)) \
+            "UPDATE agent_guard.audit_log a SET outcome_hash = agent_guard._hash_bytes(agent_guard._link(agent_guard._hash_text(a.row_hash), agent_guard._outcome_content(a))) \
              WHERE a.id = ANY($1) AND (a.outcome IS NOT NULL OR a.transaction_outcome IS NOT NULL)",
             &[touched.into()],
         )
@@ -807,7 +927,8 @@ fn complete_open_rows(open: &mut OpenRows) {
                         "UPDATE agent_guard.audit_log a SET ended_at = u.ended_at::pg_catalog.timestamptz, \
                          rows_affected = u.rows_affected, outcome = u.outcome, sqlstate = u.sqlstate, \
                          error_message = u.error_message, transaction_id = u.transaction_id, \
-                         transaction_outcome = u.transaction_outcome, outcome_hash = u.outcome_hash \
+                         transaction_outcome = u.transaction_outcome, \
+                         outcome_hash = pg_catalog.decode(u.outcome_hash, 'hex') \
                          FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), \
                                          pg_catalog.unnest($3), pg_catalog.unnest($4), \
                                          pg_catalog.unnest($5), pg_catalog.unnest($6), \

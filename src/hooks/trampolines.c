@@ -24,6 +24,7 @@
 
 #include "catalog/objectaccess.h"
 #include "catalog/pg_class.h"
+#include "catalog/pg_database.h"
 #include "executor/executor.h"
 #include "fmgr.h"
 #include "miscadmin.h"
@@ -49,6 +50,7 @@ extern void ag_rs_object_access(ObjectAccessType access, Oid classId,
 extern bool ag_rs_needs_fmgr(Oid fn_oid);
 extern void ag_rs_fmgr_start(Oid fn_oid);
 extern void ag_rs_relation_drop(Oid relid);
+extern void ag_rs_database_drop(Oid dboid);
 extern void ag_rs_post_parse_analyze(ParseState *pstate, Query *query);
 extern void ag_rs_emit_log(ErrorData *edata);
 extern const char *ag_rs_row_values_hidden(void);
@@ -333,6 +335,8 @@ ag_object_access(ObjectAccessType access, Oid classId, Oid objectId,
 							ag_statement_frames > 0);
 	else if (access == OAT_DROP && classId == RelationRelationId && subId == 0)
 		ag_rs_relation_drop(objectId);	/* src/audit/drop_guard.rs */
+	else if (access == OAT_DROP && classId == DatabaseRelationId)
+		ag_rs_database_drop(objectId);	/* src/audit/drop_guard.rs */
 }
 
 static bool

@@ -536,8 +536,9 @@ fn renamed_roles_are_recorded_by_their_new_name() {
     let names = loop {
         let rows = admin
             .query(
-                "SELECT statement_text, session_user_name, current_user_name
-                 FROM agent_guard.audit_log WHERE backend_pid = $1 AND statement_text LIKE 'SELECT ''%rename''' ORDER BY id",
+                "SELECT a.statement_text, s.session_user_name, a.current_user_name
+                 FROM agent_guard.audit_log a JOIN agent_guard.audit_sessions s ON s.id = a.session_id
+                 WHERE a.backend_pid = $1 AND a.statement_text LIKE 'SELECT ''%rename''' ORDER BY a.id",
                 &[&pid],
             )
             .unwrap();

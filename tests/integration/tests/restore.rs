@@ -106,7 +106,7 @@ fn registrations_masks_and_the_trail_survive_a_restore_into_another_cluster() {
     let (src_total, src_last_id, src_last_hash): (i64, i64, String) = {
         let r = src
             .query_one(
-                "SELECT count(*), max(id), (SELECT row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1)
+                "SELECT count(*), max(id), (SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1)
                  FROM agent_guard.audit_log",
                 &[],
             )
@@ -198,7 +198,7 @@ fn registrations_masks_and_the_trail_survive_a_restore_into_another_cluster() {
     let (dst_total, dst_hash): (i64, String) = {
         let r = dst
             .query_one(
-                "SELECT count(*), (SELECT row_hash FROM agent_guard.audit_log WHERE id = $1)
+                "SELECT count(*), (SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log WHERE id = $1)
                  FROM agent_guard.audit_log",
                 &[&src_last_id],
             )
@@ -402,7 +402,8 @@ fn unconfirmed_registry_rows_fail_closed() {
     let n = wait_count(
         &mut a,
         &format!(
-            "SELECT count(*) FROM agent_guard.audit_log WHERE login_role = '{human}' AND decision = 'denied'"
+            "SELECT count(*) FROM agent_guard.audit_log a JOIN agent_guard.audit_sessions s ON s.id = a.session_id \
+             WHERE s.login_role = '{human}' AND a.decision = 'denied'"
         ),
         2,
     );

@@ -171,7 +171,7 @@ fn agents_on_a_hot_standby_are_judged_from_the_replica_and_refused_and_promotion
     let (total, distinct): (i64, i64) = {
         let r = s_admin
             .query_one(
-                "SELECT count(*), count(DISTINCT event_key) FROM agent_guard.audit_log",
+                "SELECT count(*), count(DISTINCT (session_key, statement_no)) FROM agent_guard.audit_log",
                 &[],
             )
             .unwrap();

@@ -166,6 +166,78 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     assert!(intact, "{problem:?}");
     assert!(n >= 1);
 
+    // the primary commits the record but the standby cannot confirm it in
+    // time (its replay is paused): the read is refused, and the primary's
+    // row gets that outcome with the next batch instead of staying open
+    s_admin
+        .batch_execute("SELECT pg_wal_replay_pause()")
+        .unwrap();
+    refused_42501(
+        &mut a,
+        &format!("SELECT ssn FROM {table} WHERE id = 1 /* request_id='sf-unconfirmed' */"),
+    );
+    s_admin
+        .batch_execute("SELECT pg_wal_replay_resume()")
+        .unwrap();
+    a.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-after' */"))
+        .unwrap_or_else(|e| panic!("the next read runs: {}", describe(&e)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let unconfirmed = loop {
+        let r = p
+            .query(
+                "SELECT outcome, sqlstate FROM agent_guard.audit_forwarded
+                 WHERE source = $1 AND request_id = 'sf-unconfirmed'",
+                &[&source],
+            )
+            .unwrap();
+        let v: Vec<(Option<String>, Option<String>)> =
+            r.iter().map(|r| (r.get(0), r.get(1))).collect();
+        if v.iter().any(|x| x.0.is_some()) || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        unconfirmed,
+        vec![(Some("error".to_string()), Some("42501".to_string()))],
+        "the refused read's record on the primary says it was refused"
+    );
+
+    // the primary does not take the statement's end and its transaction's
+    // outcome at COMMIT (a WARNING says so); they go with the session's
+    // last try when it ends, once the primary takes them again
+    let mut a2 = standby.connect(&agent, &db);
+    a2.batch_execute("BEGIN").unwrap();
+    a2.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-exit' */"))
+        .unwrap();
+    p.batch_execute(&format!("REVOKE agent_guard_forwarder FROM {fwd}"))
+        .unwrap();
+    a2.batch_execute("COMMIT")
+        .unwrap_or_else(|e| panic!("COMMIT is not refused: {}", describe(&e)));
+    p.batch_execute(&format!("GRANT agent_guard_forwarder TO {fwd}"))
+        .unwrap();
+    drop(a2);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ended = loop {
+        let r = p
+            .query_one(
+                "SELECT outcome, transaction_outcome FROM agent_guard.audit_forwarded
+                 WHERE source = $1 AND request_id = 'sf-exit'",
+                &[&source],
+            )
+            .unwrap();
+        let v: (Option<String>, Option<String>) = (r.get(0), r.get(1));
+        if v.1.is_some() || Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        ended,
+        (Some("ok".to_string()), Some("committed".to_string())),
+        "the end and outcome the primary did not take at COMMIT arrive when the session ends"
+    );
+
     // writes stay refused, and the refusal is recorded on the primary
     let e = refused_42501(
         &mut a,

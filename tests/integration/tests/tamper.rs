@@ -7,6 +7,9 @@
 //! anchor is exposed by `verify_audit()` and `verify_audit_anchor()`, which
 //! compare the trail with the chain head the writer keeps outside the table.
 //!
+//! `DROP DATABASE` is logged with the head of the trail it takes along, and
+//! the head file goes with it.
+//!
 //! Each test uses a database of its own (so DROP EXTENSION there touches no
 //! other test) on the test cluster, as the superuser (a human session).
 
@@ -56,7 +59,7 @@ fn settled_head(c: &mut Client) -> (i64, String) {
     let read = |c: &mut Client| -> (i64, String) {
         let r = c
             .query_one(
-                "SELECT id, row_hash FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
+                "SELECT id, agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1",
                 &[],
             )
             .unwrap();
@@ -215,7 +218,7 @@ fn a_confirmed_drop_is_logged_and_a_new_trail_verifies_from_its_first_row() {
     );
     let first_prev: String = c
         .query_one(
-            "SELECT prev_hash FROM agent_guard.audit_log ORDER BY id LIMIT 1",
+            "SELECT agent_guard._hash_text(prev_hash) FROM agent_guard.audit_log ORDER BY id LIMIT 1",
             &[],
         )
         .unwrap()
@@ -311,8 +314,29 @@ fn the_chain_head_is_kept_outside_the_table_in_a_file_and_the_server_log() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // DROP DATABASE takes the trail along: logged with its head, and the
+    // head file goes with the database (a later database with its OID
+    // starts afresh)
     drop(d);
-    drop_database(&db);
+    let from = server_log_len();
+    let mut pg = connect_db(&superuser(), "postgres");
+    pg.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .unwrap_or_else(|e| panic!("DROP DATABASE: {}", describe(&e)));
+    let needle = format!("audit trail of database \"{db}\" (oid {oid}) dropped with the database by");
+    assert!(
+        wait_for_log(from, &needle, Duration::from_secs(10)),
+        "DROP DATABASE is in the server log: {needle}"
+    );
+    let logged = server_log_since(from);
+    let line = logged.lines().find(|l| l.contains(&needle)).unwrap_or("");
+    assert!(
+        line.contains(&format!("chain head id {}, hash {}", head.0, head.1)),
+        "the log line names the head: {line}"
+    );
+    assert!(
+        !std::path::Path::new(&file).exists(),
+        "{file} is removed with the database"
+    );
 }
 
 #[test]
@@ -350,8 +374,11 @@ fn recomputing_the_hashes_of_a_changed_row_is_exposed() {
         "BEGIN; \
          ALTER TABLE agent_guard.audit_log DISABLE TRIGGER audit_log_append_only; \
          UPDATE agent_guard.audit_log SET statement_text = 'SELECT 1' WHERE id = {last}; \
-         UPDATE agent_guard.audit_log a SET row_hash = agent_guard._link(a.prev_hash, agent_guard._row_content(a)) WHERE id = {last}; \
-         UPDATE agent_guard.audit_log a SET outcome_hash = agent_guard._link(a.row_hash, agent_guard._outcome_content(a)) \
+         UPDATE agent_guard.audit_log a \
+           SET row_hash = agent_guard._hash_bytes(agent_guard._link(agent_guard._hash_text(a.prev_hash), agent_guard._row_content(a, s))) \
+           FROM agent_guard.audit_sessions s WHERE s.id = a.session_id AND a.id = {last}; \
+         UPDATE agent_guard.audit_log a \
+           SET outcome_hash = agent_guard._hash_bytes(agent_guard._link(agent_guard._hash_text(a.row_hash), agent_guard._outcome_content(a))) \
            WHERE id = {last} AND outcome_hash IS NOT NULL; \
          ALTER TABLE agent_guard.audit_log ENABLE TRIGGER audit_log_append_only; \
          COMMIT"
@@ -359,7 +386,7 @@ fn recomputing_the_hashes_of_a_changed_row_is_exposed() {
     .unwrap_or_else(|e| panic!("the superuser's rewrite: {}", describe(&e)));
     let now: String = d
         .query_one(
-            &format!("SELECT row_hash FROM agent_guard.audit_log WHERE id = {last}"),
+            &format!("SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log WHERE id = {last}"),
             &[],
         )
         .unwrap()
@@ -410,7 +437,7 @@ fn a_purge_verifies_and_a_forged_purge_anchor_is_exposed() {
     d.batch_execute(&format!(
         "BEGIN; SET LOCAL session_replication_role = replica; \
          INSERT INTO agent_guard.audit_purges (older_than, rows_purged, anchor_hash) \
-           SELECT started_at, 2, prev_hash FROM agent_guard.audit_log WHERE id = {keep}; \
+           SELECT started_at, 2, agent_guard._hash_text(prev_hash) FROM agent_guard.audit_log WHERE id = {keep}; \
          DELETE FROM agent_guard.audit_log WHERE id < {keep}; COMMIT"
     ))
     .unwrap_or_else(|e| panic!("the superuser's forged purge: {}", describe(&e)));
@@ -421,6 +448,54 @@ fn a_purge_verifies_and_a_forged_purge_anchor_is_exposed() {
     );
     let (holds, why) = anchor_holds(&mut d, &anchor);
     assert!(!holds, "the kept anchor no longer holds: {why}");
+    drop(d);
+    drop_database(&db);
+}
+
+/// Issue 14.6: the session context is stored once per session
+/// (agent_guard.audit_sessions), and still covered by the chain: a superuser
+/// who rewrites a session row (its sponsor) with the triggers disabled is
+/// exposed at the first statement of that session.
+#[test]
+fn rewriting_a_session_row_is_exposed() {
+    let (db, mut d, _head) = settled_trail("tamper_session", 4);
+    let (intact, _, problem) = verify(&mut d);
+    assert!(intact, "an untouched trail verifies: {problem}");
+    let (session, first): (i64, i64) = {
+        let r = d
+            .query_one(
+                "SELECT session_id, id FROM agent_guard.audit_log ORDER BY id LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    // the session row is protected like the trail
+    let e = d
+        .batch_execute(&format!(
+            "UPDATE agent_guard.audit_sessions SET sponsor = 'someone_else' WHERE id = {session}"
+        ))
+        .err()
+        .expect("an UPDATE of audit_sessions is refused");
+    assert_eq!(
+        e.as_db_error().map(|e| e.code().code()),
+        Some("42501"),
+        "{}",
+        describe(&e)
+    );
+    d.batch_execute(&format!(
+        "BEGIN; \
+         ALTER TABLE agent_guard.audit_sessions DISABLE TRIGGER audit_sessions_append_only; \
+         UPDATE agent_guard.audit_sessions SET sponsor = 'someone_else' WHERE id = {session}; \
+         ALTER TABLE agent_guard.audit_sessions ENABLE TRIGGER audit_sessions_append_only; \
+         COMMIT"
+    ))
+    .unwrap_or_else(|e| panic!("the superuser's rewrite: {}", describe(&e)));
+    let (intact, broken, problem) = verify(&mut d);
+    assert!(
+        !intact && broken == Some(first) && problem.contains("audit_sessions"),
+        "verify_audit() reports the rewritten session row: intact={intact} first_broken_id={broken:?} {problem}"
+    );
     drop(d);
     drop_database(&db);
 }

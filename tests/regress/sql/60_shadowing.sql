@@ -172,9 +172,9 @@ SELECT agent_guard.purge_audit(pg_catalog.now() OPERATOR(pg_catalog.-) interval 
 SELECT intact FROM agent_guard.verify_audit();
 SET search_path = pg_catalog, public;
 -- everyone was recorded, from the client's address
-SELECT session_user_name, min(client_addr) AS client_addr, count(*) > 0 AS recorded
-FROM agent_guard.audit_log
-WHERE session_user_name IN ('regress_human', 'regress_root', 'regress_bot', 'regress_sponsor')
+SELECT s.session_user_name, min(s.client_addr) AS client_addr, count(*) > 0 AS recorded
+FROM agent_guard.audit_log a JOIN agent_guard.audit_sessions s ON s.id = a.session_id
+WHERE s.session_user_name IN ('regress_human', 'regress_root', 'regress_bot', 'regress_sponsor')
 GROUP BY 1 ORDER BY 1;
 -- and not one shadow was called
 SELECT what, by_role FROM public.shadow_calls;
