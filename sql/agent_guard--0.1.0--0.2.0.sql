@@ -960,6 +960,13 @@ STRICT
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'verify_forwarded_wrapper';
 
+CREATE  FUNCTION agent_guard."purge_forwarded"(
+	"older_than" timestamp with time zone
+) RETURNS bigint
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'purge_forwarded_wrapper';
+
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'agent_guard_forwarder') THEN
@@ -977,7 +984,10 @@ CREATE TABLE agent_guard.forward_sources (
     last_seen         timestamptz NOT NULL DEFAULT pg_catalog.now(),
     rows_received     bigint NOT NULL DEFAULT 0,
     -- the row_hash of the source's newest row ('agent_guard' before the first)
-    head_hash         text NOT NULL DEFAULT 'agent_guard'
+    head_hash         text NOT NULL DEFAULT 'agent_guard',
+    -- rows removed by purge_forwarded(), and the hash its chain continues from
+    purged_rows       bigint NOT NULL DEFAULT 0,
+    purge_anchor      text
 );
 
 -- The records, with audit_log's columns plus their source.
@@ -1168,6 +1178,64 @@ END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._ingest_forwarded(text, text, jsonb) FROM PUBLIC;
 
+-- The work of purge_forwarded() (which checks the caller and lets these
+-- writes past the append-only triggers): per source, the rows that started
+-- before older_than go (a prefix of the source's chain, up to its first row
+-- that started later), and the source's chain records it: a PURGE AUDIT row
+-- naming the anchor it continues from (the hash of the last row removed),
+-- which verify_forwarded() starts from and checks. Returns the rows removed.
+CREATE FUNCTION agent_guard._purge_forwarded(older_than timestamptz) RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    s      record;
+    keep   bigint;
+    anchor text;
+    n      bigint;
+    total  bigint := 0;
+    us     bigint;
+BEGIN
+    FOR s IN SELECT f.source, f.system_identifier, f.head_hash
+               FROM agent_guard.forward_sources f ORDER BY f.source FOR UPDATE LOOP
+        SELECT pg_catalog.min(a.id) INTO keep FROM agent_guard.audit_forwarded a
+         WHERE a.source = s.source AND a.started_at OPERATOR(pg_catalog.>=) older_than;
+        IF keep IS NULL THEN
+            anchor := s.head_hash;
+            DELETE FROM agent_guard.audit_forwarded a WHERE a.source = s.source;
+        ELSE
+            SELECT a.prev_hash INTO anchor FROM agent_guard.audit_forwarded a WHERE a.id = keep;
+            DELETE FROM agent_guard.audit_forwarded a
+             WHERE a.source = s.source AND a.id OPERATOR(pg_catalog.<) keep;
+        END IF;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        CONTINUE WHEN n = 0;
+        UPDATE agent_guard.forward_sources f
+           SET purged_rows = f.purged_rows OPERATOR(pg_catalog.+) n, purge_anchor = anchor
+         WHERE f.source = s.source;
+        -- (PostgreSQL-epoch microseconds, as the standbys' events carry)
+        us := ((EXTRACT(epoch FROM pg_catalog.clock_timestamp()) OPERATOR(pg_catalog.-) 946684800)
+               OPERATOR(pg_catalog.*) 1000000)::bigint;
+        PERFORM agent_guard._ingest_forwarded(s.source, s.system_identifier, pg_catalog.jsonb_build_array(
+            pg_catalog.jsonb_build_object(
+                'k', 'stmt', 'sk', 'agent_guard-purge', 'n', us, 'x', us, 'lvl', 0, 'ts', us,
+                'su', session_user, 'cu', current_user, 'db', pg_catalog.current_database(),
+                'cmd', 'PURGE AUDIT', 'risk', 'admin', 'dec', 'allowed',
+                'why', 'agent_guard.purge_forwarded()',
+                'text', pg_catalog.format(
+                    'agent_guard.purge_forwarded(%L) removed %s rows of source %s; the chain continues from anchor %s',
+                    older_than, n, s.source, anchor)),
+            pg_catalog.jsonb_build_object('k', 'end', 'sk', 'agent_guard-purge', 'n', us, 'ts', us,
+                                          'out', 'ok', 'rows', n),
+            pg_catalog.jsonb_build_object('k', 'xact', 'sk', 'agent_guard-purge', 'x', us, 'ts', us,
+                                          'out', 'committed')));
+        total := total OPERATOR(pg_catalog.+) n;
+    END LOOP;
+    RETURN total;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._purge_forwarded(timestamptz) FROM PUBLIC;
+
 -- ingest_forwarded() runs as the extension's owner, for agent_guard_forwarder only.
 ALTER FUNCTION agent_guard.ingest_forwarded(text, text, jsonb)
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
@@ -1176,6 +1244,8 @@ GRANT EXECUTE ON FUNCTION agent_guard.ingest_forwarded(text, text, jsonb) TO age
 
 REVOKE ALL ON FUNCTION agent_guard.verify_forwarded(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION agent_guard.verify_forwarded(text) TO agent_guard_admin;
+-- superusers only (checked inside as well)
+REVOKE ALL ON FUNCTION agent_guard.purge_forwarded(timestamptz) FROM PUBLIC;
 
 -- For people: the forwarded statements, newest first.
 CREATE VIEW agent_guard.audit_trail_forwarded AS

@@ -83,7 +83,8 @@ extension_sql_file!(
     requires = [
         "audit",
         audit::ingest::ingest_forwarded,
-        audit::ingest::verify_forwarded
+        audit::ingest::verify_forwarded,
+        audit::ingest::purge_forwarded
     ]
 );
 extension_sql_file!(

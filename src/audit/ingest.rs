@@ -56,6 +56,41 @@ fn ingest_forwarded(source: &str, system_identifier: &str, events: JsonB) -> i64
     .unwrap_or(0)
 }
 
+/// Remove forwarded records that started before `older_than` (superuser
+/// only), each source's oldest first; each source's chain records the purge
+/// and the anchor it continues from (see `_purge_forwarded` in
+/// `sql/forward.sql`). Returns the rows removed.
+#[pg_extern]
+fn purge_forwarded(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
+    if crate::identity::current_agent().is_some() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "agent sessions may not purge the audit trail"
+        );
+    }
+    if !unsafe { pg_sys::superuser() } {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "only superusers may purge the audit trail"
+        );
+    }
+    super::worker::set_writer(true);
+    pgrx::PgTryBuilder::new(move || {
+        crate::search_path::pinned(move || {
+            Spi::get_one_with_args::<i64>(
+                "SELECT agent_guard._purge_forwarded($1)",
+                &[older_than.into()],
+            )
+        })
+    })
+    .finally(|| super::worker::set_writer(false))
+    .execute()
+    .unwrap_or_else(|e| error!("agent_guard: cannot purge the forwarded records: {e}"))
+    .unwrap_or(0)
+}
+
 /// Whether the hash chain of `source`'s forwarded records is intact (also
 /// against the head kept in `agent_guard.forward_sources`), and if not, the
 /// first row where it breaks.
@@ -93,20 +128,42 @@ fn verify(
          FROM agent_guard.audit_forwarded a WHERE a.source = $1 ORDER BY a.id",
         &[source.into()],
     );
-    let head: Option<(String, i64)> = Spi::connect(|c| {
+    let head: Option<(String, i64, Option<String>)> = Spi::connect(|c| {
         c.select(
-            "SELECT s.head_hash, s.rows_received FROM agent_guard.forward_sources s WHERE s.source = $1",
+            "SELECT s.head_hash, s.rows_received OPERATOR(pg_catalog.-) s.purged_rows, s.purge_anchor \
+             FROM agent_guard.forward_sources s WHERE s.source = $1",
             None,
             &[source.into()],
         )
         .ok()
         .and_then(|t| {
             let r = t.first();
-            Some((r.get::<String>(1).ok()??, r.get::<i64>(2).ok()??))
+            Some((
+                r.get::<String>(1).ok()??,
+                r.get::<i64>(2).ok()??,
+                r.get::<String>(3).ok()?,
+            ))
         })
     });
     let n = rows.len() as i64;
-    let broken = super::functions::first_break(&rows, chain::GENESIS).or_else(|| {
+    // after a purge the chain continues from its anchor, which a PURGE
+    // AUDIT row of the chain itself must name (an anchor written into
+    // forward_sources by hand names none)
+    let anchor = head.as_ref().and_then(|h| h.2.clone());
+    let start = anchor.as_deref().unwrap_or(chain::GENESIS);
+    let forged = anchor.as_deref().and_then(|a| {
+        let named = rows
+            .iter()
+            .any(|r| r.1.contains("\"PURGE AUDIT\"") && r.1.contains(&format!("anchor {a}")));
+        (!named).then(|| {
+            (
+                rows.first().map_or(0, |r| r.0),
+                format!("the purge anchor {a} in agent_guard.forward_sources is named by no PURGE AUDIT row of the chain"),
+            )
+        })
+    });
+    let head = head.map(|(h, count, _)| (h, count));
+    let broken = forged.or_else(|| super::functions::first_break(&rows, start)).or_else(|| {
         let last = rows.last().map_or(chain::GENESIS, |r| r.3.as_str());
         match &head {
             None if rows.is_empty() => None,

@@ -446,6 +446,63 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     assert!(intact, "{problem:?}");
     assert_eq!(n, rows);
 
+    // retention: purge_forwarded() removes a prefix of each source's chain
+    // and records itself in it; the chain verifies from the anchor and the
+    // standby's next records continue it; an anchor written by hand is exposed
+    let removed: i64 = p
+        .query_one(
+            "SELECT agent_guard.purge_forwarded(pg_catalog.now())",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(removed >= rows, "{removed} of {rows} rows removed");
+    let purge_rows = count(
+        &mut p,
+        "SELECT count(*) FROM agent_guard.audit_forwarded
+         WHERE source = $1 AND command = 'PURGE AUDIT'",
+        &source,
+    );
+    assert_eq!(purge_rows, 1, "the purge is a row of the source's chain");
+    let (intact, n, problem) = verify(&mut p, &source);
+    assert!(intact && n == 1, "after the purge: {problem:?} ({n} rows)");
+    a.batch_execute(&format!(
+        "SELECT id FROM {table} /* request_id='sf-after-purge' */"
+    ))
+    .unwrap();
+    let (intact, n, problem) = verify(&mut p, &source);
+    assert!(intact && n == 2, "the chain continues after the purge: {problem:?} ({n} rows)");
+    let kept: String = p
+        .query_one(
+            "SELECT purge_anchor FROM agent_guard.forward_sources WHERE source = $1",
+            &[&source],
+        )
+        .unwrap()
+        .get(0);
+    let forge = |p: &mut Client, anchor: &str| {
+        p.batch_execute(&format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE agent_guard.forward_sources SET purge_anchor = '{anchor}' WHERE source = '{source}';
+             COMMIT"
+        ))
+        .unwrap();
+    };
+    forge(&mut p, &"ab".repeat(32));
+    let (intact, _, problem) = verify(&mut p, &source);
+    assert!(
+        !intact && problem.as_deref().unwrap_or("").contains("named by no PURGE AUDIT row"),
+        "a forged purge anchor is exposed: {problem:?}"
+    );
+    forge(&mut p, &kept);
+    let (intact, _, problem) = verify(&mut p, &source);
+    assert!(intact, "{problem:?}");
+    // agents may not purge
+    let e = refused_42501(
+        &mut connect(&agent),
+        "SELECT agent_guard.purge_forwarded(pg_catalog.now())",
+    );
+    drop(e);
+
     // promotion: every forwarded record is on the promoted server once; the
     // open session's next statements go to its own trail
     a.batch_execute(&format!(
