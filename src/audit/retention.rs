@@ -296,11 +296,10 @@ fn apply(retention: i32) -> i64 {
         (rows, newest)
     });
     let names: Vec<&str> = drop.iter().map(|p| p.name.as_str()).collect();
-    if let Some((last_id, anchor)) = &newest {
+    if let Some((_, anchor)) = &newest {
         // First the trail's own row naming the anchor (written by the
         // writer while this transaction holds no lock it needs), then the
         // anchor, then the drops.
-        let _ = last_id;
         super::record_admin_event("PURGE AUDIT", &purge_text(rows, anchor));
         super::worker::set_writer(true);
         pgrx::PgTryBuilder::new(|| {
