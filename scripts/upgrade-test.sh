@@ -206,6 +206,9 @@ SQL
   # (in a transaction left open: rolled back when psql leaves)
   check "upgraded: a rewritten 0.1.0 session row is exposed" "f" \
     "$(q postgres up_old "BEGIN; ALTER TABLE agent_guard.audit_sessions DISABLE TRIGGER audit_sessions_append_only; UPDATE agent_guard.audit_sessions SET sponsor = 'someone_else' WHERE id = (SELECT min(id) FROM agent_guard.audit_sessions WHERE sponsor = 'up_sponsor'); SELECT intact FROM agent_guard.verify_audit()" | tail -n 1)"
+  # retention (issue 14.6b): the 0.1.0 table (with its rows) is audit_log's first partition
+  check "upgraded: the 0.1.0 table is audit_log's first partition" "audit_log_0_1_0|true" \
+    "$(q postgres up_old "SELECT (SELECT relname FROM agent_guard._audit_partitions() ORDER BY lo NULLS FIRST LIMIT 1) || '|' || (count(*) >= $old_rows) FROM agent_guard.audit_log_0_1_0")"
   check "upgraded: real data kept" "Ada|219-09-9999" "$(q postgres up_old "SELECT name || '|' || ssn FROM customers WHERE id = 1")"
   sql up_fresh <<<"CREATE EXTENSION agent_guard;"
   fresh=$(describe_extension up_fresh)

@@ -1303,3 +1303,366 @@ REVOKE ALL ON FUNCTION agent_guard.audit_anchor() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION agent_guard.audit_anchor() TO agent_guard_admin;
 REVOKE ALL ON FUNCTION agent_guard.verify_audit_anchor(bigint, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION agent_guard.verify_audit_anchor(bigint, text) TO agent_guard_admin;
+
+-- ==== retention (issue 14.6b): agent_guard.audit_log becomes partitioned ====
+-- Kept at the end of the script: it takes audit_log as the blocks above left
+-- it (columns, indexes, triggers, functions of its row type) and carries all
+-- of that over to the partitioned parent. The 0.1.0 table is not rewritten:
+-- it becomes the parent's first partition, audit_log_0_1_0, for every id up
+-- to 10^12 past the sequence (the writer keeps appending to it until the
+-- next period's partition opens). ATTACH reads it once to check its ids.
+-- The chain head the writer kept names the old table: it starts again with
+-- the writer's next batch (verify_audit() still checks the whole chain).
+CREATE FUNCTION agent_guard."apply_retention"() RETURNS bigint
+STRICT
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'apply_retention_wrapper';
+
+DO $retention$
+DECLARE
+    r record;
+    d text;
+    later text[] := '{}';
+    old oid := 'agent_guard.audit_log'::pg_catalog.regclass;
+BEGIN
+    -- what the parent must have, as the unpartitioned table has it now
+    FOR r IN SELECT co.conname, pg_catalog.pg_get_constraintdef(co.oid) AS def
+             FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = old AND co.contype IN ('p', 'u') ORDER BY co.conname LOOP
+        later := later || pg_catalog.format('ALTER TABLE agent_guard.audit_log ADD CONSTRAINT %I %s', r.conname, r.def);
+    END LOOP;
+    FOR r IN SELECT pg_catalog.pg_get_indexdef(i.indexrelid) AS def
+             FROM pg_catalog.pg_index i
+             WHERE i.indrelid = old
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid)
+             ORDER BY i.indexrelid LOOP
+        later := later || r.def;
+    END LOOP;
+    FOR r IN SELECT pg_catalog.pg_get_triggerdef(t.oid) AS def
+             FROM pg_catalog.pg_trigger t WHERE t.tgrelid = old AND NOT t.tgisinternal ORDER BY t.tgname LOOP
+        later := later || r.def;
+    END LOOP;
+    FOR r IN SELECT a.privilege_type, a.grantee
+             FROM pg_catalog.pg_class c, LATERAL pg_catalog.aclexplode(c.relacl) a
+             WHERE c.oid = old AND a.grantee <> c.relowner LOOP
+        later := later || pg_catalog.format('GRANT %s ON agent_guard.audit_log TO %s', r.privilege_type,
+                                            CASE WHEN r.grantee = 0 THEN 'PUBLIC' ELSE r.grantee::pg_catalog.regrole::text END);
+    END LOOP;
+    IF (SELECT c.relacl IS NOT NULL FROM pg_catalog.pg_class c WHERE c.oid = old) THEN
+        later := pg_catalog.array_prepend('REVOKE ALL ON agent_guard.audit_log FROM PUBLIC'::text, later);
+    END IF;
+    later := later || pg_catalog.format('COMMENT ON TABLE agent_guard.audit_log IS %L',
+                                        pg_catalog.obj_description(old, 'pg_class'));
+    -- views over it (audit_trail), recreated over the parent
+    FOR r IN SELECT v.oid, v.relname, pg_catalog.pg_get_viewdef(v.oid) AS def, v.relacl,
+                    pg_catalog.obj_description(v.oid, 'pg_class') AS comment, v.relowner
+             FROM pg_catalog.pg_class v
+             WHERE v.relkind = 'v' AND v.oid <> old
+               AND EXISTS (SELECT 1 FROM pg_catalog.pg_depend dp
+                           JOIN pg_catalog.pg_rewrite rw ON rw.oid = dp.objid
+                           WHERE dp.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass
+                             AND rw.ev_class = v.oid AND dp.refobjid = old)
+             ORDER BY v.oid LOOP
+        EXECUTE pg_catalog.format('DROP VIEW agent_guard.%I', r.relname);
+        later := later || pg_catalog.format('CREATE VIEW agent_guard.%I AS %s', r.relname, r.def);
+        IF r.comment IS NOT NULL THEN
+            later := later || pg_catalog.format('COMMENT ON VIEW agent_guard.%I IS %L', r.relname, r.comment);
+        END IF;
+        IF r.relacl IS NOT NULL THEN
+            later := later || pg_catalog.format('REVOKE ALL ON agent_guard.%I FROM PUBLIC', r.relname);
+            FOR d IN SELECT pg_catalog.format('GRANT %s ON agent_guard.%I TO %s', a.privilege_type, r.relname,
+                                              CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::text END)
+                     FROM pg_catalog.aclexplode(r.relacl) a WHERE a.grantee <> r.relowner LOOP
+                later := later || d;
+            END LOOP;
+        END IF;
+    END LOOP;
+    -- functions of its row type (_row_content, _outcome_content), recreated for the parent's
+    FOR r IN SELECT p.oid, pg_catalog.pg_get_functiondef(p.oid) AS def, p.proacl
+             FROM pg_catalog.pg_proc p
+             WHERE (SELECT c.reltype FROM pg_catalog.pg_class c WHERE c.oid = old) = ANY (p.proargtypes::oid[]) LOOP
+        IF r.proacl IS NOT NULL THEN
+            RAISE EXCEPTION 'agent_guard upgrade: function % has privileges this step does not carry over', r.oid::pg_catalog.regprocedure;
+        END IF;
+        EXECUTE pg_catalog.format('DROP FUNCTION %s', r.oid::pg_catalog.regprocedure);
+        -- (its text names agent_guard.audit_log: the parent, once run below)
+        later := later || r.def;
+    END LOOP;
+    -- the old table and its indexes step aside, out of the extension (a
+    -- partition created at run time is no member either: pg_dump dumps it
+    -- with its rows)
+    FOR r IN SELECT c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = old LOOP
+        EXECUTE pg_catalog.format('ALTER INDEX agent_guard.%I RENAME TO %I', r.relname,
+                                  pg_catalog.left(r.relname, 50) || '_0_1_0');
+    END LOOP;
+    ALTER TABLE agent_guard.audit_log RENAME TO audit_log_0_1_0;
+    ALTER EXTENSION agent_guard DROP TABLE agent_guard.audit_log_0_1_0;
+    CREATE TABLE agent_guard.audit_log (
+        LIKE agent_guard.audit_log_0_1_0 INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING GENERATED
+    ) PARTITION BY RANGE (id);
+    ALTER SEQUENCE agent_guard.audit_log_id_seq OWNED BY agent_guard.audit_log.id;
+    FOREACH d IN ARRAY later LOOP
+        EXECUTE d;
+    END LOOP;
+END
+$retention$;
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log', '');
+-- Partitions of audit_log, in id order, with their bounds and start.
+CREATE FUNCTION agent_guard._audit_partitions(
+    OUT relid oid, OUT relname text, OUT lo bigint, OUT hi bigint, OUT starts timestamptz)
+RETURNS SETOF record
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT c.oid, c.relname::text,
+       CASE WHEN m[1] = 'MINVALUE' THEN NULL ELSE m[1]::bigint END,
+       CASE WHEN m[2] = 'MAXVALUE' THEN NULL ELSE m[2]::bigint END,
+       CASE WHEN c.relname ~ '^audit_log_[0-9]{8}_[0-9]{6}(_[0-9]+)?$' THEN
+           pg_catalog.make_timestamptz(pg_catalog.substr(c.relname, 11, 4)::int, pg_catalog.substr(c.relname, 15, 2)::int,
+                                       pg_catalog.substr(c.relname, 17, 2)::int, pg_catalog.substr(c.relname, 20, 2)::int,
+                                       pg_catalog.substr(c.relname, 22, 2)::int, pg_catalog.substr(c.relname, 24, 2)::float8, 'UTC')
+       END
+FROM pg_catalog.pg_inherits i
+JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid,
+LATERAL pg_catalog.regexp_match(pg_catalog.pg_get_expr(c.relpartbound, c.oid),
+                                '^FOR VALUES FROM \(''?([^'')]*)''?\) TO \(''?([^'')]*)''?\)$') AS m
+WHERE i.inhparent = 'agent_guard.audit_log'::pg_catalog.regclass
+  AND m IS NOT NULL  -- not the DEFAULT partition
+ORDER BY 3 NULLS FIRST
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_partitions() FROM PUBLIC;
+
+-- Statement-level triggers of a partitioned table do not fire for a
+-- statement that names a partition (nor for TRUNCATE of one): every
+-- partition gets audit_log's append-only trigger of its own.
+CREATE FUNCTION agent_guard._protect_audit_partition(part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE pg_catalog.format(
+        'CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON %s '
+        'FOR EACH STATEMENT EXECUTE FUNCTION agent_guard._protect_audit()', part);
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._protect_audit_partition(regclass) FROM PUBLIC;
+
+-- audit_log (the parent) has no indexes or keys of its own: every partition
+-- has its own, those of audit_log_default (the template), named
+-- <partition>_<name after audit_log_>. So pg_dump dumps a partition created
+-- at run time with its indexes, and the restore's ATTACH PARTITION (into a
+-- fresh CREATE EXTENSION) creates none that the dump's CREATE INDEX would
+-- then collide with. Ids stay unique: the partitions' ranges are disjoint.
+CREATE FUNCTION agent_guard._copy_audit_indexes(part regclass) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    tmpl oid := 'agent_guard.audit_log_default'::pg_catalog.regclass;
+    name text := (SELECT c.relname FROM pg_catalog.pg_class c WHERE c.oid = part);
+BEGIN
+    FOR r IN SELECT co.conname, pg_catalog.pg_get_constraintdef(co.oid) AS def
+             FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = tmpl AND co.contype IN ('p', 'u') ORDER BY co.conname LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE %s ADD CONSTRAINT %I %s', part,
+                                  name || '_' || pg_catalog.regexp_replace(r.conname, '^audit_log_default_', ''), r.def);
+    END LOOP;
+    FOR r IN SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid) AS def
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = tmpl
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid)
+             ORDER BY c.relname LOOP
+        EXECUTE pg_catalog.regexp_replace(r.def,
+            '^CREATE (UNIQUE )?INDEX \S+ ON agent_guard\.audit_log_default ',
+            'CREATE \1INDEX ' || pg_catalog.quote_ident(name || '_' || pg_catalog.regexp_replace(r.relname, '^audit_log_default_', ''))
+            || ' ON ' || part::text || ' ');
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._copy_audit_indexes(regclass) FROM PUBLIC;
+
+-- Once, at installation: the indexes and keys sql/audit.sql declares on
+-- audit_log become the template's (audit_log_default's).
+CREATE FUNCTION agent_guard._audit_indexes_to_default() RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r record;
+    d text;
+    defs text[] := '{}';
+    parent oid := 'agent_guard.audit_log'::pg_catalog.regclass;
+BEGIN
+    FOR r IN SELECT co.conname, pg_catalog.pg_get_constraintdef(co.oid) AS def
+             FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = parent AND co.contype IN ('p', 'u') ORDER BY co.conname LOOP
+        defs := defs || pg_catalog.format('ALTER TABLE agent_guard.audit_log_default ADD CONSTRAINT %I %s',
+                                          'audit_log_default_' || pg_catalog.regexp_replace(r.conname, '^audit_log_', ''), r.def);
+    END LOOP;
+    FOR r IN SELECT c.relname, pg_catalog.pg_get_indexdef(i.indexrelid) AS def
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = parent
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid)
+             ORDER BY c.relname LOOP
+        defs := defs || pg_catalog.regexp_replace(r.def,
+            '^CREATE (UNIQUE )?INDEX \S+ ON (ONLY )?agent_guard\.audit_log ',
+            'CREATE \1INDEX ' || pg_catalog.quote_ident('audit_log_default_' || pg_catalog.regexp_replace(r.relname, '^audit_log_', ''))
+            || ' ON agent_guard.audit_log_default ');
+        EXECUTE pg_catalog.format('DROP INDEX agent_guard.%I', r.relname);
+    END LOOP;
+    FOR r IN SELECT co.conname FROM pg_catalog.pg_constraint co
+             WHERE co.conrelid = parent AND co.contype IN ('p', 'u') LOOP
+        EXECUTE pg_catalog.format('ALTER TABLE agent_guard.audit_log DROP CONSTRAINT %I', r.conname);
+    END LOOP;
+    CREATE TABLE agent_guard.audit_log_default PARTITION OF agent_guard.audit_log DEFAULT;
+    FOREACH d IN ARRAY defs LOOP
+        EXECUTE d;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_indexes_to_default() FROM PUBLIC;
+
+-- A new partition for ids [lo, hi) whose period starts at `starts`. As
+-- session_replication_role = replica, so that no event trigger (masking's
+-- view sync) runs inside the audit writer for agent_guard's own table.
+CREATE FUNCTION agent_guard._add_audit_partition(starts timestamptz, lo bigint, hi bigint) RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+DECLARE
+    part text := 'audit_log_' || pg_catalog.to_char(starts AT TIME ZONE 'UTC', 'YYYYMMDD_HH24MISS');
+    rel oid;
+BEGIN
+    IF pg_catalog.to_regclass('agent_guard.' || part) IS NOT NULL THEN
+        part := part || '_' || lo;
+    END IF;
+    EXECUTE pg_catalog.format(
+        'CREATE TABLE agent_guard.%I PARTITION OF agent_guard.audit_log FOR VALUES FROM (%s) TO (%s)',
+        part, lo, hi);
+    rel := pg_catalog.format('agent_guard.%I', part)::pg_catalog.regclass;
+    PERFORM agent_guard._protect_audit_partition(rel);
+    PERFORM agent_guard._copy_audit_indexes(rel);
+    RETURN rel;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._add_audit_partition(timestamptz, bigint, bigint) FROM PUBLIC;
+
+-- The next period's partition, unless that waits for a lock: creating a
+-- partition locks audit_log (and its DEFAULT partition) exclusively, and the
+-- writer must not stall behind a long read of the trail (it tries again with
+-- its next batch; until then the current partition takes the rows).
+CREATE FUNCTION agent_guard._try_add_audit_partition(starts timestamptz, lo bigint, hi bigint) RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+BEGIN
+    RETURN agent_guard._add_audit_partition(starts, lo, hi);
+EXCEPTION WHEN lock_not_available THEN
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._try_add_audit_partition(timestamptz, bigint, bigint) FROM PUBLIC;
+
+-- The audit writer, before a batch of `batch_rows` rows: the partition the
+-- next ids go to (created if missing), the sequence moved to the partition
+-- whose period has begun, and the next period's partition created ahead.
+CREATE FUNCTION agent_guard._audit_partition_for(batch_rows bigint, span_seconds integer) RETURNS oid
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    -- ids per partition: 10^12 rows in a period before the next one opens early
+    block CONSTANT bigint := 1000000000000;
+    span interval := pg_catalog.make_interval(secs => greatest(span_seconds, 1));
+    now_ timestamptz := pg_catalog.clock_timestamp();
+    nxt bigint;
+    called boolean;
+    cur record;
+    later record;
+BEGIN
+    SELECT s.last_value, s.is_called INTO nxt, called FROM agent_guard.audit_log_id_seq s;
+    IF called THEN nxt := nxt + 1; END IF;
+    SELECT * INTO cur FROM agent_guard._audit_partitions() p
+    WHERE coalesce(p.lo, nxt) <= nxt AND nxt < coalesce(p.hi, nxt + 1);
+    IF NOT FOUND THEN
+        -- first rows (or the ids ran past every partition): a partition from
+        -- here, up to the next one if there is one
+        SELECT * INTO later FROM agent_guard._audit_partitions() p WHERE p.lo > nxt ORDER BY p.lo LIMIT 1;
+        PERFORM agent_guard._add_audit_partition(
+            pg_catalog.date_trunc('second', now_) + interval '1 second', nxt,
+            CASE WHEN later.lo IS NULL OR later.lo - nxt > block THEN nxt + block ELSE later.lo END);
+        SELECT * INTO cur FROM agent_guard._audit_partitions() p WHERE p.lo = nxt;
+    END IF;
+    -- a later period has begun: its partition takes the next ids
+    SELECT * INTO later FROM agent_guard._audit_partitions() p
+    WHERE p.lo >= cur.hi AND p.starts <= now_ ORDER BY p.lo DESC LIMIT 1;
+    IF FOUND THEN
+        PERFORM pg_catalog.setval('agent_guard.audit_log_id_seq', later.lo, false);
+        cur := later;
+        nxt := later.lo;
+    END IF;
+    -- the batch does not fit: the next partition opens now
+    IF cur.hi IS NOT NULL AND nxt + batch_rows > cur.hi THEN
+        SELECT * INTO later FROM agent_guard._audit_partitions() p WHERE p.lo >= cur.hi ORDER BY p.lo LIMIT 1;
+        IF NOT FOUND THEN
+            PERFORM agent_guard._add_audit_partition(
+                pg_catalog.date_trunc('second', now_) + interval '1 second', cur.hi, cur.hi + block);
+            SELECT * INTO later FROM agent_guard._audit_partitions() p WHERE p.lo = cur.hi;
+        END IF;
+        PERFORM pg_catalog.setval('agent_guard.audit_log_id_seq', later.lo, false);
+        cur := later;
+    END IF;
+    -- the next period's partition exists before its first row arrives
+    IF cur.hi IS NOT NULL AND NOT EXISTS (SELECT 1 FROM agent_guard._audit_partitions() p WHERE p.lo >= cur.hi) THEN
+        PERFORM agent_guard._try_add_audit_partition(
+            pg_catalog.date_bin(span, now_, '2000-01-01 00:00:00+00') + span, cur.hi, cur.hi + block);
+    END IF;
+    RETURN cur.relid;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_partition_for(bigint, integer) FROM PUBLIC;
+
+-- apply_retention()'s drop of expired partitions (src/audit/retention.rs),
+-- as replica for the same reason, in one statement: the drop locks
+-- audit_log exclusively until the transaction ends, and the writer then
+-- waits, so no statement of this transaction that waits for its own audit
+-- record may follow it.
+CREATE FUNCTION agent_guard._drop_audit_partitions(parts regclass[]) RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET session_replication_role = replica
+AS $$
+BEGIN
+    EXECUTE 'DROP TABLE ' || (SELECT pg_catalog.string_agg(p::text, ', ') FROM pg_catalog.unnest(parts) p);
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._drop_audit_partitions(regclass[]) FROM PUBLIC;
+
+-- Ids outside every range partition (none, as the writer creates them
+-- before its rows): a safety net, so that no insert ever fails for want of
+-- a partition. Part of the dump like audit_log.
+SELECT agent_guard._audit_indexes_to_default();
+REVOKE ALL ON agent_guard.audit_log_default FROM PUBLIC;
+SELECT agent_guard._protect_audit_partition('agent_guard.audit_log_default');
+SELECT pg_catalog.pg_extension_config_dump('agent_guard.audit_log_default', '');
+
+REVOKE ALL ON FUNCTION agent_guard.apply_retention() FROM PUBLIC;
+-- the 0.1.0 table, with its own indexes (renamed above), as the first partition
+DO $retention$
+DECLARE
+    bound bigint;
+BEGIN
+    SELECT CASE WHEN s.is_called THEN s.last_value + 1 ELSE s.last_value END INTO bound
+    FROM agent_guard.audit_log_id_seq s;
+    bound := greatest(bound, (SELECT pg_catalog.max(a.id) + 1 FROM agent_guard.audit_log_0_1_0 a))
+             + 1000000000000;
+    EXECUTE pg_catalog.format(
+        'ALTER TABLE agent_guard.audit_log ATTACH PARTITION agent_guard.audit_log_0_1_0 FOR VALUES FROM (MINVALUE) TO (%s)',
+        bound);
+END
+$retention$;
+-- ==== end of retention ====

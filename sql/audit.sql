@@ -47,7 +47,9 @@ CREATE TABLE agent_guard.audit_log (
     prev_hash           bytea,
     row_hash            bytea,
     outcome_hash        bytea
-);
+)
+-- retention (issue 14.6b): partitions of id ranges, one per period; see sql/retention.sql
+PARTITION BY RANGE (id);
 
 COMMENT ON TABLE agent_guard.audit_log IS
     'Every audited statement, allowed or denied, with outcome and transaction outcome; hash-chained (see agent_guard.verify_audit())';

@@ -73,6 +73,11 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/retention.sql",
+    name = "retention",
+    requires = ["audit", audit::retention::apply_retention]
+);
+extension_sql_file!(
     "../sql/forward.sql",
     name = "forward",
     requires = [
@@ -146,6 +151,7 @@ pub extern "C-unwind" fn _PG_init() {
     }
     // (before gucs::init(), which reserves the agent_guard. prefix)
     audit::forward::init_gucs();
+    audit::retention::init();
     gucs::init();
     shmem::init();
     audit::init();

@@ -86,22 +86,58 @@ fn cstr(p: *const c_char) -> Option<String> {
 }
 
 /// Rows of `agent_guard.audit_log` and its newest row (id, row_hash).
+/// (Of every partition when it is partitioned, issue 14.6b.)
 fn trail_summary(relid: pg_sys::Oid) -> (i64, Option<(i64, Option<String>)>) {
-    let hash_col = unsafe { pg_sys::get_attnum(relid, c"row_hash".as_ptr()) };
     let mut rows = 0i64;
     let mut last: Option<(i64, Option<String>)> = None;
-    crate::catalog::try_scan_table(relid, |t| {
-        rows += 1;
-        let id = t.int8(1).unwrap_or(0);
-        if last.as_ref().is_none_or(|(l, _)| id > *l) {
-            let h = (hash_col > 0)
-                .then(|| t.bytea(hash_col))
-                .flatten()
-                .map(|b| agent_guard_core::chain::hash_text(&b));
-            last = Some((id, h));
+    for leaf in crate::audit::retention::leaves(relid) {
+        let hash_col = unsafe { pg_sys::get_attnum(leaf, c"row_hash".as_ptr()) };
+        crate::catalog::try_scan_table(leaf, |t| {
+            rows += 1;
+            let id = t.int8(1).unwrap_or(0);
+            if last.as_ref().is_none_or(|(l, _)| id > *l) {
+                let h = (hash_col > 0)
+                    .then(|| t.bytea(hash_col))
+                    .flatten()
+                    .map(|b| agent_guard_core::chain::hash_text(&b));
+                last = Some((id, h));
+            }
+        });
+    }
+    (rows, last)
+}
+
+thread_local! {
+    /// Rows and newest row of the trail's partitions dropped (confirmed) in
+    /// the local transaction: (local transaction, rows, newest).
+    static DROPPED: std::cell::RefCell<(u32, i64, Option<(i64, Option<String>)>)> =
+        const { std::cell::RefCell::new((0, 0, None)) };
+}
+
+fn remember_partition(rows: i64, last: &Option<(i64, Option<String>)>) {
+    let lxid = current_lxid();
+    DROPPED.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.0 != lxid {
+            *d = (lxid, 0, None);
+        }
+        d.1 += rows;
+        if last.as_ref().is_some_and(|(i, _)| d.2.as_ref().is_none_or(|(m, _)| i > m)) {
+            d.2 = last.clone();
         }
     });
-    (rows, last)
+}
+
+fn dropped_partitions() -> (i64, Option<(i64, Option<String>)>) {
+    let lxid = current_lxid();
+    DROPPED.with(|d| {
+        let d = d.borrow();
+        if d.0 == lxid && lxid != 0 {
+            (d.1, d.2.clone())
+        } else {
+            (0, None)
+        }
+    })
 }
 
 /// The object-access hook saw `DROP` of relation `relid` (any route: the
@@ -165,18 +201,34 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
         return;
     }
     unsafe {
-        if cstr(pg_sys::get_rel_name(relid)).as_deref() != Some("audit_log") {
+        // a partition of the trail (issue 14.6b) counts as the trail, but
+        // for agent_guard.apply_retention()'s own drops of expired ones
+        let partition = pg_sys::get_rel_relispartition(relid)
+            && crate::audit::retention::is_trail_partition(relid);
+        if partition && crate::audit::retention::retention_drop(relid) {
+            return;
+        }
+        let rel_name = cstr(pg_sys::get_rel_name(relid)).unwrap_or_default();
+        if !partition && rel_name != "audit_log" {
             return;
         }
         let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), true);
-        if ns == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != ns {
+        if !partition && (ns == pg_sys::InvalidOid || pg_sys::get_rel_namespace(relid) != ns) {
             return;
         }
         // dropped as a member of the extension (DROP EXTENSION, DROP SCHEMA
         // CASCADE, DROP OWNED) or on its own after ALTER EXTENSION … DROP TABLE
         let with_extension =
             pg_sys::getExtensionOfObject(pg_sys::RelationRelationId, relid) != pg_sys::InvalidOid;
-        let (rows, last) = trail_summary(relid);
+        let (mut rows, mut last) = trail_summary(relid);
+        if !partition {
+            // PostgreSQL drops the partitions first: their rows count here
+            let (n, l) = dropped_partitions();
+            rows += n;
+            if l.as_ref().is_some_and(|(i, _)| last.as_ref().is_none_or(|(m, _)| i > m)) {
+                last = l;
+            }
+        }
         if rows == 0 {
             return;
         }
@@ -204,10 +256,12 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
             } else {
                 "agent_guard.confirm_drop_trail was not set in this transaction".to_string()
             };
-            let what = if with_extension {
-                "extension agent_guard"
+            let what = if partition {
+                format!("table {rel_name} (a partition of agent_guard.audit_log)")
+            } else if with_extension {
+                "extension agent_guard".to_string()
             } else {
-                "table agent_guard.audit_log"
+                "table agent_guard.audit_log".to_string()
             };
             crate::audit::mark_refusing();
             pgrx::pg_sys::panic::ErrorReport::new(
@@ -221,13 +275,23 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
                 "The trail ends at row {last_id} with hash {last_hash}; {why}."
             ))
             .set_hint(format!(
-                "Export the trail first (agent_guard.audit_export()), then, as a superuser, in one transaction: \
-                 BEGIN; SET LOCAL agent_guard.confirm_drop_trail = '{db}'; DROP EXTENSION agent_guard; COMMIT;"
+                "{}Export the trail first (agent_guard.audit_export()), then, as a superuser, in one transaction: \
+                 BEGIN; SET LOCAL agent_guard.confirm_drop_trail = '{db}'; DROP EXTENSION agent_guard; COMMIT;",
+                if partition {
+                    "Expired partitions are dropped by agent_guard.apply_retention() (agent_guard.audit_retention). "
+                } else {
+                    ""
+                }
             ))
             .report(PgLogLevel::ERROR);
             unreachable!("ERROR does not return");
         }
-        let how = if with_extension {
+        if partition {
+            remember_partition(rows, &last);
+        }
+        let how = if partition {
+            "(a partition of agent_guard.audit_log)"
+        } else if with_extension {
             "with the extension"
         } else {
             "(table agent_guard.audit_log on its own)"

@@ -218,11 +218,14 @@ fn report() -> Report {
         .flatten()
         .unwrap_or(-1);
         let redacted = crate::lexer::redact(&purge_text(rows_purged, Some(a)), false);
+        // (or agent_guard.apply_retention()'s, issue 14.6b)
+        let retention = crate::lexer::redact(&super::retention::purge_text(rows_purged, a), false);
         let named = Spi::get_one_with_args::<bool>(
             "SELECT EXISTS (SELECT 1 FROM agent_guard.audit_log \
                             WHERE command = 'PURGE AUDIT' \
-                              AND (pg_catalog.strpos(statement_text, $1) > 0 OR statement_text = $2))",
-            &[a.as_str().into(), redacted.into()],
+                              AND (pg_catalog.strpos(statement_text, $1) > 0 OR statement_text = $2 \
+                                   OR statement_text = $3))",
+            &[a.as_str().into(), redacted.into(), retention.into()],
         )
         .ok()
         .flatten()
@@ -258,18 +261,25 @@ fn committed_now(id: i64) -> (Option<i64>, Option<Option<String>>) {
             return (None, None);
         }
         let hash_col = pg_sys::get_attnum(relid, c"row_hash".as_ptr());
-        crate::catalog::try_scan_table(relid, |t| {
-            let Some(i) = t.int8(1) else { return };
-            max = Some(max.map_or(i, |m| m.max(i)));
-            if i == id {
-                at = Some(
-                    (hash_col > 0)
-                        .then(|| t.bytea(hash_col))
-                        .flatten()
-                        .map(|b| chain::hash_text(&b)),
-                );
-            }
-        });
+        // (its partitions: issue 14.6b)
+        for leaf in super::retention::leaves(relid) {
+            let hash_col = match leaf == relid {
+                true => hash_col,
+                false => pg_sys::get_attnum(leaf, c"row_hash".as_ptr()),
+            };
+            crate::catalog::try_scan_table(leaf, |t| {
+                let Some(i) = t.int8(1) else { return };
+                max = Some(max.map_or(i, |m| m.max(i)));
+                if i == id {
+                    at = Some(
+                        (hash_col > 0)
+                            .then(|| t.bytea(hash_col))
+                            .flatten()
+                            .map(|b| chain::hash_text(&b)),
+                    );
+                }
+            });
+        }
     }
     (max, at)
 }

@@ -83,7 +83,8 @@ impl AuditTable {
     pub fn open() -> Self {
         unsafe {
             let ns = pg_sys::get_namespace_oid(c"agent_guard".as_ptr(), false);
-            let relid = relation_oid(ns, c"audit_log");
+            // retention (issue 14.6b): the partition this batch goes to
+            let relid = super::retention::insert_target(relation_oid(ns, c"audit_log"));
             let seq = relation_oid(ns, c"audit_log_id_seq");
             let rel = pg_sys::table_open(relid, pg_sys::RowExclusiveLock as pg_sys::LOCKMODE);
             if (*(*rel).rd_rel).relam != pg_sys::HEAP_TABLE_AM_OID {

@@ -16,6 +16,7 @@ pub mod head;
 pub mod ingest;
 pub mod insert;
 pub mod queue;
+pub mod retention;
 pub mod row;
 pub mod worker;
 

@@ -659,6 +659,8 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     // SQL updates below, which then find them complete and pass them by)
     complete_open_rows(&mut open);
     if !rows.is_empty() {
+        // retention (issue 14.6b): the partition for these ids exists
+        super::retention::prepare(rows.len());
         let table = insert::AuditTable::open();
         let mut sealed: Vec<insert::Sealed> = Vec::with_capacity(rows.len());
         let mut content = String::with_capacity(1024);
