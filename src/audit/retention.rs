@@ -135,7 +135,7 @@ pub fn maybe_start_worker() {
     }
     let due = Spi::get_one_with_args::<bool>(
         "SELECT EXISTS (SELECT FROM (SELECT pg_catalog.lead(p.starts) OVER (ORDER BY p.lo NULLS FIRST) \
-                OPERATOR(pg_catalog.<=) pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1) AS expired \
+                OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) AS expired \
              FROM agent_guard._audit_partitions() p) x WHERE x.expired)",
         &[(retention as f64).into()],
     )
