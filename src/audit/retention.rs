@@ -37,6 +37,7 @@
 //! guard and of verify_audit().
 
 use pgrx::pg_sys;
+use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::prelude::*;
 use std::cell::Cell;
 
@@ -86,6 +87,112 @@ pub fn init() {
             None,
             None,
         );
+        pg_sys::DefineCustomBoolVariable(
+            c"agent_guard.audit_retention_auto".as_ptr(),
+            c"Whether the audit writer applies agent_guard.audit_retention itself (default on).".as_ptr(),
+            c"While a database's audit writer runs it checks every agent_guard.audit_partition_span (at most every minute) for expired partitions and starts a short-lived background worker that drops them as agent_guard.apply_retention() does. Off: only apply_retention() drops. Set in postgresql.conf or with ALTER SYSTEM and a reload.".as_ptr(),
+            &raw mut AUTO,
+            true,
+            pg_sys::GucContext::PGC_SIGHUP,
+            0,
+            None,
+            None,
+            None,
+        );
+    }
+}
+
+/// `agent_guard.audit_retention_auto`; PGC_SIGHUP.
+static mut AUTO: bool = true;
+
+thread_local! {
+    /// When the writer last looked for expired partitions.
+    static LAST_CHECK: Cell<Option<std::time::Instant>> = const { Cell::new(None) };
+}
+
+/// The writer, in its batch's transaction: every partition span (at most
+/// every minute), when a retention is set and applied automatically and a
+/// partition has expired, start a retention worker for this database. The
+/// worker does what `apply_retention()` does and exits; the `PURGE AUDIT`
+/// row it records is written by this writer (which is why the writer does
+/// not drop itself: it would wait for its own record). Databases whose
+/// writer does not run (no audited statements) are left to
+/// `apply_retention()`.
+pub fn maybe_start_worker() {
+    let (retention, span) = unsafe { (RETENTION_S, SPAN_S) };
+    if retention == 0 || !unsafe { AUTO } {
+        return;
+    }
+    let every = std::time::Duration::from_secs(span.clamp(1, 60) as u64);
+    let now = std::time::Instant::now();
+    if LAST_CHECK.with(|l| l.get().is_some_and(|t| now.duration_since(t) < every)) {
+        return;
+    }
+    LAST_CHECK.with(|l| l.set(Some(now)));
+    let parent = audit_log_oid();
+    if parent == pg_sys::InvalidOid || !is_partitioned(parent) {
+        return;
+    }
+    let due = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM (SELECT pg_catalog.lead(p.starts) OVER (ORDER BY p.lo NULLS FIRST) \
+                OPERATOR(pg_catalog.<=) (pg_catalog.now() OPERATOR(pg_catalog.-) pg_catalog.make_interval(secs => $1)) AS expired \
+             FROM agent_guard._audit_partitions() p) x WHERE x.expired)",
+        &[(retention as f64).into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or(false);
+    if !due {
+        return;
+    }
+    let db = unsafe { pg_sys::MyDatabaseId };
+    let started = BackgroundWorkerBuilder::new(&format!("agent_guard retention {}", db.to_u32()))
+        .set_type("agent_guard retention")
+        .set_library("agent_guard")
+        .set_function("agent_guard_retention_worker")
+        .set_argument(Some(pg_sys::Datum::from(db.to_u32() as usize)))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .load_dynamic()
+        .is_ok();
+    if !started {
+        log!("agent_guard: no background worker slot for the audit retention of this database; it is tried again in {every:?} (or run agent_guard.apply_retention())");
+    }
+}
+
+/// The retention worker (see [`maybe_start_worker`]): connects to its
+/// database as the bootstrap superuser, drops what has expired, exits.
+#[pg_guard]
+#[no_mangle]
+pub extern "C-unwind" fn agent_guard_retention_worker(arg: pg_sys::Datum) {
+    use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    let retention = unsafe { RETENTION_S };
+    if retention == 0 {
+        return;
+    }
+    let dropped = BackgroundWorker::transaction(|| {
+        crate::search_path::pinned(|| {
+            // one retention at a time per database (apply_retention() from
+            // cron may run too)
+            let mine = Spi::get_one::<bool>(
+                "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('agent_guard retention'))",
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(false);
+            if mine {
+                apply(retention)
+            } else {
+                0
+            }
+        })
+    });
+    if dropped > 0 {
+        log!("agent_guard: retention worker dropped {dropped} expired audit rows");
     }
 }
 
@@ -214,6 +321,11 @@ struct Part {
 }
 
 fn apply(retention: i32) -> i64 {
+    // one retention at a time per database: the writer's retention worker
+    // and apply_retention() (from cron) may meet; the second then finds
+    // what the first left
+    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('agent_guard retention'))")
+        .expect("agent_guard: cannot take the retention lock");
     let cutoff = Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
         "SELECT pg_catalog.now() - pg_catalog.make_interval(secs => $1)",
         &[(retention as f64).into()],

@@ -661,6 +661,7 @@ fn write_batch(batch: &queue::Batch, recheck: bool) -> (String, usize) {
     if !rows.is_empty() {
         // retention (issue 14.6b): the partition for these ids exists
         super::retention::prepare(rows.len());
+        super::retention::maybe_start_worker();
         let table = insert::AuditTable::open();
         let mut sealed: Vec<insert::Sealed> = Vec::with_capacity(rows.len());
         let mut content = String::with_capacity(1024);

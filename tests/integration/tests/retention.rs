@@ -7,6 +7,9 @@
 //! it. A superuser's DROP or TRUNCATE of a partition that holds rows is
 //! refused (as a DROP of audit_log), a DETACH is exposed by verify_audit().
 //!
+//! With `agent_guard.audit_retention_auto` (the default) the writer applies
+//! the retention itself: a short-lived worker drops what expired.
+//!
 //! A cluster of its own: the settings are server-wide (PGC_SIGHUP).
 
 use agent_guard_integration::cluster::Cluster;
@@ -72,7 +75,8 @@ fn refused(c: &mut Client, sql: &str) -> String {
 #[test]
 fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     let span = format!("agent_guard.audit_partition_span = '{SPAN_S}s'");
-    let mut cluster = Cluster::init("retention", &[&span]);
+    // apply_retention() itself here; the writer's own retention below
+    let mut cluster = Cluster::init("retention", &[&span, "agent_guard.audit_retention_auto = off"]);
     cluster.start();
     let mut c = cluster.connect("postgres", "postgres");
     c.batch_execute("CREATE EXTENSION agent_guard; SET agent_guard.audit_non_agents = 'all'")
@@ -250,4 +254,73 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     // the trail goes on
     statements(&mut c, 3);
     assert_eq!(intact(&mut c), (true, None));
+}
+
+#[test]
+fn the_writer_applies_the_retention_itself() {
+    let mut cluster = Cluster::init(
+        "retention-auto",
+        &[
+            &format!("agent_guard.audit_partition_span = '{SPAN_S}s'"),
+            &format!("agent_guard.audit_retention = '{RETENTION_S}s'"),
+        ],
+    );
+    cluster.start();
+    let mut c = cluster.connect("postgres", "postgres");
+    c.batch_execute("CREATE EXTENSION agent_guard; SET agent_guard.audit_non_agents = 'all'")
+        .unwrap();
+    statements(&mut c, 5);
+    let first: i64 = c
+        .query_one("SELECT min(id) FROM agent_guard.audit_log", &[])
+        .unwrap()
+        .get(0);
+    // keep the trail growing (the writer runs) until the first rows are gone
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        statements(&mut c, 2);
+        let gone: bool = c
+            .query_one(
+                "SELECT NOT EXISTS (SELECT FROM agent_guard.audit_log WHERE id = $1)",
+                &[&first],
+            )
+            .unwrap()
+            .get(0);
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the writer's retention dropped nothing in 40 s: {}",
+            rows_text_ok(&mut c, "SELECT relname, lo, hi, starts FROM agent_guard._audit_partitions()")
+        );
+    }
+    let named: i64 = c
+        .query_one(
+            "SELECT count(*) FROM agent_guard.audit_log
+             WHERE command = 'PURGE AUDIT' AND statement_text LIKE 'agent_guard.apply_retention() dropped %'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(named >= 1, "each drop is a PURGE AUDIT row of the chain");
+    let anchors: i64 = c
+        .query_one("SELECT count(*) FROM agent_guard.audit_purges", &[])
+        .unwrap()
+        .get(0);
+    assert!(anchors >= 1, "each drop leaves an anchor");
+    assert_eq!(intact(&mut c), (true, None), "what remains verifies");
+    let too_old: i64 = c
+        .query_one(
+            "SELECT count(*) FROM agent_guard.audit_log
+             WHERE started_at < now() - make_interval(secs => $1::float8)",
+            &[&((RETENTION_S + 2 * SPAN_S + 60) as f64)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(too_old, 0);
+    assert!(
+        cluster.log().contains("agent_guard: retention worker dropped"),
+        "the retention worker logs what it dropped"
+    );
 }
