@@ -122,7 +122,10 @@ fn remember_partition(rows: i64, last: &Option<(i64, Option<String>)>) {
             *d = (lxid, 0, None);
         }
         d.1 += rows;
-        if last.as_ref().is_some_and(|(i, _)| d.2.as_ref().is_none_or(|(m, _)| i > m)) {
+        if last
+            .as_ref()
+            .is_some_and(|(i, _)| d.2.as_ref().is_none_or(|(m, _)| i > m))
+        {
             d.2 = last.clone();
         }
     });
@@ -225,7 +228,9 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
             // PostgreSQL drops the partitions first: their rows count here
             let (n, l) = dropped_partitions();
             rows += n;
-            if l.as_ref().is_some_and(|(i, _)| last.as_ref().is_none_or(|(m, _)| i > m)) {
+            if l.as_ref()
+                .is_some_and(|(i, _)| last.as_ref().is_none_or(|(m, _)| i > m))
+            {
                 last = l;
             }
         }

@@ -36,8 +36,8 @@
 //! the trail's rows ([`leaves`]) for the catalog-level scans of the drop
 //! guard and of verify_audit().
 
-use pgrx::pg_sys;
 use pgrx::bgworkers::{BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::cell::Cell;
 
@@ -237,7 +237,9 @@ pub fn insert_target(relid: pg_sys::Oid) -> pg_sys::Oid {
     }
     let leaf = LEAF.with(|l| l.get());
     if leaf == pg_sys::InvalidOid {
-        pgrx::error!("agent_guard: no partition of agent_guard.audit_log was prepared for this batch");
+        pgrx::error!(
+            "agent_guard: no partition of agent_guard.audit_log was prepared for this batch"
+        );
     }
     leaf
 }
@@ -324,8 +326,10 @@ fn apply(retention: i32) -> i64 {
     // one retention at a time per database: the writer's retention worker
     // and apply_retention() (from cron) may meet; the second then finds
     // what the first left
-    Spi::run("SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('agent_guard retention'))")
-        .expect("agent_guard: cannot take the retention lock");
+    Spi::run(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('agent_guard retention'))",
+    )
+    .expect("agent_guard: cannot take the retention lock");
     let cutoff = Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(
         "SELECT pg_catalog.now() - pg_catalog.make_interval(secs => $1)",
         &[(retention as f64).into()],

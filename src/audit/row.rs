@@ -815,8 +815,9 @@ mod tests {
         let rec = complete_record(&s);
         let back = parse_complete_record(&rec).unwrap();
         assert_eq!(row_content(7, &back), row_content(7, &s.row()));
-        assert!(row_content(7, &s.row())
-            .starts_with("[7, \"1-2\", 3, 0, 1, null, 0, 946684800000010"));
+        assert!(
+            row_content(7, &s.row()).starts_with("[7, \"1-2\", 3, 0, 1, null, 0, 946684800000010")
+        );
         assert_eq!(
             outcome_content(&back),
             "[946684800000020, 1, \"ok\", null, null, null, \"committed\"]"

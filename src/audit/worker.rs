@@ -35,8 +35,8 @@
 use super::insert;
 use super::queue;
 use super::row::{
-    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row,
-    SessionCtx, Stmt, XactEnd,
+    key, parse_complete_record, ts, write_outcome_content, write_row_content, End, Row, SessionCtx,
+    Stmt, XactEnd,
 };
 use agent_guard_core::chain;
 use pgrx::bgworkers::{

@@ -496,8 +496,8 @@ fn every_index_finds_the_rows_the_writer_inserted() {
         // (issue 14.6b: the parent has none of its own)
         let suffix = index.trim_start_matches("audit_log");
         assert!(
-            plan.lines()
-                .any(|l| l.contains(" using audit_log_") && l.contains(&format!("{suffix} on audit_log_"))),
+            plan.lines().any(|l| l.contains(" using audit_log_")
+                && l.contains(&format!("{suffix} on audit_log_"))),
             "{index} not used for {predicate}:\n{plan}"
         );
         let (by_scan, plan) = count(&mut admin, false, &predicate);

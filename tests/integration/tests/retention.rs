@@ -58,7 +58,10 @@ fn partitions_with_rows(c: &mut Client) -> Vec<(String, i64, i64)> {
 
 fn intact(c: &mut Client) -> (bool, Option<String>) {
     let r = c
-        .query_one("SELECT intact, problem FROM agent_guard.verify_audit()", &[])
+        .query_one(
+            "SELECT intact, problem FROM agent_guard.verify_audit()",
+            &[],
+        )
         .unwrap();
     (r.get(0), r.get(1))
 }
@@ -76,7 +79,10 @@ fn refused(c: &mut Client, sql: &str) -> String {
 fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     let span = format!("agent_guard.audit_partition_span = '{SPAN_S}s'");
     // apply_retention() itself here; the writer's own retention below
-    let mut cluster = Cluster::init("retention", &[&span, "agent_guard.audit_retention_auto = off"]);
+    let mut cluster = Cluster::init(
+        "retention",
+        &[&span, "agent_guard.audit_retention_auto = off"],
+    );
     cluster.start();
     let mut c = cluster.connect("postgres", "postgres");
     c.batch_execute("CREATE EXTENSION agent_guard; SET agent_guard.audit_non_agents = 'all'")
@@ -96,7 +102,10 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     }
     let parts = partitions_with_rows(&mut c);
     if parts.len() < 3 {
-        let all = rows_text_ok(&mut c, "SELECT relname, lo, hi, starts FROM agent_guard._audit_partitions()");
+        let all = rows_text_ok(
+            &mut c,
+            "SELECT relname, lo, hi, starts FROM agent_guard._audit_partitions()",
+        );
         let span = rows_text_ok(&mut c, "SHOW agent_guard.audit_partition_span");
         let log = cluster.log();
         let tail: Vec<&str> = log.lines().rev().take(30).collect();
@@ -180,16 +189,18 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     };
     assert!(old_rows > 0);
     let t = Instant::now();
-    let applied_at: std::time::SystemTime = c
-        .query_one("SELECT clock_timestamp()", &[])
-        .unwrap()
-        .get(0);
+    let applied_at: std::time::SystemTime =
+        c.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);
     let dropped: i64 = c
         .query_one("SELECT agent_guard.apply_retention()", &[])
         .unwrap()
         .get(0);
     // the writer does not wait for the retention's locks, nor it for the writer
-    assert!(t.elapsed() < Duration::from_secs(3), "apply_retention() took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "apply_retention() took {:?}",
+        t.elapsed()
+    );
     assert!(dropped >= old_rows, "dropped {dropped} rows");
     let r = c
         .query_one(
@@ -213,7 +224,10 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     }
     assert!(total_after >= total_before - dropped);
     let gone: bool = c
-        .query_one("SELECT to_regclass($1) IS NULL", &[&format!("agent_guard.{oldest}")])
+        .query_one(
+            "SELECT to_regclass($1) IS NULL",
+            &[&format!("agent_guard.{oldest}")],
+        )
         .unwrap()
         .get(0);
     assert!(gone, "the partition itself was dropped");
@@ -250,7 +264,10 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
             .unwrap();
         (r.get(0), r.get(1))
     };
-    assert!(holds, "an anchor kept before the retention still holds: {note:?}");
+    assert!(
+        holds,
+        "an anchor kept before the retention still holds: {note:?}"
+    );
     // the trail goes on
     statements(&mut c, 3);
     assert_eq!(intact(&mut c), (true, None));
@@ -292,7 +309,10 @@ fn the_writer_applies_the_retention_itself() {
         assert!(
             Instant::now() < deadline,
             "the writer's retention dropped nothing in 40 s: {}",
-            rows_text_ok(&mut c, "SELECT relname, lo, hi, starts FROM agent_guard._audit_partitions()")
+            rows_text_ok(
+                &mut c,
+                "SELECT relname, lo, hi, starts FROM agent_guard._audit_partitions()"
+            )
         );
     }
     let named: i64 = c
@@ -320,7 +340,9 @@ fn the_writer_applies_the_retention_itself() {
         .get(0);
     assert_eq!(too_old, 0);
     assert!(
-        cluster.log().contains("agent_guard: retention worker dropped"),
+        cluster
+            .log()
+            .contains("agent_guard: retention worker dropped"),
         "the retention worker logs what it dropped"
     );
 }

@@ -179,8 +179,10 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     s_admin
         .batch_execute("SELECT pg_wal_replay_resume()")
         .unwrap();
-    a.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-after' */"))
-        .unwrap_or_else(|e| panic!("the next read runs: {}", describe(&e)));
+    a.batch_execute(&format!(
+        "SELECT id FROM {table} /* request_id='sf-after' */"
+    ))
+    .unwrap_or_else(|e| panic!("the next read runs: {}", describe(&e)));
     let deadline = Instant::now() + Duration::from_secs(10);
     let unconfirmed = loop {
         let r = p
@@ -208,8 +210,10 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     // last try when it ends, once the primary takes them again
     let mut a2 = standby.connect(&agent, &db);
     a2.batch_execute("BEGIN").unwrap();
-    a2.batch_execute(&format!("SELECT id FROM {table} /* request_id='sf-exit' */"))
-        .unwrap();
+    a2.batch_execute(&format!(
+        "SELECT id FROM {table} /* request_id='sf-exit' */"
+    ))
+    .unwrap();
     p.batch_execute(&format!("REVOKE agent_guard_forwarder FROM {fwd}"))
         .unwrap();
     a2.batch_execute("COMMIT")
@@ -450,10 +454,7 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     // and records itself in it; the chain verifies from the anchor and the
     // standby's next records continue it; an anchor written by hand is exposed
     let removed: i64 = p
-        .query_one(
-            "SELECT agent_guard.purge_forwarded(pg_catalog.now())",
-            &[],
-        )
+        .query_one("SELECT agent_guard.purge_forwarded(pg_catalog.now())", &[])
         .unwrap()
         .get(0);
     assert!(removed >= rows, "{removed} of {rows} rows removed");
@@ -471,7 +472,10 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     ))
     .unwrap();
     let (intact, n, problem) = verify(&mut p, &source);
-    assert!(intact && n == 2, "the chain continues after the purge: {problem:?} ({n} rows)");
+    assert!(
+        intact && n == 2,
+        "the chain continues after the purge: {problem:?} ({n} rows)"
+    );
     let kept: String = p
         .query_one(
             "SELECT purge_anchor FROM agent_guard.forward_sources WHERE source = $1",
@@ -490,7 +494,11 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
     forge(&mut p, &"ab".repeat(32));
     let (intact, _, problem) = verify(&mut p, &source);
     assert!(
-        !intact && problem.as_deref().unwrap_or("").contains("named by no PURGE AUDIT row"),
+        !intact
+            && problem
+                .as_deref()
+                .unwrap_or("")
+                .contains("named by no PURGE AUDIT row"),
         "a forged purge anchor is exposed: {problem:?}"
     );
     forge(&mut p, &kept);

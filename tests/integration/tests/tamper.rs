@@ -322,7 +322,8 @@ fn the_chain_head_is_kept_outside_the_table_in_a_file_and_the_server_log() {
     let mut pg = connect_db(&superuser(), "postgres");
     pg.batch_execute(&format!("DROP DATABASE {db} WITH (FORCE)"))
         .unwrap_or_else(|e| panic!("DROP DATABASE: {}", describe(&e)));
-    let needle = format!("audit trail of database \"{db}\" (oid {oid}) dropped with the database by");
+    let needle =
+        format!("audit trail of database \"{db}\" (oid {oid}) dropped with the database by");
     assert!(
         wait_for_log(from, &needle, Duration::from_secs(10)),
         "DROP DATABASE is in the server log: {needle}"
