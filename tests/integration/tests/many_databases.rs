@@ -542,3 +542,70 @@ fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
         .get(0);
     assert!(intact);
 }
+
+/// A long statement held open (a cursor in an idle transaction) does not
+/// keep its complete record's space reserved: with a 64 kB queue and a
+/// 60 kB statement, another agent's statements still run at once.
+#[test]
+fn a_long_statement_held_open_does_not_hold_the_queue() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::init(
+        "longstmt",
+        &[
+            "agent_guard.audit_queue_size = '64kB'",
+            "agent_guard.audit_wait_timeout = '3s'",
+        ],
+    );
+    cluster.start();
+    let mut pg = cluster.connect("postgres", "postgres");
+    pg.batch_execute(
+        "CREATE ROLE long_sponsor LOGIN; CREATE ROLE long_agent LOGIN;
+         CREATE EXTENSION agent_guard;
+         SELECT agent_guard.register_agent('long_agent', 'long_sponsor');",
+    )
+    .unwrap();
+    let mut holder = cluster.connect("long_agent", "postgres");
+    let padding = "x".repeat(60 * 1024);
+    holder
+        .batch_execute(&format!(
+            "BEGIN; DECLARE c CURSOR FOR SELECT 1 /* request_id='long-held' {padding} */"
+        ))
+        .unwrap_or_else(|e| panic!("the long statement: {}", describe(&e)));
+    let mut other = cluster.connect("long_agent", "postgres");
+    for k in 0..20 {
+        let t = Instant::now();
+        other
+            .batch_execute(&format!("SELECT {k} /* request_id='long-other-{k}' */"))
+            .unwrap_or_else(|e| panic!("another agent's statement {k}: {}", describe(&e)));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "statement {k} waited {:?} for queue space the held statement reserved",
+            t.elapsed()
+        );
+    }
+    holder.batch_execute("COMMIT").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM agent_guard.audit_log
+                 WHERE request_id = 'long-held' AND transaction_outcome = 'committed'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long statement's record is complete"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let intact: bool = pg
+        .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
+        .unwrap()
+        .get(0);
+    assert!(intact);
+}
