@@ -543,9 +543,10 @@ fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
     assert!(intact);
 }
 
-/// A long statement held open (a cursor in an idle transaction) does not
-/// keep its complete record's space reserved: with a 64 kB queue and a
-/// 60 kB statement, another agent's statements still run at once.
+/// Long statements held open (cursors in idle transactions) do not keep
+/// their complete records' space reserved: with a 64 kB queue, three agents
+/// each holding a 20 kB statement open (together more than the queue)
+/// leave room for another agent's statements, which run at once.
 #[test]
 fn a_long_statement_held_open_does_not_hold_the_queue() {
     let _serial = one_at_a_time();
@@ -564,13 +565,17 @@ fn a_long_statement_held_open_does_not_hold_the_queue() {
          SELECT agent_guard.register_agent('long_agent', 'long_sponsor');",
     )
     .unwrap();
-    let mut holder = cluster.connect("long_agent", "postgres");
-    let padding = "x".repeat(60 * 1024);
-    holder
-        .batch_execute(&format!(
-            "BEGIN; DECLARE c CURSOR FOR SELECT 1 /* request_id='long-held' {padding} */"
-        ))
-        .unwrap_or_else(|e| panic!("the long statement: {}", describe(&e)));
+    let padding = "x".repeat(20 * 1024);
+    let mut holders = vec![];
+    for h in 0..3 {
+        let mut holder = cluster.connect("long_agent", "postgres");
+        holder
+            .batch_execute(&format!(
+                "BEGIN; DECLARE c CURSOR FOR SELECT {h} /* request_id='long-held' {padding} */"
+            ))
+            .unwrap_or_else(|e| panic!("long statement {h}: {}", describe(&e)));
+        holders.push(holder);
+    }
     let mut other = cluster.connect("long_agent", "postgres");
     for k in 0..20 {
         let t = Instant::now();
@@ -583,23 +588,26 @@ fn a_long_statement_held_open_does_not_hold_the_queue() {
             t.elapsed()
         );
     }
-    holder.batch_execute("COMMIT").unwrap();
+    for mut holder in holders {
+        holder.batch_execute("COMMIT").unwrap();
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let n: i64 = pg
             .query_one(
                 "SELECT count(*) FROM agent_guard.audit_log
-                 WHERE request_id = 'long-held' AND transaction_outcome = 'committed'",
+                 WHERE request_id = 'long-held' AND statement_text LIKE 'DECLARE c CURSOR%'
+                   AND outcome = 'ok' AND transaction_outcome = 'committed'",
                 &[],
             )
             .unwrap()
             .get(0);
-        if n == 1 {
+        if n == 3 {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "the long statement's record is complete"
+            "the long statements' records are complete ({n} of 3)"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
