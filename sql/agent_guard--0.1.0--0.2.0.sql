@@ -1635,12 +1635,35 @@ CREATE FUNCTION agent_guard._drop_audit_partitions(parts regclass[]) RETURNS voi
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET session_replication_role = replica
+SET lock_timeout = '2s'
 AS $$
 BEGIN
     EXECUTE 'DROP TABLE ' || (SELECT pg_catalog.string_agg(p::text, ', ') FROM pg_catalog.unnest(parts) p);
 END
 $$;
 REVOKE ALL ON FUNCTION agent_guard._drop_audit_partitions(regclass[]) FROM PUBLIC;
+
+-- Whether retention could take audit_log's exclusive lock now (tried for
+-- 200 ms in a subtransaction, then given back at once): a partition is
+-- dropped only when no long reader (pg_dump, a large verify_audit()) holds
+-- the trail, so the writer never queues behind a drop waiting for one.
+CREATE FUNCTION agent_guard._audit_log_lockable() RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+SET lock_timeout = '200ms'
+AS $$
+BEGIN
+    BEGIN
+        LOCK TABLE agent_guard.audit_log IN ACCESS EXCLUSIVE MODE;
+        -- roll the subtransaction back: the lock goes with it
+        RAISE EXCEPTION USING ERRCODE = 'P0001', MESSAGE = 'agent_guard: lock probe';
+    EXCEPTION
+        WHEN lock_not_available THEN RETURN false;
+        WHEN raise_exception THEN RETURN true;
+    END;
+END
+$$;
+REVOKE ALL ON FUNCTION agent_guard._audit_log_lockable() FROM PUBLIC;
 
 -- Ids outside every range partition (none, as the writer creates them
 -- before its rows): a safety net, so that no insert ever fails for want of

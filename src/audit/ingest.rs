@@ -39,6 +39,20 @@ fn ingest_forwarded(source: &str, system_identifier: &str, events: JsonB) -> i64
             "Point agent_guard.forward_conninfo on the standby at the primary it replicates from."
         );
     }
+    // the purge rows of a source's chain are purge_forwarded()'s alone
+    let forged_purge = events.0.as_array().is_some_and(|es| {
+        es.iter().any(|e| {
+            e["sk"].as_str() == Some(PURGE_SESSION) || e["cmd"].as_str() == Some("PURGE AUDIT")
+        })
+    });
+    if forged_purge {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("agent_guard: source \"{source}\" may not forward PURGE AUDIT records"),
+            "Only agent_guard.purge_forwarded() on this server records purges of forwarded records."
+        );
+    }
     let source = source.to_string();
     let sysid = system_identifier.to_string();
     super::worker::set_writer(true);
@@ -55,6 +69,10 @@ fn ingest_forwarded(source: &str, system_identifier: &str, events: JsonB) -> i64
     .unwrap_or_else(|e| error!("agent_guard: cannot record the forwarded events: {e}"))
     .unwrap_or(0)
 }
+
+/// The session key of the rows purge_forwarded() adds to a source's chain
+/// (`_purge_forwarded` in sql/forward.sql); never one a standby sends.
+const PURGE_SESSION: &str = "agent_guard-purge";
 
 /// Remove forwarded records that started before `older_than` (superuser
 /// only), each source's oldest first; each source's chain records the purge
@@ -152,9 +170,17 @@ fn verify(
     let anchor = head.as_ref().and_then(|h| h.2.clone());
     let start = anchor.as_deref().unwrap_or(chain::GENESIS);
     let forged = anchor.as_deref().and_then(|a| {
-        let named = rows
-            .iter()
-            .any(|r| r.1.contains("\"PURGE AUDIT\"") && r.1.contains(&format!("anchor {a}")));
+        // a row purge_forwarded() wrote (its session key, which standbys
+        // cannot send), whose text ends with the anchor
+        let named = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT FROM agent_guard.audit_forwarded a \
+              WHERE a.source = $1 AND a.session_key = $2 AND a.command = 'PURGE AUDIT' \
+                AND pg_catalog.right(a.statement_text, pg_catalog.length($3)) = $3)",
+            &[source.into(), PURGE_SESSION.into(), format!("; the chain continues from anchor {a}").into()],
+        )
+        .ok()
+        .flatten()
+        .unwrap_or(false);
         (!named).then(|| {
             (
                 rows.first().map_or(0, |r| r.0),

@@ -663,14 +663,20 @@ pub fn statement_start(
     // for space like any record). The statement is admitted only if it all
     // fits and a writer runs for the database.
     let denied = matches!(d, Decision::Deny(_));
-    let later = match (denied, durable) {
-        (true, _) => 0,
-        (false, true) => queue::record_bytes(row::event_bound(&event.sk, true)),
-        (false, false) => queue::record_bytes(row::complete_record_bound(&event)),
-    };
     // agents' statements (and agent_guard's own events) wait for capacity,
     // other sessions' run unrecorded rather than wait
     let patient = agent.is_some() || query_desc == OWN_EVENT;
+    // A long statement's complete record would keep a large reservation for
+    // as long as it runs (an open cursor, a long sleep): its record is
+    // queued now instead (not waited for) and only its end is reserved, so
+    // no statement holds more than a sixteenth of the queue.
+    let complete = queue::record_bytes(row::complete_record_bound(&event));
+    let early = patient && !denied && !durable && complete > queue::header_capacity() / 16;
+    let later = match (denied, durable || early) {
+        (true, _) => 0,
+        (false, true) => queue::record_bytes(row::event_bound(&event.sk, true)),
+        (false, false) => complete,
+    };
     // Only statements that must not run unrecorded reserve: other sessions'
     // later records take the space that is free then (waiting for it up to
     // audit_wait_timeout, counted as dropped otherwise), so a cluster of busy
@@ -683,7 +689,7 @@ pub fn statement_start(
         } else {
             0
         };
-    let payload = durable.then(|| event.event_json());
+    let payload = (durable || early).then(|| event.event_json());
     // (other sessions' records queue without a running writer: one is started
     // and writes them later; they never wait for it)
     let admitted = queue_step(
@@ -715,6 +721,9 @@ pub fn statement_start(
     if register_exit {
         unsafe { pg_sys::on_shmem_exit(Some(release_at_exit), pg_sys::Datum::from(0)) };
     }
+    if early {
+        STATE.with(|s| s.borrow_mut().xact_sent = true);
+    }
     if durable {
         STATE.with(|s| s.borrow_mut().xact_sent = true);
         // other sessions wait only for a writer that runs (none may be able
@@ -732,7 +741,7 @@ pub fn statement_start(
         }
     }
     if !denied {
-        let event = (!durable).then_some(event);
+        let event = (!durable && !early).then_some(event);
         STATE.with(|s| {
             s.borrow_mut().open.push(Open {
                 n,
@@ -1190,33 +1199,57 @@ pub fn writers_status() -> Value {
     Value::Array(out)
 }
 
-/// Put an administrative event (a purge, a decision on a grant) into the
-/// trail, durably, whether or not the session is otherwise audited.
+/// Put an administrative event (a purge) into the trail, durably, whether
+/// or not the session is otherwise audited; an ERROR (42501) when it cannot
+/// be recorded, so that what it records (a purge, whose anchor only a
+/// recorded PURGE AUDIT row makes valid) does not happen either.
 pub fn record_admin_event(command: &str, text: &str) {
-    record_event(
+    if let Err(u) = try_record_event(
         command,
         Risk::Admin,
         vec!["agent_guard.audit_log".into()],
         text,
-    );
+    ) {
+        pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "agent_guard: {command} refused: the audit trail cannot record it ({})",
+                u.describe()
+            ),
+            "agent_guard",
+        )
+        .set_hint(u.hint())
+        .report(PgLogLevel::ERROR);
+    }
 }
 
 /// The query descriptor key of agent_guard's own events ([`record_event`]).
 const OWN_EVENT: usize = usize::MAX;
 
-/// Put one event of agent_guard's own into the trail, durably.
+/// Put one event of agent_guard's own into the trail, durably (a WARNING
+/// when it cannot be recorded).
 pub fn record_event(command: &str, risk: Risk, objects: Vec<String>, text: &str) {
+    if let Err(u) = try_record_event(command, risk, objects, text) {
+        warning!(
+            "agent_guard: could not record {command} in the audit trail: {}",
+            u.describe()
+        );
+    }
+}
+
+fn try_record_event(
+    command: &str,
+    risk: Risk,
+    objects: Vec<String>,
+    text: &str,
+) -> Result<(), Unavailable> {
     let mut c = Classification::new(command, risk, text);
     c.objects = objects;
     let d = Decision::Allow {
         reason: "administrator".into(),
         grant: None,
     };
-    if let Err(u) = statement_start(&c, &d, &StatementText { text, params: None }, OWN_EVENT) {
-        warning!(
-            "agent_guard: could not record {command} in the audit trail: {}",
-            u.describe()
-        );
-    }
+    let r = statement_start(&c, &d, &StatementText { text, params: None }, OWN_EVENT);
     statement_end(OWN_EVENT, None);
+    r
 }

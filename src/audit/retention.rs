@@ -412,6 +412,18 @@ fn apply(retention: i32) -> i64 {
         (rows, newest)
     });
     let names: Vec<&str> = drop.iter().map(|p| p.name.as_str()).collect();
+    // a long reader of the trail holds it: not now (the writer would queue
+    // behind the drop's lock request for as long as the reader runs)
+    let lockable = Spi::get_one::<bool>("SELECT agent_guard._audit_log_lockable()")
+        .ok()
+        .flatten()
+        .unwrap_or(false);
+    if !lockable {
+        log!(
+            "agent_guard: retention postponed: agent_guard.audit_log is in use (a long read of the trail holds it); tried again later"
+        );
+        return 0;
+    }
     if let Some((_, anchor)) = &newest {
         // First the trail's own row naming the anchor (written by the
         // writer while this transaction holds no lock it needs), then the

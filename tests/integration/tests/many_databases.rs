@@ -542,3 +542,78 @@ fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
         .get(0);
     assert!(intact);
 }
+
+/// Long statements held open (cursors in idle transactions) do not keep
+/// their complete records' space reserved: with a 64 kB queue, three agents
+/// each holding a 20 kB statement open (together more than the queue)
+/// leave room for another agent's statements, which run at once.
+#[test]
+fn a_long_statement_held_open_does_not_hold_the_queue() {
+    let _serial = one_at_a_time();
+    let mut cluster = Cluster::init(
+        "longstmt",
+        &[
+            "agent_guard.audit_queue_size = '64kB'",
+            "agent_guard.audit_wait_timeout = '3s'",
+        ],
+    );
+    cluster.start();
+    let mut pg = cluster.connect("postgres", "postgres");
+    pg.batch_execute(
+        "CREATE ROLE long_sponsor LOGIN; CREATE ROLE long_agent LOGIN;
+         CREATE EXTENSION agent_guard;
+         SELECT agent_guard.register_agent('long_agent', 'long_sponsor');",
+    )
+    .unwrap();
+    let padding = "x".repeat(20 * 1024);
+    let mut holders = vec![];
+    for h in 0..3 {
+        let mut holder = cluster.connect("long_agent", "postgres");
+        holder
+            .batch_execute(&format!(
+                "BEGIN; DECLARE c CURSOR FOR SELECT {h} /* request_id='long-held' {padding} */"
+            ))
+            .unwrap_or_else(|e| panic!("long statement {h}: {}", describe(&e)));
+        holders.push(holder);
+    }
+    let mut other = cluster.connect("long_agent", "postgres");
+    for k in 0..20 {
+        let t = Instant::now();
+        other
+            .batch_execute(&format!("SELECT {k} /* request_id='long-other-{k}' */"))
+            .unwrap_or_else(|e| panic!("another agent's statement {k}: {}", describe(&e)));
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "statement {k} waited {:?} for queue space the held statement reserved",
+            t.elapsed()
+        );
+    }
+    for mut holder in holders {
+        holder.batch_execute("COMMIT").unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM agent_guard.audit_log
+                 WHERE request_id = 'long-held' AND statement_text LIKE 'DECLARE c CURSOR%'
+                   AND outcome = 'ok' AND transaction_outcome = 'committed'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the long statements' records are complete ({n} of 3)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let intact: bool = pg
+        .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
+        .unwrap()
+        .get(0);
+    assert!(intact);
+}

@@ -188,6 +188,35 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
         (r.get(0), r.get(1))
     };
     assert!(old_rows > 0);
+    // a long read of the trail (pg_dump, a large verify_audit()) holds it:
+    // retention is postponed rather than queue an exclusive lock behind it,
+    // which the writer would queue behind in turn
+    let mut reader = cluster.connect("postgres", "postgres");
+    reader
+        .batch_execute("BEGIN; SELECT count(*) FROM agent_guard.audit_log")
+        .unwrap();
+    let t = Instant::now();
+    let postponed: i64 = c
+        .query_one("SELECT agent_guard.apply_retention()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        postponed, 0,
+        "nothing dropped while a reader holds the trail"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "postponed at once: {:?}",
+        t.elapsed()
+    );
+    let t = Instant::now();
+    statements(&mut c, 3);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the writer goes on meanwhile: {:?}",
+        t.elapsed()
+    );
+    reader.batch_execute("COMMIT").unwrap();
     let t = Instant::now();
     let applied_at: std::time::SystemTime =
         c.query_one("SELECT clock_timestamp()", &[]).unwrap().get(0);

@@ -339,6 +339,15 @@ fn agents_read_on_a_forwarding_standby_with_their_records_in_the_primarys_trail(
         )
         .expect_err("another cluster's records");
     assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
+    // a standby cannot send what only purge_forwarded() writes
+    let forged = r#"[{"k":"stmt","sk":"agent_guard-purge","n":1,"x":1,"lvl":0,"ts":0,"cmd":"SELECT","dec":"allowed","text":"x"}]"#;
+    let e = f
+        .query_one(
+            "SELECT agent_guard.ingest_forwarded($1, $2, $3::text::jsonb)",
+            &[&source, &sysid, &forged],
+        )
+        .expect_err("a forged purge row");
+    assert_eq!(sqlstate(&e), "42501", "{}", describe(&e));
     let mut nf = connect(&nofwd);
     let e = nf
         .query_one(
