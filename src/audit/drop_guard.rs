@@ -81,6 +81,18 @@ pub fn init() {
     }
 }
 
+/// A line for the server log only: the dropping session is a human's, and
+/// its client sees what PostgreSQL alone would show (also with
+/// `client_min_messages = log`).
+fn server_log(msg: String) {
+    pgrx::pg_sys::panic::ErrorReport::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        msg,
+        "agent_guard",
+    )
+    .report(PgLogLevel::LOG_SERVER_ONLY);
+}
+
 fn cstr(p: *const c_char) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
@@ -187,13 +199,13 @@ pub unsafe extern "C-unwind" fn ag_rs_database_drop(dboid: pg_sys::Oid) {
         let name = cstr(pg_sys::get_database_name(dboid)).unwrap_or_else(|| db.to_string());
         let who =
             cstr(pg_sys::GetUserNameFromId(pg_sys::GetSessionUserId(), true)).unwrap_or_default();
-        log!(
+        server_log(format!(
             "agent_guard: audit trail of database \"{name}\" (oid {db}) dropped with the database by {who} \
              (takes effect if DROP DATABASE commits): chain head id {}, hash {}, written at {}",
             head.id,
             head.hash,
             super::head::timestamp_text(head.at)
-        );
+        ));
     }
 }
 
@@ -303,10 +315,10 @@ pub unsafe extern "C-unwind" fn ag_rs_relation_drop(relid: pg_sys::Oid) {
         };
         let at =
             cstr(pg_sys::timestamptz_to_str(pg_sys::GetCurrentTimestamp())).unwrap_or_default();
-        log!(
+        server_log(format!(
             "agent_guard: audit trail of database \"{db}\" dropped {how} by {who} at {at} \
              (confirmed with agent_guard.confirm_drop_trail; takes effect if the transaction commits): \
              {rows} rows, last id {last_id}, last hash {last_hash}"
-        );
+        ));
     }
 }

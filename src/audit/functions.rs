@@ -456,70 +456,79 @@ fn anchor_report(id: i64, hash: &str) -> (bool, Option<String>) {
     }
 }
 
-/// Remove audit rows older than `older_than` (a prefix of the chain), record
-/// the purge, and keep the rest verifiable. Superusers only; never agents.
-#[pg_extern]
-fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
+/// Refuse (42501) what only a superuser who is not an agent may do: `action`
+/// ("purge the audit trail").
+pub(super) fn refuse_unless_superuser(action: &str) {
     if crate::identity::current_agent().is_some() {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "agent sessions may not purge the audit trail"
+            format!("agent sessions may not {action}")
         );
     }
     if !unsafe { pg_sys::superuser() } {
         ereport!(
             ERROR,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "only superusers may purge the audit trail"
+            format!("only superusers may {action}")
         );
     }
-    super::worker::set_writer(true);
-    let result = pgrx::PgTryBuilder::new(|| {
-        crate::search_path::pinned(|| Spi::connect_mut(|c| {
-            let first_kept: Option<i64> = c
-                .update(
-                    "SELECT min(id) FROM agent_guard.audit_log WHERE started_at >= $1",
-                    None,
-                    &[older_than.into()],
-                )
-                .ok()
-                .and_then(|t| t.first().get::<i64>(1).ok().flatten());
-            let (deleted, anchor): (i64, Option<String>) = match first_kept {
-                Some(id) => {
-                    let anchor = c
+}
+
+/// Remove audit rows older than `older_than` (a prefix of the chain), record
+/// the purge, and keep the rest verifiable. Superusers only; never agents.
+#[pg_extern]
+fn purge_audit(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
+    refuse_unless_superuser("purge the audit trail");
+    let result = super::worker::as_writer(|| {
+        crate::search_path::pinned(|| {
+            Spi::connect_mut(|c| {
+                let first_kept: Option<i64> = c
+                    .update(
+                        "SELECT min(id) FROM agent_guard.audit_log WHERE started_at >= $1",
+                        None,
+                        &[older_than.into()],
+                    )
+                    .ok()
+                    .and_then(|t| t.first().get::<i64>(1).ok().flatten());
+                let (deleted, anchor): (i64, Option<String>) = match first_kept {
+                    Some(id) => {
+                        let anchor = c
                         .update("SELECT agent_guard._hash_text(prev_hash) FROM agent_guard.audit_log WHERE id = $1", None, &[id.into()])
                         .ok()
                         .and_then(|t| t.first().get::<String>(1).ok().flatten());
-                    let d = c
-                        .update("DELETE FROM agent_guard.audit_log WHERE id < $1", None, &[id.into()])
-                        .map(|t| t.len() as i64)
-                        .unwrap_or(0);
-                    (d, anchor)
-                }
-                None => {
-                    let anchor = c
+                        let d = c
+                            .update(
+                                "DELETE FROM agent_guard.audit_log WHERE id < $1",
+                                None,
+                                &[id.into()],
+                            )
+                            .map(|t| t.len() as i64)
+                            .unwrap_or(0);
+                        (d, anchor)
+                    }
+                    None => {
+                        let anchor = c
                         .update("SELECT agent_guard._hash_text(row_hash) FROM agent_guard.audit_log ORDER BY id DESC LIMIT 1", None, &[])
                         .ok()
                         .and_then(|t| t.first().get::<String>(1).ok().flatten());
-                    let d = c
-                        .update("DELETE FROM agent_guard.audit_log", None, &[])
-                        .map(|t| t.len() as i64)
-                        .unwrap_or(0);
-                    (d, anchor)
-                }
-            };
-            c.update(
+                        let d = c
+                            .update("DELETE FROM agent_guard.audit_log", None, &[])
+                            .map(|t| t.len() as i64)
+                            .unwrap_or(0);
+                        (d, anchor)
+                    }
+                };
+                c.update(
                 "INSERT INTO agent_guard.audit_purges (older_than, rows_purged, anchor_hash) VALUES ($1, $2, $3)",
                 None,
                 &[older_than.into(), deleted.into(), anchor.clone().into()],
             )
             .expect("agent_guard: cannot record the purge");
-            (deleted, anchor)
-        }))
-    })
-    .finally(|| super::worker::set_writer(false))
-    .execute();
+                (deleted, anchor)
+            })
+        })
+    });
     let (result, anchor) = result;
     // The trail's own row names the anchor: verify_audit() accepts an
     // anchor only if a PURGE AUDIT row of the chain names it (one inserted

@@ -55,8 +55,7 @@ fn ingest_forwarded(source: &str, system_identifier: &str, events: JsonB) -> i64
     }
     let source = source.to_string();
     let sysid = system_identifier.to_string();
-    super::worker::set_writer(true);
-    pgrx::PgTryBuilder::new(move || {
+    super::worker::as_writer(move || {
         crate::search_path::pinned(move || {
             Spi::get_one_with_args::<i64>(
                 "SELECT agent_guard._ingest_forwarded($1, $2, $3)",
@@ -64,8 +63,6 @@ fn ingest_forwarded(source: &str, system_identifier: &str, events: JsonB) -> i64
             )
         })
     })
-    .finally(|| super::worker::set_writer(false))
-    .execute()
     .unwrap_or_else(|e| error!("agent_guard: cannot record the forwarded events: {e}"))
     .unwrap_or(0)
 }
@@ -80,22 +77,8 @@ const PURGE_SESSION: &str = "agent_guard-purge";
 /// `sql/forward.sql`). Returns the rows removed.
 #[pg_extern]
 fn purge_forwarded(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
-    if crate::identity::current_agent().is_some() {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "agent sessions may not purge the audit trail"
-        );
-    }
-    if !unsafe { pg_sys::superuser() } {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "only superusers may purge the audit trail"
-        );
-    }
-    super::worker::set_writer(true);
-    pgrx::PgTryBuilder::new(move || {
+    super::functions::refuse_unless_superuser("purge the audit trail");
+    super::worker::as_writer(move || {
         crate::search_path::pinned(move || {
             Spi::get_one_with_args::<i64>(
                 "SELECT agent_guard._purge_forwarded($1)",
@@ -103,8 +86,6 @@ fn purge_forwarded(older_than: pgrx::datum::TimestampWithTimeZone) -> i64 {
             )
         })
     })
-    .finally(|| super::worker::set_writer(false))
-    .execute()
     .unwrap_or_else(|e| error!("agent_guard: cannot purge the forwarded records: {e}"))
     .unwrap_or(0)
 }

@@ -670,18 +670,18 @@ pub fn statement_start(
     // as long as it runs (an open cursor, a long sleep): its record is
     // queued now instead (not waited for) and only its end is reserved, so
     // no statement holds more than a sixteenth of the queue.
-    let complete = queue::record_bytes(row::complete_record_bound(&event));
-    let early = patient && !denied && !durable && complete > queue::header_capacity() / 16;
-    let later = match (denied, durable || early) {
-        (true, _) => 0,
-        (false, true) => queue::record_bytes(row::event_bound(&event.sk, true)),
-        (false, false) => complete,
-    };
     // Only statements that must not run unrecorded reserve: other sessions'
     // later records take the space that is free then (waiting for it up to
     // audit_wait_timeout, counted as dropped otherwise), so a cluster of busy
     // human sessions never holds the queue reserved.
-    let later = if patient { later } else { 0 };
+    let complete = (patient && !denied && !durable)
+        .then(|| queue::record_bytes(row::complete_record_bound(&event)));
+    let early = complete.is_some_and(|b| b > queue::header_capacity() / 16);
+    let later = match complete {
+        _ if !patient || denied => 0,
+        Some(b) if !early => b,
+        _ => queue::record_bytes(row::event_bound(&event.sk, true)),
+    };
     let first_in_xact = !STATE.with(|s| s.borrow().xact_reserved);
     let reserve = later
         + if first_in_xact && patient {

@@ -174,23 +174,8 @@ pub extern "C-unwind" fn agent_guard_retention_worker(arg: pg_sys::Datum) {
     if retention == 0 {
         return;
     }
-    let dropped = BackgroundWorker::transaction(|| {
-        crate::search_path::pinned(|| {
-            // one retention at a time per database (apply_retention() from
-            // cron may run too)
-            let mine = Spi::get_one::<bool>(
-                "SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext('agent_guard retention'))",
-            )
-            .ok()
-            .flatten()
-            .unwrap_or(false);
-            if mine {
-                apply(retention)
-            } else {
-                0
-            }
-        })
-    });
+    // (apply() waits for a retention running meanwhile, then finds what it left)
+    let dropped = BackgroundWorker::transaction(|| crate::search_path::pinned(|| apply(retention)));
     if dropped > 0 {
         log!("agent_guard: retention worker dropped {dropped} expired audit rows");
     }
@@ -284,20 +269,7 @@ pub fn retention_drop(relid: pg_sys::Oid) -> bool {
 /// Returns the number of rows dropped. Superusers only; never agents.
 #[pg_extern]
 fn apply_retention() -> i64 {
-    if crate::identity::current_agent().is_some() {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "agent sessions may not apply the audit trail's retention"
-        );
-    }
-    if !unsafe { pg_sys::superuser() } {
-        ereport!(
-            ERROR,
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            "only superusers may apply the audit trail's retention"
-        );
-    }
+    super::functions::refuse_unless_superuser("apply the audit trail's retention");
     let retention = unsafe { RETENTION_S };
     if retention == 0 {
         return 0;
@@ -429,16 +401,13 @@ fn apply(retention: i32) -> i64 {
         // writer while this transaction holds no lock it needs), then the
         // anchor, then the drops.
         super::record_admin_event("PURGE AUDIT", &purge_text(rows, anchor));
-        super::worker::set_writer(true);
-        pgrx::PgTryBuilder::new(|| {
+        super::worker::as_writer(|| {
             Spi::run_with_args(
                 "INSERT INTO agent_guard.audit_purges (older_than, rows_purged, anchor_hash) VALUES ($1, $2, $3)",
                 &[cutoff.into(), rows.into(), anchor.as_str().into()],
             )
             .expect("agent_guard: cannot record the retention's purge anchor")
-        })
-        .finally(|| super::worker::set_writer(false))
-        .execute();
+        });
     }
     let oids: Vec<pg_sys::Oid> = drop.iter().map(|p| p.relid).collect();
     DROPPING.with(|d| *d.borrow_mut() = oids.clone());

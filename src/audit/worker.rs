@@ -135,6 +135,15 @@ pub fn set_writer(on: bool) {
     IS_WRITER.with(|w| w.set(on));
 }
 
+/// Run `f` as the trail's writer (its writes pass the append-only
+/// triggers), and no longer once it returns or raises.
+pub fn as_writer<R>(f: impl FnOnce() -> R + std::panic::UnwindSafe) -> R {
+    set_writer(true);
+    pgrx::PgTryBuilder::new(f)
+        .finally(|| set_writer(false))
+        .execute()
+}
+
 static mut PREV_SHMEM_REQUEST: Option<unsafe extern "C-unwind" fn()> = None;
 static mut PREV_SHMEM_STARTUP: Option<unsafe extern "C-unwind" fn()> = None;
 

@@ -217,6 +217,29 @@ fn check_trails(
     (total_ok, total_refused)
 }
 
+/// A cluster of its own with agent_guard created in `postgres` and an
+/// agent `{prefix}_agent` registered (sponsor `{prefix}_sponsor`).
+fn cluster_with_agent(prefix: &str, conf: &[&str]) -> (Cluster, postgres::Client) {
+    let mut cluster = Cluster::init(prefix, conf);
+    cluster.start();
+    let mut pg = cluster.connect("postgres", "postgres");
+    pg.batch_execute(&format!(
+        "CREATE ROLE {prefix}_sponsor LOGIN; CREATE ROLE {prefix}_agent LOGIN;
+         CREATE EXTENSION agent_guard;
+         SELECT agent_guard.register_agent('{prefix}_agent', '{prefix}_sponsor');"
+    ))
+    .unwrap();
+    (cluster, pg)
+}
+
+fn assert_intact(c: &mut postgres::Client) {
+    let intact: bool = c
+        .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
+        .unwrap()
+        .get(0);
+    assert!(intact, "the chain verifies");
+}
+
 fn database_entry<'a>(st: &'a Value, db: &str) -> Option<&'a Value> {
     st["databases"]
         .as_array()?
@@ -450,22 +473,14 @@ fn beyond_a_too_small_capacity_agent_statements_are_refused_not_run_unaudited() 
 #[test]
 fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
     let _serial = one_at_a_time();
-    let mut cluster = Cluster::init(
-        "reserved",
+    let (cluster, mut pg) = cluster_with_agent(
+        "res",
         &[
             "max_connections = 100",
             "agent_guard.audit_queue_size = '64kB'",
             "agent_guard.audit_wait_timeout = '20s'",
         ],
     );
-    cluster.start();
-    let mut pg = cluster.connect("postgres", "postgres");
-    pg.batch_execute(
-        "CREATE ROLE res_sponsor LOGIN; CREATE ROLE res_agent LOGIN;
-         CREATE EXTENSION agent_guard;
-         SELECT agent_guard.register_agent('res_agent', 'res_sponsor');",
-    )
-    .unwrap();
     const SESSIONS: usize = 24;
     const STATEMENTS: usize = 40;
     let mut threads = vec![];
@@ -536,11 +551,7 @@ fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
         Some(0),
         "nothing stays reserved once every session is idle: {st}"
     );
-    let intact: bool = pg
-        .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
-        .unwrap()
-        .get(0);
-    assert!(intact);
+    assert_intact(&mut pg);
 }
 
 /// Long statements held open (cursors in idle transactions) do not keep
@@ -550,21 +561,13 @@ fn sessions_in_long_transactions_never_hold_a_small_queue_reserved() {
 #[test]
 fn a_long_statement_held_open_does_not_hold_the_queue() {
     let _serial = one_at_a_time();
-    let mut cluster = Cluster::init(
-        "longstmt",
+    let (cluster, mut pg) = cluster_with_agent(
+        "long",
         &[
             "agent_guard.audit_queue_size = '64kB'",
             "agent_guard.audit_wait_timeout = '3s'",
         ],
     );
-    cluster.start();
-    let mut pg = cluster.connect("postgres", "postgres");
-    pg.batch_execute(
-        "CREATE ROLE long_sponsor LOGIN; CREATE ROLE long_agent LOGIN;
-         CREATE EXTENSION agent_guard;
-         SELECT agent_guard.register_agent('long_agent', 'long_sponsor');",
-    )
-    .unwrap();
     let padding = "x".repeat(20 * 1024);
     let mut holders = vec![];
     for h in 0..3 {
@@ -611,9 +614,5 @@ fn a_long_statement_held_open_does_not_hold_the_queue() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let intact: bool = pg
-        .query_one("SELECT intact FROM agent_guard.verify_audit()", &[])
-        .unwrap()
-        .get(0);
-    assert!(intact);
+    assert_intact(&mut pg);
 }

@@ -56,6 +56,17 @@ fn partitions_with_rows(c: &mut Client) -> Vec<(String, i64, i64)> {
     .collect()
 }
 
+/// The trail's own PURGE AUDIT rows of retention runs.
+fn retention_purge_rows(c: &mut Client) -> i64 {
+    c.query_one(
+        "SELECT count(*) FROM agent_guard.audit_log
+         WHERE command = 'PURGE AUDIT' AND statement_text LIKE 'agent_guard.apply_retention() dropped %'",
+        &[],
+    )
+    .unwrap()
+    .get(0)
+}
+
 fn intact(c: &mut Client) -> (bool, Option<String>) {
     let r = c
         .query_one(
@@ -273,14 +284,7 @@ fn expired_partitions_are_dropped_with_an_anchor_and_other_drops_are_refused() {
     assert_eq!(rows_purged, dropped);
     // (the stored text may be redacted where the hex anchor reads as a card
     // number; verify_audit() below checks that the row names this anchor)
-    let named: i64 = c
-        .query_one(
-            "SELECT count(*) FROM agent_guard.audit_log
-             WHERE command = 'PURGE AUDIT' AND statement_text LIKE 'agent_guard.apply_retention() dropped %'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let named = retention_purge_rows(&mut c);
     assert_eq!(named, 1, "the retention is a PURGE AUDIT row of the chain");
     assert_eq!(anchor.len(), 64, "the anchor is a hash: {anchor}");
     assert_eq!(intact(&mut c), (true, None), "what remains verifies");
@@ -344,14 +348,7 @@ fn the_writer_applies_the_retention_itself() {
             )
         );
     }
-    let named: i64 = c
-        .query_one(
-            "SELECT count(*) FROM agent_guard.audit_log
-             WHERE command = 'PURGE AUDIT' AND statement_text LIKE 'agent_guard.apply_retention() dropped %'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let named = retention_purge_rows(&mut c);
     assert!(named >= 1, "each drop is a PURGE AUDIT row of the chain");
     let anchors: i64 = c
         .query_one("SELECT count(*) FROM agent_guard.audit_purges", &[])
